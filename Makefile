@@ -1,0 +1,47 @@
+# The two commands a newcomer runs on a fresh machine are `make run` and `make test`:
+# each sets up .venv from this repo's own files first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RUN_DIR ?= runs/qg
+ARGS   ?=
+# The CPU build of torch 2.13 lies on local disk here; a bare `torch` pulls a multi-GB CUDA build.
+# On a GPU cluster, set TORCH_SPEC to the CUDA build you want (same release), e.g. TORCH_SPEC=torch==2.13.0
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup run test test-all lint bench clean help
+
+help:
+	@echo "make run      set up .venv, then run the main job (simdiff run) on the built-in QG data"
+	@echo "make test     set up .venv, then ruff + the default test suite (CPU, minutes)"
+	@echo "make test-all the default suite plus the slow tests"
+	@echo "make bench    loader, prepare-RSS and QG benchmarks -> bench_results/*.json"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	touch $@
+
+run: setup
+	$(BIN)/simdiff run run_dir=$(RUN_DIR) $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest -n 2 -m "not slow" $(ARGS)
+
+test-all: lint
+	$(BIN)/pytest -n 2 $(ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_qg.py
+	$(BIN)/python benchmarks/bench_loader.py
+	$(BIN)/python benchmarks/bench_prepare_rss.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

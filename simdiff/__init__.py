@@ -1,0 +1,14 @@
+"""simdiff: latent diffusion for scientific simulation data.
+
+Labelled xarray in, labelled xarray out. See DESIGN in the README for the data flow:
+adapter -> Field -> train.zarr -> autoencoder -> latents.zarr -> diffusion -> outputs.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("simdiff")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]

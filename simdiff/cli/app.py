@@ -1,0 +1,59 @@
+"""How a sub-command becomes a Hydra app over the shared ``conf/`` tree.
+
+Every sub-command is a task function ``(cfg) -> None`` run by :func:`run_app`, which
+registers simdiff's OmegaConf resolvers, points Hydra at the config tree and turns bad
+input (:class:`~simdiff.data.errors.DataError`) into one clear line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from simdiff.data.errors import DataError
+
+log = logging.getLogger("simdiff")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXIT_BAD_INPUT = 2
+EXIT_NOT_BUILT = 3
+
+
+def config_dir() -> Path:
+    """The config tree: inside an installed wheel, else ``conf/`` of the source checkout."""
+    packaged = Path(str(files("simdiff"))) / "conf"
+    return packaged if packaged.is_dir() else REPO_ROOT / "conf"
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("simdiff.repo_root"):
+        OmegaConf.register_new_resolver("simdiff.repo_root", lambda: str(REPO_ROOT))
+
+
+def to_plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
+    """Resolved plain-dict copy of the config nodes ``keys`` (for provenance and comparison)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys if k in cfg}
+
+
+def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
+    """Run ``task`` as the Hydra app ``simdiff NAME`` with the overrides in ``argv``."""
+    _register_resolvers()
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+    def _main(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except DataError as err:
+            log.error("%s", err)
+            print(f"simdiff {name}: {err}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+
+    sys.argv = [f"simdiff {name}", *argv, f"hydra.job.name={name}"]
+    _main()

@@ -1,0 +1,54 @@
+"""The ``simdiff`` console script: ``simdiff SUB-COMMAND [hydra overrides]``."""
+
+from __future__ import annotations
+
+import sys
+
+from simdiff import __version__
+from simdiff.cli.app import run_app
+from simdiff.cli.stages import STAGES, not_built, run_all
+
+USAGE = """usage: simdiff SUB-COMMAND run_dir=DIR [key=value ...] [-m]
+
+Latent diffusion for scientific simulation data. Every sub-command is a Hydra app over
+one config tree: pass overrides as key=value, `-m` for a multirun sweep, `--help` after a
+sub-command for its config, `debug=tiny` to finish in seconds on a CPU.
+
+sub-commands:
+{rows}
+  {run:<18} every stage in turn: the main job (default data: the built-in QG simulator)
+
+example:
+  simdiff run run_dir=runs/qg
+  simdiff prepare run_dir=runs/sst data=ersst
+"""
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {s.name:<18} {s.help}" for s in STAGES)
+    return USAGE.format(rows=rows, run="run")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch to the sub-command's Hydra app."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"simdiff {__version__}")
+        return
+    name, rest = argv[0], argv[1:]
+    if name == "run":
+        run_app(name, run_all, rest)
+        return
+    stages = {s.name: s for s in STAGES}
+    if name not in stages:
+        print(f"simdiff: unknown sub-command {name!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    stage = stages[name]
+    run_app(name, stage.task or not_built(stage), rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Field: the canonical form every adapter returns (DESIGN.md section 4).
+
+A Field is an ``xr.Dataset`` whose data variables all have the dims
+``(sample_dim, [depth_dim], y_dim, x_dim)`` in that order, a Geometry over the spatial
+dims, and per-sample conditioning arrays.
+
+* ``sample_dim``: ``time`` for climate, ``sample`` for molecules.
+* ``depth_dim``: ``level``, ``z``, or None for 2D fields.
+* ``y_dim``/``x_dim``: ``lat``/``lon`` on geographic grids, ``y``/``x`` otherwise.
+
+Units, standard names and long names of the source variables stay in their attrs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import xarray as xr
+
+from simdiff.data.geometry import Geometry
+
+SAMPLE_DIMS = ("time", "sample")
+DEPTH_DIMS = ("level", "z")
+HORIZONTAL_DIMS = (("lat", "lon"), ("y", "x"))
+
+
+@dataclass(frozen=True)
+class Field:
+    """A dataset in canonical form plus its geometry and conditioning arrays.
+
+    Attributes:
+        data: variables with dims ``(sample_dim, [depth_dim], y_dim, x_dim)``.
+        geometry: periodicity, cell weights and validity mask over the spatial dims.
+        conditions: per-sample arrays over ``sample_dim`` (e.g. ``time_features``
+            (time, time_feature), ``label`` (sample), covariates). May be empty.
+        sources: the files (or simulator caches) the data came from, for provenance.
+    """
+
+    data: xr.Dataset
+    geometry: Geometry
+    conditions: xr.Dataset = field(default_factory=xr.Dataset)
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.data.data_vars:
+            raise ValueError("Field.data has no variables")
+        dims = None
+        for name, var in self.data.data_vars.items():
+            if dims is None:
+                dims = tuple(var.dims)
+            elif tuple(var.dims) != dims:
+                raise ValueError(
+                    f"Field variables disagree on dims: {name!r} has {tuple(var.dims)}, "
+                    f"the first variable has {dims}; select levels so all share one layout"
+                )
+        assert dims is not None
+        if dims[0] not in SAMPLE_DIMS:
+            raise ValueError(f"Field's first dim must be one of {SAMPLE_DIMS}, got {dims}")
+        if len(dims) not in (3, 4):
+            raise ValueError(f"Field variables must be (sample, [depth], y, x), got {dims}")
+        if len(dims) == 4 and dims[1] not in DEPTH_DIMS:
+            raise ValueError(f"Field depth dim must be one of {DEPTH_DIMS}, got {dims[1]!r}")
+        if dims[-2:] not in HORIZONTAL_DIMS:
+            raise ValueError(f"Field horizontal dims must be one of {HORIZONTAL_DIMS}, got {dims[-2:]}")
+        if self.geometry.dims != dims[1:]:
+            raise ValueError(f"Geometry dims {self.geometry.dims} do not match field dims {dims[1:]}")
+        for name, var in self.conditions.data_vars.items():
+            if var.dims[:1] != (dims[0],):
+                raise ValueError(f"condition {name!r} has dims {var.dims}; must start with {dims[0]!r}")
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """``(sample_dim, [depth_dim], y_dim, x_dim)``."""
+        return tuple(next(iter(self.data.data_vars.values())).dims)
+
+    @property
+    def sample_dim(self) -> str:
+        return self.dims[0]
+
+    @property
+    def depth_dim(self) -> str | None:
+        return self.dims[1] if len(self.dims) == 4 else None
+
+    @property
+    def spatial_dims(self) -> tuple[str, ...]:
+        """``([depth_dim], y_dim, x_dim)``."""
+        return self.dims[1:]
+
+    @property
+    def variables(self) -> list[str]:
+        return [str(v) for v in self.data.data_vars]
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.data.sizes[self.sample_dim])
+
+
+@runtime_checkable
+class FieldSource(Protocol):
+    """A dataset card: something that opens a Field (an adapter over files, or a simulator).
+
+    ``transforms`` maps variable names to the transform applied before normalisation
+    (e.g. log1p for precipitation); variables not named are left as they are.
+    """
+
+    transforms: Mapping[str, object]
+
+    def open(self) -> Field:
+        """Open the data lazily (dask-backed where it comes from files)."""
+        ...

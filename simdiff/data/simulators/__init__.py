@@ -1,0 +1,1 @@
+"""Built-in simulators of real physics: the default datasets need no download."""
