@@ -28,6 +28,15 @@ class Transform(Protocol):
     def spec(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class Bounded(Protocol):
+    """A transform defined on part of the real line only (optional; e.g. Log1p needs x >= 0)."""
+
+    def invalid(self, x: A) -> A:
+        """Boolean array, True where ``x`` is outside the transform's domain."""
+        ...
+
+
 def _spec(obj: object) -> dict[str, Any]:
     cls = type(obj)
     return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **asdict(obj)}  # type: ignore[call-overload]
@@ -68,6 +77,10 @@ class Log1p:
 
     def inverse(self, y: A) -> A:
         return np.expm1(y) * self.scale  # type: ignore[operator,return-value]
+
+    def invalid(self, x: A) -> A:
+        """True where ``x`` is outside the domain (``x < 0``); ``prepare`` reports these."""
+        return x < 0  # type: ignore[operator,return-value]
 
     def spec(self) -> dict[str, Any]:
         return _spec(self)
