@@ -1,0 +1,482 @@
+"""The fast loader: ready batches from a training store, read chunk by chunk.
+
+``ChunkedSampleDataset`` is a torch ``IterableDataset`` over one split of a training store
+(``simdiff.data.store``). It reads whole zarr chunks, never sample by sample, shuffles at
+two levels (the order of chunks, then samples within a buffer of several chunks), shards
+across DDP ranks and DataLoader workers, and yields batches already collated inside the
+worker, so there is no per-sample Python work and no ``collate_fn``. Use it with
+``DataLoader(dataset, batch_size=None)``.
+
+An epoch, for ``(seed, epoch)``, is planned the same way on every rank and worker:
+
+1. Valid targets: samples ``t`` of the split whose window ``t-window+1 .. t`` lies in one
+   ``block`` and in the split (a forecasting window never crosses a gap or a split).
+2. Targets are grouped by the chunk their window starts in; the groups are shuffled
+   (``numpy.random.default_rng((seed, epoch))``), cut into buffers of
+   ``shuffle_buffer_chunks`` groups, and the samples of each buffer are permuted.
+3. Ranks: rank ``r`` takes the ``r``-th contiguous slice of that order. With
+   ``drop_last=False`` the order is padded by repeating its first samples (at most
+   ``world_size - 1`` of them) so every rank gets ``ceil(N / world_size)`` samples, as
+   ``torch.utils.data.DistributedSampler`` does; with ``drop_last=True`` the tail is dropped
+   so every rank gets ``floor(N / world_size)``. Either way every rank yields the same
+   number of batches, so DDP never hangs.
+4. Batches: the rank's slice is cut into batches of ``batch_size`` (the last one partial
+   unless ``drop_last``); worker ``w`` of ``num_workers`` takes a contiguous run of those
+   batches and reads only the chunks they touch. The batches of a rank do not depend on
+   ``num_workers``; only the order in which the DataLoader interleaves them does.
+
+Each batch is a dict of tensors (``B`` = batch, ``W`` = window)::
+
+  target         float32 (B, channel, [D], Y, X)      the state at sample ``index``
+  previous       float32 (B, W-1, channel, [D], Y, X)  states index-W+1 .. index-1 (W > 1)
+  index          int64   (B,)                          sample index of the target
+  time_features  float32 (B, time_feature)             when the store has them
+  label          int64   (B,)                          when the store has them
+  covariates     float32 (B, covariate)                when the store has them
+
+Conditions are those of the target sample. All tensors of a batch are views of one storage
+(in a worker: one shared-memory segment, filled in place, so the DataLoader sends it without
+a copy).
+
+Reading. With several samples per chunk, a worker reads the chunks of one shuffle buffer
+with one zarr call per contiguous range into a reused scratch array and gathers each batch
+from it with one ``numpy.take``. With one sample per chunk (large fields, e.g. 721x1440),
+zarr decodes each chunk straight into its slot of the batch. ``read_threads`` > 1 keeps
+that many chunk reads in flight per process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import zarr
+from torch.utils.data import IterableDataset, get_worker_info
+from zarr.core.buffer.cpu import NDBuffer
+
+from simdiff.data.errors import DataError
+from simdiff.data.store import SPLITS, TrainingStore
+
+CONDITIONS = ("time_features", "label", "covariates")
+
+# fill(start, stop, batch_targets, target_out, previous_out): write one batch's states.
+Filler = Callable[[int, int, np.ndarray, np.ndarray, "np.ndarray | None"], None]
+
+
+def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window: int) -> np.ndarray:
+    """Sample indices ``t`` with ``split[t] == split_code`` whose window lies in one block and split.
+
+    Args:
+        split: (S,) split code per sample.
+        block: (S,) contiguous-run id per sample.
+        split_code: the split wanted (0 train, 1 val, 2 test).
+        window: number of consecutive states, the target last.
+
+    Returns:
+        (N,) sorted int64 target indices.
+    """
+    split = np.asarray(split)
+    block = np.asarray(block)
+    change = (np.diff(block) != 0) | (np.diff(split) != 0)
+    run = np.concatenate([[0], np.cumsum(change)])  # run id: constant over one block and split
+    t = np.flatnonzero(split == split_code)
+    t = t[t >= window - 1]
+    return t[run[t - (window - 1)] == run[t]].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """The order of one epoch's targets and the read buffer each belongs to.
+
+    Attributes:
+        targets: (N,) target sample indices in epoch order.
+        buffer: (N,) buffer id per position; a buffer is ``shuffle_buffer_chunks`` chunk groups.
+    """
+
+    targets: np.ndarray
+    buffer: np.ndarray
+
+
+def epoch_order(
+    targets: np.ndarray,
+    chunk_samples: int,
+    window: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    buffer_chunks: int,
+) -> EpochOrder:
+    """Shuffle chunk groups, then samples within buffers of ``buffer_chunks`` groups.
+
+    Args:
+        targets: (N,) sorted valid target indices.
+        chunk_samples: samples per zarr chunk along the sample dim.
+        window: states per window; targets are grouped by the chunk their window starts in.
+        shuffle: False keeps the stored order (buffers still bound the reads).
+        seed, epoch: the random stream is ``default_rng((seed, epoch))``.
+        buffer_chunks: chunk groups mixed at once.
+    """
+    if len(targets) == 0:
+        return EpochOrder(targets, np.zeros(0, dtype=np.int64))
+    group = (targets - (window - 1)) // chunk_samples
+    starts = np.flatnonzero(np.diff(group)) + 1
+    groups = np.split(targets, starts)
+    rng = np.random.default_rng((seed, epoch)) if shuffle else None
+    chosen = rng.permutation(len(groups)) if rng is not None else np.arange(len(groups))
+    parts, ids = [], []
+    for b, lo in enumerate(range(0, len(chosen), buffer_chunks)):
+        members = np.concatenate([groups[i] for i in chosen[lo : lo + buffer_chunks]])
+        parts.append(rng.permutation(members) if rng is not None else members)
+        ids.append(np.full(len(members), b, dtype=np.int64))
+    return EpochOrder(np.concatenate(parts), np.concatenate(ids))
+
+
+def rank_positions(n: int, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
+    """Positions in the epoch order that rank ``rank`` takes: a contiguous slice, padded or cut.
+
+    With ``drop_last`` every rank gets ``n // world_size`` positions; without, every rank
+    gets ``ceil(n / world_size)`` and positions past ``n`` wrap around to the start.
+
+    Returns:
+        (n_rank,) int64 positions in ``[0, n)``.
+    """
+    per_rank = n // world_size if drop_last else -(-n // world_size)
+    pos = np.arange(rank * per_rank, (rank + 1) * per_rank, dtype=np.int64)
+    return pos % n if n else pos
+
+
+def worker_batches(n_batches: int, worker: int, num_workers: int) -> range:
+    """The contiguous run of batch numbers that ``worker`` of ``num_workers`` produces."""
+    return range(worker * n_batches // num_workers, (worker + 1) * n_batches // num_workers)
+
+
+def empty_batch(specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+    """Uninitialised tensors that all live in one storage; in a DataLoader worker, shared memory.
+
+    One storage per batch means one shared-memory segment to create, send and map instead of
+    one per tensor, and filling shared memory directly saves the copy the DataLoader would
+    make to send the batch to the main process (torch's ``default_collate`` does the same).
+
+    Args:
+        specs: name -> (shape, dtype).
+    """
+    offsets, nbytes = {}, 0
+    for name, (shape, dtype) in specs.items():
+        nbytes = -(-nbytes // 64) * 64  # 64-byte aligned views
+        offsets[name] = nbytes
+        nbytes += math.prod(shape) * dtype.itemsize
+    if get_worker_info() is None:
+        storage = torch.UntypedStorage(nbytes)
+    else:
+        storage = torch.UntypedStorage._new_shared(nbytes)
+    return {
+        name: torch.empty(0, dtype=dtype).set_(storage, offsets[name] // dtype.itemsize, shape)
+        for name, (shape, dtype) in specs.items()
+    }
+
+
+class ChunkedSampleDataset(IterableDataset):
+    """Batches of samples (or windows of consecutive samples) from one split of a training store.
+
+    Args:
+        store: a ``TrainingStore`` or the path of a ``train.zarr``.
+        split: "train", "val" or "test".
+        batch_size: samples per batch.
+        window: consecutive states per sample: ``window - 1`` previous states + 1 target;
+            1 gives plain samples.
+        shuffle: shuffle chunks and samples within buffers, anew each epoch.
+        seed: base seed; epoch ``e`` uses ``(seed, e)``.
+        drop_last: drop the last partial batch (and, with several ranks, the samples that
+            do not divide evenly) instead of padding ranks by repeating samples.
+        shuffle_buffer_chunks: chunk groups read and mixed at once (memory: this many chunks
+            per worker, plus window overlap).
+        rank, world_size: DDP shard; None takes them from ``torch.distributed`` when it is
+            initialised, else rank 0 of 1.
+        read_threads: chunk reads in flight per process (worker); 1 decodes one chunk at a
+            time. More uses more cores per worker: useful with few workers and many cores.
+    """
+
+    def __init__(
+        self,
+        store: TrainingStore | str | Path,
+        split: str = "train",
+        batch_size: int = 32,
+        window: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        shuffle_buffer_chunks: int = 4,
+        rank: int | None = None,
+        world_size: int | None = None,
+        read_threads: int = 1,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("batch_size", batch_size),
+            ("window", window),
+            ("shuffle_buffer_chunks", shuffle_buffer_chunks),
+            ("read_threads", read_threads),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"ChunkedSampleDataset: {name} must be >= 1, got {value}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        opened = store if isinstance(store, TrainingStore) else TrainingStore(store)
+        self.path = opened.path
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.window = int(window)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.shuffle_buffer_chunks = int(shuffle_buffer_chunks)
+        self.read_threads = int(read_threads)
+        self._rank_arg, self._world_arg = rank, world_size
+        self.chunk_samples = opened.chunk_samples
+        self.sample_shape = tuple(int(n) for n in opened.data.shape[1:])
+        self.conditions = tuple(name for name in CONDITIONS if opened.has(name))
+        split_arr, block = opened.array("split"), opened.array("block")
+        self.targets = window_targets(split_arr, block, SPLITS[split], self.window)
+        n_split = int(np.count_nonzero(split_arr == SPLITS[split]))
+        if n_split and not len(self.targets):
+            raise DataError(
+                f"{self.path}: split {split!r} has {n_split} samples but no window of "
+                f"window={self.window} consecutive samples fits inside one block (variable "
+                f"'block'); lower loader.window or prepare the store with longer blocks"
+            )
+        # The epoch lives in shared memory so persistent workers see set_epoch().
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._store: TrainingStore | None = None
+        self._cond: dict[str, np.ndarray] | None = None
+        self._scratch: np.ndarray | None = None
+        self._data: zarr.Array | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.rank, self.world_size = self._resolve_shard()
+
+    # -- planning ------------------------------------------------------------------------
+    def _resolve_shard(self) -> tuple[int, int]:
+        if self._rank_arg is not None or self._world_arg is not None:
+            rank, world = int(self._rank_arg or 0), int(self._world_arg or 1)
+        elif dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        else:
+            rank, world = 0, 1
+        if not 0 <= rank < world:
+            raise ValueError(f"ChunkedSampleDataset: rank {rank} not in [0, world_size={world})")
+        return rank, world
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch``; call before iterating (the DataModule does)."""
+        self._epoch.fill_(int(epoch))
+        self.rank, self.world_size = self._resolve_shard()
+
+    @property
+    def n_targets(self) -> int:
+        """Valid targets in the split, over all ranks."""
+        return len(self.targets)
+
+    def _rank_samples(self) -> int:
+        n, w = len(self.targets), self.world_size
+        if w == 1:
+            return n
+        return n // w if self.drop_last else -(-n // w)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (the same on every rank, for any num_workers)."""
+        n = self._rank_samples()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def plan(self, worker: int = 0, num_workers: int = 1) -> list[np.ndarray]:
+        """The target indices of each batch ``worker`` yields this epoch, in order.
+
+        Returns:
+            a list of (B,) int64 arrays.
+        """
+        order = epoch_order(
+            self.targets,
+            self.chunk_samples,
+            self.window,
+            self.shuffle,
+            self.seed,
+            self.epoch,
+            self.shuffle_buffer_chunks,
+        )
+        pos = self._positions(len(order.targets))
+        runs = worker_batches(len(self), worker, num_workers)
+        return [order.targets[pos[b * self.batch_size : (b + 1) * self.batch_size]] for b in runs]
+
+    def _positions(self, n: int) -> np.ndarray:
+        if self.world_size == 1:
+            return np.arange(n, dtype=np.int64)
+        return rank_positions(n, self.rank, self.world_size, self.drop_last)
+
+    # -- reading -------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_store"] = None  # each worker opens its own handle
+        state["_cond"] = None
+        state["_scratch"] = None
+        state["_pool"] = None
+        state["_data"] = None
+        return state
+
+    def _open(self) -> TrainingStore:
+        if self._store is None:
+            self._store = TrainingStore(self.path)
+            self._data = self._store.data  # opened once: each ``store.data`` re-reads metadata
+            self._cond = {name: self._store.array(name) for name in self.conditions}
+        return self._store
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        store = self._open()
+        order = epoch_order(
+            self.targets,
+            self.chunk_samples,
+            self.window,
+            self.shuffle,
+            self.seed,
+            self.epoch,
+            self.shuffle_buffer_chunks,
+        )
+        pos = self._positions(len(order.targets))
+        runs = worker_batches(len(self), worker, num_workers)
+        if not len(runs):
+            return
+        mine = pos[runs.start * self.batch_size : runs.stop * self.batch_size]
+        targets, buffers = order.targets[mine], order.buffer[mine]
+        yield from self._batches(store, targets, buffers)
+
+    def _read_buffer(self, store: TrainingStore, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Read every state the windows of ``targets`` need, whole chunks at a time.
+
+        Needed rows are merged into contiguous ranges (ranges closer than a chunk are joined,
+        so no chunk is decoded twice) and each range is decoded by zarr straight into a
+        reused scratch array: no per-sample reads, no fresh allocation per buffer.
+
+        Returns:
+            rows: (M,) sorted sample indices read; states: (M, channel, [D], Y, X) float32,
+            a view of the scratch array valid until the next call.
+        """
+        offsets = np.arange(-(self.window - 1), 1)
+        need = np.unique(targets[:, None] + offsets[None, :])
+        gap = np.flatnonzero(np.diff(need) >= self.chunk_samples) + 1
+        lo = need[np.concatenate([[0], gap])]
+        hi = need[np.concatenate([gap - 1, [len(need) - 1]])] + 1
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
+        if self._scratch is None or len(self._scratch) < len(rows):
+            self._scratch = np.empty((len(rows), *self.sample_shape), dtype=np.float32)
+        states = self._scratch[: len(rows)]
+        jobs, at = [], 0
+        for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+            jobs.append((a, b, states[at : at + b - a]))
+            at += b - a
+        self._read_into(jobs)
+        return rows, states
+
+    def _read_into(self, jobs: list[tuple[int, int, np.ndarray]]) -> None:
+        """Decode samples ``[a, b)`` into ``out`` for each job; ``read_threads`` at a time.
+
+        zarr decodes in its own thread pool; several reads in flight keep several chunks
+        decoding at once (Blosc releases the GIL), one read at a time keeps one.
+        """
+        data = self._data
+        assert data is not None
+
+        def read(job: tuple[int, int, np.ndarray]) -> None:
+            data.get_basic_selection(slice(job[0], job[1]), out=NDBuffer(job[2]))
+
+        if self.read_threads == 1 or len(jobs) == 1:
+            for job in jobs:
+                read(job)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="simdiff_read")
+        for _ in self._pool.map(read, jobs):
+            pass
+
+    def _batches(self, store: TrainingStore, targets: np.ndarray, buffers: np.ndarray):  # type: ignore[no-untyped-def]
+        """Yield the batches of this worker's ``targets`` (whose read buffers are ``buffers``)."""
+        bs, w = self.batch_size, self.window
+        if self.chunk_samples == 1:
+            fill = self._direct_filler(store)
+        else:
+            fill = self._buffer_filler(store, targets, buffers)
+        assert self._cond is not None
+        cond = self._cond
+        for start in range(0, len(targets), bs):
+            stop = min(start + bs, len(targets))
+            n = stop - start
+            specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+                "target": ((n, *self.sample_shape), torch.float32)
+            }
+            if w > 1:
+                specs["previous"] = ((n, w - 1, *self.sample_shape), torch.float32)
+            specs["index"] = ((n,), torch.int64)
+            for name, values in cond.items():
+                specs[name] = ((n, *values.shape[1:]), torch.from_numpy(values[:0]).dtype)
+            batch = empty_batch(specs)
+            batch_targets = targets[start:stop]
+            previous = batch["previous"].numpy() if w > 1 else None
+            fill(start, stop, batch_targets, batch["target"].numpy(), previous)
+            batch["index"].numpy()[:] = batch_targets
+            for name, values in cond.items():
+                np.take(values, batch_targets, axis=0, out=batch[name].numpy())
+            yield batch
+
+    def _direct_filler(self, store: TrainingStore) -> Filler:
+        """One sample per chunk: zarr decodes each chunk straight into its batch slot."""
+        w = self.window
+
+        def fill(start: int, stop: int, batch: np.ndarray, t_np: np.ndarray, p_np: np.ndarray | None) -> None:
+            jobs = []
+            for i, t in enumerate(batch.tolist()):
+                jobs.append((t, t + 1, t_np[i : i + 1]))
+                if p_np is not None:
+                    jobs.append((t - (w - 1), t, p_np[i]))
+            self._read_into(jobs)
+
+        return fill
+
+    def _buffer_filler(self, store: TrainingStore, targets: np.ndarray, buffers: np.ndarray) -> Filler:
+        """Several samples per chunk: read a buffer of chunks once, gather batches from it."""
+        w = self.window
+        # Spans of consecutive positions from one buffer: each is read once.
+        cuts = np.flatnonzero(np.diff(buffers)) + 1
+        span_lo = np.concatenate([[0], cuts])
+        span_hi = np.concatenate([cuts, [len(targets)]])
+        state: dict[str, object] = {"span": 0, "loaded": -1, "rows": None, "states": None}
+
+        def fill(start: int, stop: int, batch: np.ndarray, t_np: np.ndarray, p_np: np.ndarray | None) -> None:
+            at = start
+            while at < stop:
+                span = int(state["span"])  # type: ignore[call-overload]
+                while span_hi[span] <= at:
+                    span += 1
+                state["span"] = span
+                if state["loaded"] != span:
+                    state["rows"], state["states"] = self._read_buffer(
+                        store, targets[span_lo[span] : span_hi[span]]
+                    )
+                    state["loaded"] = span
+                rows, states = state["rows"], state["states"]
+                end = min(stop, int(span_hi[span]))
+                where = np.searchsorted(rows, targets[at:end])  # type: ignore[arg-type]
+                np.take(states, where, axis=0, out=t_np[at - start : end - start])  # type: ignore[arg-type]
+                if p_np is not None:
+                    prev_where = where[:, None] + np.arange(-(w - 1), 0)[None, :]
+                    np.take(states, prev_where, axis=0, out=p_np[at - start : end - start])  # type: ignore[arg-type]
+                at = end
+
+        return fill
