@@ -19,7 +19,7 @@ def prepare_stage(cfg: DictConfig) -> None:
     """Adapter -> ``run_dir/data/train.zarr``."""
     from simdiff.data.prepare import prepare
 
-    source = instantiate(cfg.data)
+    source = instantiate(cfg.data, _convert_="object")
     options = instantiate(cfg.prepare)
     path = prepare(
         source, cfg.run_dir, options=options, config=to_plain(cfg, "data", "prepare"), force=cfg.force
