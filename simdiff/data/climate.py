@@ -45,20 +45,15 @@ below a declared ``valid_min`` (e.g. negative radar rain) become missing.
 
 from __future__ import annotations
 
-import glob as globmod
-import importlib
-import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from simdiff.data.errors import DataError
 from simdiff.data.field import Field
+from simdiff.data.formats import open_file, supported_types
 from simdiff.data.latlon import (
     LAT,
     LON,
@@ -67,53 +62,12 @@ from simdiff.data.latlon import (
     derive_geometry,
     orient_ascending,
 )
+from simdiff.data.paths import expand_source
 from simdiff.data.time_features import is_datetime, time_features
 from simdiff.data.transforms import Transform
 
 TIME, LEVEL = "time", "level"
 
-
-@dataclass(frozen=True)
-class FileFormat:
-    """A file type the adapter opens: its suffixes, xarray engine and the module it needs."""
-
-    name: str
-    suffixes: tuple[str, ...]
-    engine: str
-    module: str
-    install: str
-    open_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    probe: Callable[[Path], Mapping[str, Any]] | None = None
-
-    def kwargs_for(self, path: Path) -> dict[str, Any]:
-        """Keyword arguments for ``xr.open_dataset`` on ``path``."""
-        return {**self.open_kwargs, **(self.probe(path) if self.probe else {})}
-
-
-def _zarr_consolidated(path: Path) -> dict[str, Any]:
-    """Read consolidated metadata exactly when the store has it (v2 ``.zmetadata``, v3 in zarr.json)."""
-    if (path / ".zmetadata").exists():
-        return {"consolidated": True}
-    root = path / "zarr.json"
-    if root.exists():
-        meta = json.loads(root.read_text())
-        return {"consolidated": bool(meta.get("consolidated_metadata"))}
-    return {"consolidated": False}
-
-
-FORMATS: tuple[FileFormat, ...] = (
-    FileFormat("netCDF 3/4", (".nc", ".nc4", ".netcdf", ".cdf"), "netcdf4", "netCDF4", "pip install netCDF4"),
-    FileFormat("zarr v2/v3 (directory)", (".zarr",), "zarr", "zarr", "pip install zarr",
-               probe=_zarr_consolidated),
-    FileFormat(
-        "GRIB 1/2",
-        (".grib", ".grib2", ".grb", ".grb2"),
-        "cfgrib",
-        "cfgrib",
-        "pip install simdiff[grib]",
-        {"backend_kwargs": {"indexpath": ""}},
-    ),
-)
 
 _LAT_UNITS = {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"}
 _LON_UNITS = {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"}
@@ -121,69 +75,6 @@ _LEVEL_NAMES = {"level", "lev", "plev", "pressure", "pressure_level", "isobarici
                 "height", "altitude", "model_level_number", "hybrid", "sigma", "deptht", "olevel"}
 _LEVEL_STANDARD_NAMES = {"air_pressure", "depth", "height", "altitude", "model_level_number",
                          "atmosphere_hybrid_sigma_pressure_coordinate", "atmosphere_sigma_coordinate"}
-
-
-def supported_types() -> str:
-    """One line listing the file types the adapter opens."""
-    return "; ".join(f"{f.name}: {', '.join(f.suffixes)}" for f in FORMATS)
-
-
-def expand_source(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Paths named by a path, a glob, or a list of either (globs sorted by name)."""
-    items = [source] if isinstance(source, str | os.PathLike) else list(source)
-    if not items:
-        raise DataError("data.source is an empty list; give a file, a glob or a list of them")
-    paths: list[Path] = []
-    for item in items:
-        text = os.path.expanduser(os.fspath(item))
-        if globmod.has_magic(text):
-            matches = sorted(globmod.glob(text, recursive=True))
-            if not matches:
-                raise DataError(
-                    f"the glob {text!r} matches no files; check the folder and the pattern "
-                    f"(supported types: {supported_types()})"
-                )
-            paths.extend(Path(m) for m in matches)
-        else:
-            if not os.path.exists(text):
-                raise DataError(f"{text}: file not found; check data.source (a path, a glob or a list)")
-            paths.append(Path(text))
-    return paths
-
-
-def file_format(path: Path, engine: str | None = None) -> FileFormat:
-    """The FileFormat for ``path``: from ``engine`` when given, else from the suffix."""
-    if engine is not None:
-        known = {f.engine: f for f in FORMATS}
-        return known.get(engine, FileFormat(engine, (), engine, engine, f"pip install {engine}"))
-    suffix = path.suffix.lower()
-    is_zarr_dir = path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
-    for fmt in FORMATS:
-        if suffix in fmt.suffixes or (is_zarr_dir and fmt.engine == "zarr"):
-            return fmt
-    raise DataError(
-        f"{path}: unknown file type {suffix or '(no suffix)'!r}; supported: {supported_types()}. "
-        "Rename the file, or pass engine= (an xarray engine such as 'netcdf4' or 'h5netcdf') to force one"
-    )
-
-
-def open_file(path: Path, engine: str | None = None) -> xr.Dataset:
-    """Open one file lazily (dask arrays in the backend's own chunks), packed ints decoded."""
-    fmt = file_format(path, engine)
-    try:
-        importlib.import_module(fmt.module)
-    except ImportError as exc:
-        raise DataError(
-            f"{path}: opening {fmt.name} files needs the {fmt.module!r} package, which is not "
-            f"installed; run `{fmt.install}`"
-        ) from exc
-    try:
-        return xr.open_dataset(path, engine=fmt.engine, chunks={}, **fmt.kwargs_for(path))
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise DataError(
-            f"{path}: cannot be opened as {fmt.name} (xarray engine {fmt.engine!r}): {exc}. Check that the "
-            "file is complete (compare its checksum) or pass engine= to choose another reader"
-        ) from exc
 
 
 def _role(ds: xr.Dataset, dim: str) -> str | None:
@@ -502,7 +393,7 @@ class ClimateSource:
 
     def open(self) -> Field:
         """Open, canonicalise, check and combine the files (lazily) -> Field over ``time``."""
-        paths = expand_source(self.source)
+        paths = expand_source(self.source, accepts=f"supported types: {supported_types()}")
         opened = [(str(p), open_file(p, self.engine)) for p in paths]
         if self.variables is not None:
             available = {v: w for w, ds in reversed(opened) for v in gridded_variables(ds, w)}

@@ -32,9 +32,7 @@ Several files form the sample dim; they must share grid shape, voxel vectors and
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -47,32 +45,12 @@ from simdiff.data.cube import read_cube_header as _read_header
 from simdiff.data.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry, lattice_array
+from simdiff.data.paths import expand_source
 from simdiff.data.transforms import Transform
 
 AXES = ("x", "y", "z")
 """Grid dims of cube axes 1, 2, 3."""
 
-_GLOB_CHARS = set("*?[")
-
-
-def resolve_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Expand a path, a glob, or a sequence of them into an ordered list of existing files."""
-    entries = [source] if isinstance(source, str | Path) else list(source)
-    if not entries:
-        raise DataError("CubeSource: `source` is an empty list; give a cube file, a glob or a list of files")
-    paths: list[Path] = []
-    for entry in entries:
-        text = str(entry)
-        if _GLOB_CHARS & set(text):
-            found = sorted(glob.glob(text, recursive=True))
-            if not found:
-                raise DataError(f"{text}: the glob matches no files; check the pattern and the directory")
-            paths += [Path(p) for p in found]
-        else:
-            if not Path(text).is_file():
-                raise DataError(f"{text}: no such cube file; check the path (set data.source=PATH|GLOB)")
-            paths.append(Path(text))
-    return paths
 
 
 def crystal_cell(header: CubeHeader) -> tuple[np.ndarray, bool] | None:
@@ -189,7 +167,7 @@ class CubeSource:
 
     def open(self) -> Field:
         """Parse the headers now and the values lazily (one dask chunk per file)."""
-        paths = resolve_paths(self.source)
+        paths = expand_source(self.source, accepts="Gaussian cube files")
         if self.max_samples is not None:
             paths = paths[: self.max_samples]
         headers = [_read_header(p) for p in paths]

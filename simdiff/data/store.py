@@ -138,7 +138,8 @@ class TrainingStore:
 
     @property
     def variables(self) -> list[str]:
-        return list(self.attrs["variables"])
+        """Variable names in channel order."""
+        return [str(v) for v in self.group["channel"][...]]
 
     @property
     def transforms(self) -> dict[str, Transform]:
