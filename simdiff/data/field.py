@@ -23,6 +23,9 @@ from simdiff.data.geometry import Geometry
 
 SAMPLE_DIMS = ("time", "sample")
 DEPTH_DIMS = ("level", "z")
+# Depth dims that are a spatial axis of one volume (voxel grids), not distinct physical levels:
+# they share one normalisation across the axis, and 3D convolutions treat them like y and x.
+SPATIAL_DEPTH_DIMS = ("z",)
 HORIZONTAL_DIMS = (("lat", "lon"), ("y", "x"))
 
 

@@ -35,7 +35,7 @@ from zarr.codecs import BloscCodec
 
 from simdiff.data.chunking import samples_per_chunk, work_samples
 from simdiff.data.errors import DataError
-from simdiff.data.field import Field, FieldSource
+from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
 from simdiff.data.provenance import config_differences, config_yaml, provenance
 from simdiff.data.split import block_ids, split_labels
 from simdiff.data.stats import compute_statistics, normalise
@@ -201,7 +201,10 @@ def write_training_store(
 
     log.info("prepare: statistics of %s over %d train samples", names, int((split == 0).sum()))
     with _progress(options.progress):
-        stats = compute_statistics(data, mask, split, transforms, block_samples=block, origin=origin)
+        stats = compute_statistics(
+            data, mask, split, transforms, block_samples=block, origin=origin,
+            pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS,
+        )
     normed = normalise(data, stats, mask, transforms, block_samples=block).chunk({"channel": -1})
 
     coords = {d: _plain_coord(data[d]) for d in (sdim, *field.spatial_dims) if d in data.coords}

@@ -84,8 +84,13 @@ def compute_statistics(
     *,
     block_samples: int,
     origin: str = "the field",
+    pool_depth: bool = False,
 ) -> xr.Dataset:
     """Mean and std of each transformed variable per level over the train split's valid cells.
+
+    Pressure levels get their own statistics (z at 200 hPa and at 850 hPa differ by an order
+    of magnitude); with ``pool_depth`` every level shares one mean and std, as a voxel grid's
+    ``z`` axis needs (a per-slice normalisation would break rotation equivariance).
 
     Args:
         data: variables ``(S, [D], Y, X)`` (numpy or dask backed; read once, in blocks).
@@ -94,6 +99,7 @@ def compute_statistics(
         transforms: variable -> Transform applied before the moments (Identity if absent).
         block_samples: samples per dask block (memory per task ~ 4 x block x float64).
         origin: the source files, for error messages.
+        pool_depth: one mean/std over all levels (broadcast over ``[D]`` in the result).
 
     Returns:
         Dataset with float64 ``mean`` and ``std`` over ``(channel, [D])``.
@@ -156,7 +162,12 @@ def compute_statistics(
         mt = m[train]
         mean = mt[:, _MEAN].mean(axis=0)  # equal n_i per sample: the n_i-weighted mean
         m2 = mt[:, _M2].sum(axis=0) + (n_i * (mt[:, _MEAN] - mean) ** 2).sum(axis=0)
-        std = np.sqrt(m2 / (n_i * train.sum()))
+        count = n_i * train.sum()
+        if pool_depth:  # one mean/std over every level (Chan et al. 1983 pairwise combination)
+            pooled = (count * mean).sum() / count.sum()
+            m2 = np.full_like(m2, m2.sum() + (count * (mean - pooled) ** 2).sum())
+            mean, count = np.full_like(mean, pooled), np.full_like(count, count.sum())
+        std = np.sqrt(m2 / count)
         const = ~(std > CONSTANT_RTOL * np.abs(mean))
         if np.any(const):
             level = int(np.flatnonzero(const)[0])

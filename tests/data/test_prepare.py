@@ -141,6 +141,27 @@ def test_round_trip_and_schema(tmp_path: Path, levels: int | None) -> None:
     np.testing.assert_array_equal(store.array("block"), [0] * 32 + [1] * 4 + [2] * 4)
 
 
+def test_voxel_grid_shares_one_normalisation_along_z(tmp_path: Path) -> None:
+    """z is a spatial axis of one volume: its slices share one mean/std (levels do not)."""
+    rng = np.random.default_rng(3)
+    dims = ("sample", "z", "y", "x")
+    rho = rng.gamma(2.0, 1.0, (12, 4, 5, 6)) * np.arange(1, 5)[None, :, None, None]  # z-dependent
+    ds = xr.Dataset({"density": (dims, rho.astype(np.float32), {"units": "bohr-3"})})
+    spatial = dims[1:]
+    geometry = Geometry(
+        dims=spatial, periodic=frozenset(), weights=xr.DataArray(np.ones((4, 5, 6)), dims=spatial),
+        mask=xr.DataArray(np.ones((4, 5, 6), bool), dims=spatial),
+    )
+    path = write_training_store(
+        Field(ds, geometry), tmp_path / "train.zarr", transforms={}, options=OPTS, provenance={}
+    )
+    store = TrainingStore(path)
+    mean, std = store.array("mean")[0], store.array("std")[0]
+    train = rho[store.indices("train")].astype(np.float64)
+    np.testing.assert_allclose(mean, train.mean(), rtol=1e-6)
+    np.testing.assert_allclose(std, train.std(), rtol=1e-6)
+
+
 def test_chunks_hold_whole_samples_near_target(tmp_path: Path) -> None:
     ds, mask = make_dataset()
     sample_bytes = 2 * NY * NX * 4  # 384 B

@@ -55,6 +55,16 @@ def test_statistics_equal_numpy_on_train_valid_cells(block: int) -> None:
     assert abs(stats["mean"].sel(channel="a").values[0] - all_mean) > 10
 
 
+def test_pooled_depth_statistics_equal_numpy_over_all_levels() -> None:
+    """A voxel grid's z axis shares one mean/std (broadcast over z), over valid train cells."""
+    data, mask, split = _fields()
+    stats = compute_statistics(data, mask, split, {}, block_samples=5, pool_depth=True)
+    vals = data["a"].values[:24].astype(np.float64)[:, mask.values]  # (train, valid cells of all levels)
+    np.testing.assert_allclose(stats["mean"].sel(channel="a").values, vals.mean(), rtol=1e-12)
+    np.testing.assert_allclose(stats["std"].sel(channel="a").values, vals.std(), rtol=1e-10)
+    assert stats["std"].sel(channel="a").shape == (D,)
+
+
 def test_statistics_are_stable_for_large_offsets() -> None:
     rng = np.random.default_rng(1)
     x = 1e5 + rng.standard_normal((S, Y, X))  # float64; E[x^2] - E[x]^2 would keep ~6 digits
