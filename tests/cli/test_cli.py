@@ -81,3 +81,11 @@ def test_prepare_real_sst_file(tmp_path, shared_data):
     assert store.variables == ["sst"]
     mask = store.array("mask")
     assert 0.6 < mask.mean() < 0.75  # ~31 % of ERSST cells are land
+
+
+def test_run_chains_the_built_stages_and_lists_the_pending_ones(tmp_path):
+    run_dir = tmp_path / "run"
+    out = simdiff("run", f"run_dir={run_dir}", "debug=tiny", f"cache_dir={tmp_path / 'cache'}")
+    assert out.returncode == 0, out.stderr
+    assert (run_dir / "data" / "train.zarr").is_dir()
+    assert "stages not built yet" in out.stderr + out.stdout
