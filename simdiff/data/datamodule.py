@@ -11,6 +11,15 @@ With DDP the datasets shard by the process group's rank (created in ``setup``, a
 Lightning starts it); the train split drops the uneven tail when ``drop_last`` (default) and
 the val/test splits pad by repeating at most ``world_size - 1`` samples, so every rank runs
 the same number of steps.
+
+Workers. By default batches are read by ``reader_threads`` background threads inside the
+training process (``num_workers=0``): zarr's Blosc decode and numpy's gathers release the
+GIL, so the threads decode in parallel with each other and with the training step, and a
+batch reaches the model without any inter-process copy. DataLoader worker *processes*
+(``num_workers > 0``) must place every batch in fresh shared memory (page faults cost about
+as much as the read itself here); use them only when per-batch Python work is CPU-heavy
+enough to be worth that copy. Both can be combined: each worker process then runs its own
+reader threads. Batch contents and order never depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -67,7 +76,9 @@ class SimdiffDataModule(L.LightningDataModule):
     Args:
         store: the ``train.zarr`` directory, or a run_dir holding ``data/train.zarr``.
         batch_size: samples per batch (per rank).
-        num_workers: DataLoader worker processes; 0 reads in the main process.
+        num_workers: DataLoader worker processes; 0 (default) reads in the training process,
+            in ``reader_threads`` background threads. Processes pay a shared-memory copy per
+            batch: worth it only for CPU-heavy per-batch Python work.
         window: consecutive states per sample (``window - 1`` previous + 1 target).
         pin_memory: pin batches for fast host-to-GPU copies; None: when CUDA is available.
         persistent_workers: keep workers alive across epochs (ignored with 0 workers).
@@ -75,14 +86,16 @@ class SimdiffDataModule(L.LightningDataModule):
         seed: shuffle seed; epoch ``e`` shuffles with ``(seed, e)``.
         drop_last: drop the last partial train batch (and the uneven tail across ranks).
         prefetch_factor: batches each worker reads ahead (ignored with 0 workers).
-        read_threads: chunk reads in flight per worker (or the main process with 0 workers).
+        reader_threads: background reader threads per process (the training process with 0
+            workers): no IPC copies, decode in parallel (Blosc releases the GIL); 0 reads in
+            the iterating thread. Pinning (``pin_memory``) still happens in the DataLoader.
     """
 
     def __init__(
         self,
         store: str | Path,
         batch_size: int = 32,
-        num_workers: int = 4,
+        num_workers: int = 0,
         window: int = 1,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
@@ -90,7 +103,7 @@ class SimdiffDataModule(L.LightningDataModule):
         seed: int = 0,
         drop_last: bool = True,
         prefetch_factor: int = 2,
-        read_threads: int = 1,
+        reader_threads: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,7 +117,7 @@ class SimdiffDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.prefetch_factor = int(prefetch_factor)
-        self.read_threads = int(read_threads)
+        self.reader_threads = int(reader_threads)
         self.datasets: dict[str, ChunkedSampleDataset] = {}
 
     # -- what models need to know ----------------------------------------------------------
@@ -171,7 +184,7 @@ class SimdiffDataModule(L.LightningDataModule):
                 seed=self.seed,
                 drop_last=self.drop_last and split == "train",
                 shuffle_buffer_chunks=self.shuffle_buffer_chunks,
-                read_threads=self.read_threads,
+                reader_threads=self.reader_threads,
             )
 
     def _current_epoch(self) -> int | None:

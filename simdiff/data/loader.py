@@ -38,18 +38,28 @@ Conditions are those of the target sample. All tensors of a batch are views of o
 (in a worker: one shared-memory segment, filled in place, so the DataLoader sends it without
 a copy).
 
-Reading. With several samples per chunk, a worker reads the chunks of one shuffle buffer
-with one zarr call per contiguous range into a reused scratch array and gathers each batch
-from it with one ``numpy.take``. With one sample per chunk (large fields, e.g. 721x1440),
-zarr decodes each chunk straight into its slot of the batch. ``read_threads`` > 1 keeps
-that many chunk reads in flight per process.
+Reading. With several samples per chunk, one read task decodes the chunks of one shuffle
+buffer into a reused scratch array and gathers its samples into their batch rows with
+``numpy.take``. With one sample per chunk (large fields, e.g. 721x1440), one task per batch
+decodes each chunk straight into its batch slot. ``ChunkDecoder`` does the decoding: for the
+stores ``prepare`` writes it Blosc-decompresses the chunk files directly (no zarr per-call
+overhead), else it calls zarr.
+
+Reader threads (``reader_threads``, default 2) run those tasks in the background of the
+iterating process: tasks are submitted in epoch order and awaited in that order (a bounded
+read-ahead of ``2 * reader_threads`` tasks), so the batches and their order are the same for
+any number of threads, 0 included. Blosc and numpy release the GIL, so this overlaps reading
+with training and decodes in parallel without the shared-memory copy a DataLoader worker
+process needs per batch. Worker processes (``DataLoader(num_workers=...)``) still work, each
+with its own reader threads; they pay off only for CPU-heavy Python work per batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,15 +68,12 @@ import torch
 import torch.distributed as dist
 import zarr
 from torch.utils.data import IterableDataset, get_worker_info
-from zarr.core.buffer.cpu import NDBuffer
 
+from simdiff.data.chunk_decoder import ChunkDecoder
 from simdiff.data.errors import DataError
 from simdiff.data.store import SPLITS, TrainingStore
 
 CONDITIONS = ("time_features", "label", "covariates")
-
-# fill(start, stop, batch_targets, target_out, previous_out): write one batch's states.
-Filler = Callable[[int, int, np.ndarray, np.ndarray, "np.ndarray | None"], None]
 
 
 def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window: int) -> np.ndarray:
@@ -198,8 +205,12 @@ class ChunkedSampleDataset(IterableDataset):
             per worker, plus window overlap).
         rank, world_size: DDP shard; None takes them from ``torch.distributed`` when it is
             initialised, else rank 0 of 1.
-        read_threads: chunk reads in flight per process (worker); 1 decodes one chunk at a
-            time. More uses more cores per worker: useful with few workers and many cores.
+        reader_threads: background threads that read and assemble the next batches in the
+            iterating process (bounded read-ahead: ``2 * reader_threads`` read tasks); 0 reads
+            in the iterating thread, one batch at a time. zarr's Blosc decode and the numpy
+            gathers release the GIL, so threads overlap reading with the consumer and, with 2
+            or more, decode in parallel, with no inter-process copy. The batches and their
+            order do not depend on this number.
     """
 
     def __init__(
@@ -214,17 +225,18 @@ class ChunkedSampleDataset(IterableDataset):
         shuffle_buffer_chunks: int = 4,
         rank: int | None = None,
         world_size: int | None = None,
-        read_threads: int = 1,
+        reader_threads: int = 2,
     ) -> None:
         super().__init__()
         for name, value in (
             ("batch_size", batch_size),
             ("window", window),
             ("shuffle_buffer_chunks", shuffle_buffer_chunks),
-            ("read_threads", read_threads),
         ):
             if int(value) < 1:
                 raise ValueError(f"ChunkedSampleDataset: {name} must be >= 1, got {value}")
+        if int(reader_threads) < 0:
+            raise ValueError(f"ChunkedSampleDataset: reader_threads must be >= 0, got {reader_threads}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         opened = store if isinstance(store, TrainingStore) else TrainingStore(store)
@@ -236,7 +248,7 @@ class ChunkedSampleDataset(IterableDataset):
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.shuffle_buffer_chunks = int(shuffle_buffer_chunks)
-        self.read_threads = int(read_threads)
+        self.reader_threads = int(reader_threads)
         self._rank_arg, self._world_arg = rank, world_size
         self.chunk_samples = opened.chunk_samples
         self.sample_shape = tuple(int(n) for n in opened.data.shape[1:])
@@ -254,9 +266,9 @@ class ChunkedSampleDataset(IterableDataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._store: TrainingStore | None = None
         self._cond: dict[str, np.ndarray] | None = None
-        self._scratch: np.ndarray | None = None
+        self._scratch: list[list[np.ndarray]] = []  # free read buffers, reused across tasks
         self._data: zarr.Array | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._decoder: ChunkDecoder | None = None
         self.rank, self.world_size = self._resolve_shard()
 
     # -- planning ------------------------------------------------------------------------
@@ -325,22 +337,23 @@ class ChunkedSampleDataset(IterableDataset):
         state = dict(self.__dict__)
         state["_store"] = None  # each worker opens its own handle
         state["_cond"] = None
-        state["_scratch"] = None
-        state["_pool"] = None
         state["_data"] = None
+        state["_decoder"] = None
+        state["_scratch"] = []
         return state
 
     def _open(self) -> TrainingStore:
         if self._store is None:
             self._store = TrainingStore(self.path)
             self._data = self._store.data  # opened once: each ``store.data`` re-reads metadata
+            self._decoder = ChunkDecoder(self._data)
             self._cond = {name: self._store.array(name) for name in self.conditions}
         return self._store
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        store = self._open()
+        self._open()
         order = epoch_order(
             self.targets,
             self.chunk_samples,
@@ -353,21 +366,136 @@ class ChunkedSampleDataset(IterableDataset):
         pos = self._positions(len(order.targets))
         runs = worker_batches(len(self), worker, num_workers)
         if not len(runs):
-            return
+            return iter(())
         mine = pos[runs.start * self.batch_size : runs.stop * self.batch_size]
-        targets, buffers = order.targets[mine], order.buffer[mine]
-        yield from self._batches(store, targets, buffers)
+        return self._batches(order.targets[mine], order.buffer[mine])
 
-    def _read_buffer(self, store: TrainingStore, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _segments(self, buffers: np.ndarray) -> np.ndarray:
+        """(K + 1,) bounds of the runs of positions one read task fills, ascending from 0.
+
+        Several samples per chunk: one run per shuffle buffer span (read once, then
+        gathered). One sample per chunk: one run per batch.
+        """
+        n = len(buffers)
+        if self.chunk_samples == 1:
+            return np.r_[np.arange(0, n, self.batch_size), n]
+        return np.r_[0, np.flatnonzero(np.diff(buffers)) + 1, n]
+
+    def _empty(self, n: int) -> dict[str, torch.Tensor]:
+        """An unfilled batch of ``n`` samples (one storage; shared memory in a worker)."""
+        assert self._cond is not None
+        specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+            "target": ((n, *self.sample_shape), torch.float32)
+        }
+        if self.window > 1:
+            specs["previous"] = ((n, self.window - 1, *self.sample_shape), torch.float32)
+        specs["index"] = ((n,), torch.int64)
+        for name, values in self._cond.items():
+            specs[name] = ((n, *values.shape[1:]), torch.from_numpy(values[:0]).dtype)
+        return empty_batch(specs)
+
+    def _batches(self, targets: np.ndarray, buffers: np.ndarray) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield the batches of this worker's ``targets`` (whose read buffers are ``buffers``), in order.
+
+        Read tasks (one per segment, see ``_segments``) are submitted in order and waited
+        for in order, so the batches never depend on thread timing. At most
+        ``2 * reader_threads`` tasks (plus those the current batch needs) are in flight.
+        The reader threads stop when the generator finishes, is closed (a ``break``, the
+        DataLoader iterator dropped) or raises: queued tasks are cancelled and running
+        ones, each a single segment, are waited for.
+        """
+        n, bs = len(targets), self.batch_size
+        bounds = self._segments(buffers)
+        n_batches = -(-n // bs)
+        # the last segment each batch needs: the one holding its last position
+        last = np.searchsorted(bounds, np.minimum(np.arange(1, n_batches + 1) * bs, n), "left") - 1
+        batches: dict[int, dict[str, torch.Tensor]] = {}
+
+        def task(k: int) -> Callable[[], None]:
+            lo, hi = int(bounds[k]), int(bounds[k + 1])
+            parts = []
+            for b in range(lo // bs, (hi - 1) // bs + 1):
+                if b not in batches:
+                    batches[b] = self._empty(min(bs, n - b * bs))
+                parts.append((batches[b], b * bs))
+            return lambda: self._fill(targets, lo, hi, parts)
+
+        if self.reader_threads == 0:
+            k = 0
+            for b in range(n_batches):
+                while k <= last[b]:
+                    task(k)()
+                    k += 1
+                yield batches.pop(b)
+            return
+        pool = ThreadPoolExecutor(self.reader_threads, thread_name_prefix="simdiff_reader")
+        pending: deque[Future[None]] = deque()
+        depth = 2 * self.reader_threads
+        try:
+            submitted = 0
+            for b in range(n_batches):
+                while submitted < len(bounds) - 1 and (submitted <= last[b] or len(pending) < depth):
+                    pending.append(pool.submit(task(submitted)))
+                    submitted += 1
+                while submitted - len(pending) <= last[b]:
+                    pending.popleft().result()
+                yield batches.pop(b)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fill(
+        self, targets: np.ndarray, lo: int, hi: int, parts: list[tuple[dict[str, torch.Tensor], int]]
+    ) -> None:
+        """Read positions ``[lo, hi)`` of ``targets`` into their rows of the batches ``parts``.
+
+        Args:
+            targets: (N,) this worker's targets in order.
+            lo, hi: the segment; every position lies in one of ``parts``.
+            parts: (batch, position of its first row) for each batch the segment overlaps.
+        """
+        assert self._cond is not None
+        w = self.window
+        scratch = None
+        if self.chunk_samples > 1:
+            scratch = self._take_scratch()
+            rows, states = self._read_buffer(targets[lo:hi], scratch)
+        for batch, first in parts:
+            a, e = max(lo, first), min(hi, first + len(batch["index"]))
+            r = slice(a - first, e - first)
+            t_np = batch["target"].numpy()[r]
+            p_np = batch["previous"].numpy()[r] if w > 1 else None
+            mine = targets[a:e]
+            if scratch is None:
+                self._read_direct(mine, t_np, p_np)
+            else:
+                where = np.searchsorted(rows, mine)
+                np.take(states, where, axis=0, out=t_np)
+                if p_np is not None:
+                    np.take(states, where[:, None] + np.arange(-(w - 1), 0)[None, :], axis=0, out=p_np)
+            batch["index"].numpy()[r] = mine
+            for name, values in self._cond.items():
+                np.take(values, mine, axis=0, out=batch[name].numpy()[r])
+        if scratch is not None:
+            self._scratch.append(scratch)
+
+    def _take_scratch(self) -> list[np.ndarray]:
+        """A reusable scratch holder, one per task in flight (``list.pop`` is atomic)."""
+        try:
+            return self._scratch.pop()
+        except IndexError:
+            return [np.empty((0, *self.sample_shape), dtype=np.float32)]
+
+    def _read_buffer(self, targets: np.ndarray, scratch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Read every state the windows of ``targets`` need, whole chunks at a time.
 
         Needed rows are merged into contiguous ranges (ranges closer than a chunk are joined,
         so no chunk is decoded twice) and each range is decoded by zarr straight into a
-        reused scratch array: no per-sample reads, no fresh allocation per buffer.
+        reused scratch array (``scratch[0]``, grown when too small): no per-sample reads, no
+        fresh allocation per buffer.
 
         Returns:
             rows: (M,) sorted sample indices read; states: (M, channel, [D], Y, X) float32,
-            a view of the scratch array valid until the next call.
+            a view of the scratch array valid until the scratch is reused.
         """
         offsets = np.arange(-(self.window - 1), 1)
         need = np.unique(targets[:, None] + offsets[None, :])
@@ -375,108 +503,23 @@ class ChunkedSampleDataset(IterableDataset):
         lo = need[np.concatenate([[0], gap])]
         hi = need[np.concatenate([gap - 1, [len(need) - 1]])] + 1
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-        if self._scratch is None or len(self._scratch) < len(rows):
-            self._scratch = np.empty((len(rows), *self.sample_shape), dtype=np.float32)
-        states = self._scratch[: len(rows)]
-        jobs, at = [], 0
+        if len(scratch[0]) < len(rows):
+            scratch[0] = np.empty((len(rows), *self.sample_shape), dtype=np.float32)
+        states = scratch[0][: len(rows)]
+        at = 0
         for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
-            jobs.append((a, b, states[at : at + b - a]))
+            self._read(a, b, states[at : at + b - a])
             at += b - a
-        self._read_into(jobs)
         return rows, states
 
-    def _read_into(self, jobs: list[tuple[int, int, np.ndarray]]) -> None:
-        """Decode samples ``[a, b)`` into ``out`` for each job; ``read_threads`` at a time.
-
-        zarr decodes in its own thread pool; several reads in flight keep several chunks
-        decoding at once (Blosc releases the GIL), one read at a time keeps one.
-        """
-        data = self._data
-        assert data is not None
-
-        def read(job: tuple[int, int, np.ndarray]) -> None:
-            data.get_basic_selection(slice(job[0], job[1]), out=NDBuffer(job[2]))
-
-        if self.read_threads == 1 or len(jobs) == 1:
-            for job in jobs:
-                read(job)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="simdiff_read")
-        for _ in self._pool.map(read, jobs):
-            pass
-
-    def _batches(self, store: TrainingStore, targets: np.ndarray, buffers: np.ndarray):  # type: ignore[no-untyped-def]
-        """Yield the batches of this worker's ``targets`` (whose read buffers are ``buffers``)."""
-        bs, w = self.batch_size, self.window
-        if self.chunk_samples == 1:
-            fill = self._direct_filler(store)
-        else:
-            fill = self._buffer_filler(store, targets, buffers)
-        assert self._cond is not None
-        cond = self._cond
-        for start in range(0, len(targets), bs):
-            stop = min(start + bs, len(targets))
-            n = stop - start
-            specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
-                "target": ((n, *self.sample_shape), torch.float32)
-            }
-            if w > 1:
-                specs["previous"] = ((n, w - 1, *self.sample_shape), torch.float32)
-            specs["index"] = ((n,), torch.int64)
-            for name, values in cond.items():
-                specs[name] = ((n, *values.shape[1:]), torch.from_numpy(values[:0]).dtype)
-            batch = empty_batch(specs)
-            batch_targets = targets[start:stop]
-            previous = batch["previous"].numpy() if w > 1 else None
-            fill(start, stop, batch_targets, batch["target"].numpy(), previous)
-            batch["index"].numpy()[:] = batch_targets
-            for name, values in cond.items():
-                np.take(values, batch_targets, axis=0, out=batch[name].numpy())
-            yield batch
-
-    def _direct_filler(self, store: TrainingStore) -> Filler:
+    def _read_direct(self, targets: np.ndarray, t_np: np.ndarray, p_np: np.ndarray | None) -> None:
         """One sample per chunk: zarr decodes each chunk straight into its batch slot."""
-        w = self.window
+        for i, t in enumerate(targets.tolist()):
+            self._read(t, t + 1, t_np[i : i + 1])
+            if p_np is not None:
+                self._read(t - (self.window - 1), t, p_np[i])
 
-        def fill(start: int, stop: int, batch: np.ndarray, t_np: np.ndarray, p_np: np.ndarray | None) -> None:
-            jobs = []
-            for i, t in enumerate(batch.tolist()):
-                jobs.append((t, t + 1, t_np[i : i + 1]))
-                if p_np is not None:
-                    jobs.append((t - (w - 1), t, p_np[i]))
-            self._read_into(jobs)
-
-        return fill
-
-    def _buffer_filler(self, store: TrainingStore, targets: np.ndarray, buffers: np.ndarray) -> Filler:
-        """Several samples per chunk: read a buffer of chunks once, gather batches from it."""
-        w = self.window
-        # Spans of consecutive positions from one buffer: each is read once.
-        cuts = np.flatnonzero(np.diff(buffers)) + 1
-        span_lo = np.concatenate([[0], cuts])
-        span_hi = np.concatenate([cuts, [len(targets)]])
-        state: dict[str, object] = {"span": 0, "loaded": -1, "rows": None, "states": None}
-
-        def fill(start: int, stop: int, batch: np.ndarray, t_np: np.ndarray, p_np: np.ndarray | None) -> None:
-            at = start
-            while at < stop:
-                span = int(state["span"])  # type: ignore[call-overload]
-                while span_hi[span] <= at:
-                    span += 1
-                state["span"] = span
-                if state["loaded"] != span:
-                    state["rows"], state["states"] = self._read_buffer(
-                        store, targets[span_lo[span] : span_hi[span]]
-                    )
-                    state["loaded"] = span
-                rows, states = state["rows"], state["states"]
-                end = min(stop, int(span_hi[span]))
-                where = np.searchsorted(rows, targets[at:end])  # type: ignore[arg-type]
-                np.take(states, where, axis=0, out=t_np[at - start : end - start])  # type: ignore[arg-type]
-                if p_np is not None:
-                    prev_where = where[:, None] + np.arange(-(w - 1), 0)[None, :]
-                    np.take(states, prev_where, axis=0, out=p_np[at - start : end - start])  # type: ignore[arg-type]
-                at = end
-
-        return fill
+    def _read(self, a: int, b: int, out: np.ndarray) -> None:
+        """Decode samples ``[a, b)`` into ``out`` ((b - a, channel, [D], Y, X) float32)."""
+        assert self._decoder is not None
+        self._decoder.read(a, b, out)

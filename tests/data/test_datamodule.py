@@ -65,6 +65,7 @@ def test_each_iteration_is_a_new_epoch_without_a_trainer(run_dir: Path) -> None:
     assert dm.datasets["train"].epoch == 1
     assert not np.array_equal(first, second)
     assert np.array_equal(np.sort(first), np.sort(second))
+    del loader, dm  # stop the persistent worker now, not while the test process is torn down
 
 
 class Recorder(L.LightningModule):
@@ -129,3 +130,4 @@ def test_config_node_instantiates_the_datamodule(run_dir: Path) -> None:
     assert isinstance(dm, SimdiffDataModule)
     assert dm.path == run_dir / "data" / "train.zarr"
     assert dm.batch_size == 4 and dm.num_workers == 0 and dm.seed == 5
+    assert dm.reader_threads == 2 and SimdiffDataModule(run_dir).num_workers == 0  # threads by default

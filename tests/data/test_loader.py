@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,13 @@ from torch.utils.data import DataLoader
 from simdiff.data.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
-from simdiff.data.loader import ChunkedSampleDataset, epoch_order, rank_positions, window_targets
+from simdiff.data.loader import (
+    ChunkDecoder,
+    ChunkedSampleDataset,
+    epoch_order,
+    rank_positions,
+    window_targets,
+)
 from simdiff.data.prepare import PrepareOptions, write_training_store
 from simdiff.data.store import TrainingStore
 
@@ -196,16 +206,22 @@ def test_uneven_ranks_pad_or_drop(store2d: Path) -> None:
 
 
 # -- content -------------------------------------------------------------------------------
-@pytest.mark.parametrize("read_threads", [1, 3])
+@pytest.mark.parametrize("threads", [0, 1, 3])
 @pytest.mark.parametrize("store_name", ["store2d", "store3d", "store_k1"])
 def test_previous_and_target_match_the_stored_array(
-    store_name: str, read_threads: int, request: pytest.FixtureRequest
+    store_name: str, threads: int, request: pytest.FixtureRequest
 ) -> None:
     path = request.getfixturevalue(store_name)
     stored = TrainingStore(path).data[...]
     window = 3
     ds = ChunkedSampleDataset(
-        path, "train", batch_size=7, window=window, seed=0, shuffle_buffer_chunks=2, read_threads=read_threads
+        path,
+        "train",
+        batch_size=7,
+        window=window,
+        seed=0,
+        shuffle_buffer_chunks=2,
+        reader_threads=threads,
     )
     for batch in collect(ds, num_workers=1):
         idx = batch["index"].numpy()
@@ -273,6 +289,7 @@ def test_persistent_workers_see_set_epoch(store2d: Path) -> None:
         expected = np.concatenate(ds.plan())
         assert np.array_equal(epochs[-1], expected)
     assert not np.array_equal(epochs[0], epochs[1])
+    del loader  # stop the persistent worker now, not while the test process is torn down
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -288,3 +305,98 @@ def test_bad_arguments_are_rejected(store2d: Path, tmp_path: Path) -> None:
         ChunkedSampleDataset(store2d, split="training")
     with pytest.raises(DataError, match="no training store"):
         ChunkedSampleDataset(tmp_path / "missing.zarr")
+
+
+@pytest.mark.parametrize("store_name", ["store2d", "store3d", "store_k1"])
+def test_direct_chunk_decode_matches_zarr(store_name: str, request: pytest.FixtureRequest) -> None:
+    data = TrainingStore(request.getfixturevalue(store_name)).data
+    fast, slow = ChunkDecoder(data), ChunkDecoder(data)
+    assert fast.root is not None  # prepare's stores take the direct path
+    slow.root = None
+    rng = np.random.default_rng(0)
+    ranges = [(0, N_SAMPLES), (N_SAMPLES - 1, N_SAMPLES), (0, 1)]
+    ranges += [tuple(sorted(rng.choice(N_SAMPLES + 1, 2, replace=False))) for _ in range(20)]
+    for a, b in ranges:  # whole and partial chunks, the last (short) chunk included
+        got, want = (
+            np.full((b - a, *data.shape[1:]), np.nan, np.float32),
+            np.empty((b - a, *data.shape[1:]), np.float32),
+        )
+        fast.read(a, b, got)
+        slow.read(a, b, want)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, data[a:b])
+
+
+# -- reader threads ------------------------------------------------------------------------
+def reader_threads_alive() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("simdiff_reader")]
+
+
+@pytest.mark.parametrize("store_name", ["store2d", "store_k1"])
+def test_batches_do_not_depend_on_reader_threads(store_name: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(store_name)
+
+    def batches(threads: int, num_workers: int = 0) -> list[dict[str, torch.Tensor]]:
+        ds = ChunkedSampleDataset(
+            path, "train", batch_size=5, window=3, seed=4, shuffle_buffer_chunks=2, reader_threads=threads
+        )
+        ds.set_epoch(1)
+        return collect(ds, num_workers)
+
+    reference = batches(0)
+    assert len(reference) > 3
+    for threads, num_workers in ((1, 0), (2, 0), (4, 0), (2, 2)):
+        got = batches(threads, num_workers)
+        if num_workers:  # processes interleave their contiguous runs of batches: compare as sets
+            got = sorted(
+                got, key=lambda b: [i for i, r in enumerate(reference) if r["index"].equal(b["index"])]
+            )
+        assert len(got) == len(reference), threads
+        for a, b in zip(reference, got, strict=True):
+            assert set(a) == set(b)
+            for name in a:
+                assert torch.equal(a[name], b[name]), (threads, num_workers, name)
+    assert not reader_threads_alive()
+
+
+def test_early_stop_leaves_no_reader_threads(store_k1: Path, store2d: Path) -> None:
+    for path in (store_k1, store2d):
+        ds = ChunkedSampleDataset(path, "train", batch_size=2, reader_threads=3)
+        for _ in DataLoader(ds, batch_size=None):  # break out of a DataLoader loop
+            assert reader_threads_alive()
+            break
+        assert not reader_threads_alive()
+        it = iter(ds)  # a generator closed by hand
+        next(it)
+        it.close()  # type: ignore[attr-defined]
+        assert not reader_threads_alive()
+        it = iter(ds)  # a generator dropped unfinished
+        next(it)
+        del it
+        assert not reader_threads_alive()
+
+
+def test_a_failed_read_raises_and_stops_the_reader_threads(store_k1: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "train.zarr"
+    shutil.copytree(store_k1, broken)
+    chunks = sorted((broken / "data" / "c").rglob("*"), key=lambda p: p.parts)
+    chunk = next(p for p in chunks if p.is_file() and p.relative_to(broken / "data" / "c").parts[0] == "5")
+    chunk.write_bytes(b"not a blosc frame" * 4)
+    ds = ChunkedSampleDataset(broken, "train", batch_size=2, shuffle=False, reader_threads=2)
+    with pytest.raises(DataError, match=r"chunk 5 of variable 'data'.*prepare it again"):
+        for _ in DataLoader(ds, batch_size=None):
+            pass
+    assert not reader_threads_alive()
+
+
+def test_interpreter_exits_with_a_suspended_reader(store_k1: Path) -> None:
+    code = (
+        "import sys\n"
+        "from simdiff.data.loader import ChunkedSampleDataset\n"
+        f"it = iter(ChunkedSampleDataset({str(store_k1)!r}, batch_size=2, reader_threads=3))\n"
+        "next(it)\n"
+        "print('read one batch')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "read one batch" in done.stdout
