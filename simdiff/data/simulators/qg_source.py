@@ -155,7 +155,9 @@ class QGSource:
         """
         if not self.is_complete():
             self.generate()
-        ds = xr.open_zarr(self.path, consolidated=False)
+        # Select the variables by name: a zarr group lists its members in filesystem order,
+        # and the channel order of everything downstream must not depend on that.
+        ds = xr.open_zarr(self.path, consolidated=False)[["q", "psi"]]
         if self.max_samples is not None:
             ds = ds.isel(time=slice(0, self.max_samples))
         geometry = Geometry(
