@@ -19,13 +19,12 @@ the 1-based line number, what was found and what was expected.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from simdiff.data.atomic import atomic_file
 from simdiff.data.errors import DataError
 
 ANGSTROM_PER_BOHR = 0.529177210903
@@ -328,12 +327,6 @@ def write_cube(path: str | Path, cube: Cube, *, angstrom: bool = False) -> Path:
     for row in rows:
         for k in range(0, row.size, 6):
             out.append(" ".join(_fmt(x) for x in row[k : k + 6]))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(out) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write("\n".join(out) + "\n")
     return path

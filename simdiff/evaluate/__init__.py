@@ -1,0 +1,29 @@
+"""Evaluation: metrics (xarray in, xarray out), spectra, plots and reports.
+
+Layering: evaluate may import ``simdiff.data``; only ``simdiff.cli`` imports evaluate.
+"""
+
+from simdiff.evaluate.calibration import rank_histogram, spread_skill
+from simdiff.evaluate.crps import crps
+from simdiff.evaluate.energy_score import energy_score
+from simdiff.evaluate.reconstruction import reconstruction_report
+from simdiff.evaluate.spectra import (
+    field_spectrum,
+    isotropic_spectrum,
+    spectrum_ratio_low,
+    windowed_spectrum,
+    zonal_spectrum,
+)
+
+__all__ = [
+    "crps",
+    "energy_score",
+    "field_spectrum",
+    "isotropic_spectrum",
+    "rank_histogram",
+    "reconstruction_report",
+    "spectrum_ratio_low",
+    "spread_skill",
+    "windowed_spectrum",
+    "zonal_spectrum",
+]
