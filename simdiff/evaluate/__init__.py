@@ -5,7 +5,9 @@ Layering: evaluate may import ``simdiff.data``; only ``simdiff.cli`` imports eva
 
 from simdiff.evaluate.calibration import rank_histogram, spread_skill
 from simdiff.evaluate.crps import crps
+from simdiff.evaluate.distribution import quantiles, wasserstein1
 from simdiff.evaluate.energy_score import energy_score
+from simdiff.evaluate.memorisation import memorisation
 from simdiff.evaluate.reconstruction import reconstruction_report
 from simdiff.evaluate.spectra import (
     field_spectrum,
@@ -20,10 +22,13 @@ __all__ = [
     "energy_score",
     "field_spectrum",
     "isotropic_spectrum",
+    "memorisation",
+    "quantiles",
     "rank_histogram",
     "reconstruction_report",
     "spectrum_ratio_low",
     "spread_skill",
+    "wasserstein1",
     "windowed_spectrum",
     "zonal_spectrum",
 ]
