@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from simdiff.cli.app import EXIT_NOT_BUILT, to_plain
+from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 
 log = logging.getLogger("simdiff")
 
@@ -39,10 +40,8 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "source files or a built-in simulator -> run_dir/data/train.zarr", prepare_stage),
-    Stage(
-        "train-autoencoder", "train the autoencoder -> run_dir/autoencoder/", issue="the autoencoder issue"
-    ),
-    Stage("encode", "encode the training store -> run_dir/latents.zarr", issue="the autoencoder issue"),
+    Stage("train-autoencoder", "train the autoencoder -> run_dir/autoencoder/", train_autoencoder_stage),
+    Stage("encode", "encode the training store -> run_dir/latents.zarr", encode_stage),
     Stage(
         "train-diffusion",
         "train the latent diffusion model -> run_dir/diffusion/",

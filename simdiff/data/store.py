@@ -49,6 +49,8 @@ from simdiff.data.geometry import Geometry
 from simdiff.data.transforms import Transform, from_spec
 
 STORE_KIND = "training"
+#: Store kinds this reader opens: the latent store (simdiff.data.latents) shares the schema.
+READABLE_KINDS = (STORE_KIND, "latents")
 FORMAT_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -89,7 +91,7 @@ class TrainingStore:
             )
         self.group = zarr.open_group(str(self.path), mode="r")
         attrs = dict(self.group.attrs)
-        if attrs.get("simdiff_store") != STORE_KIND:
+        if attrs.get("simdiff_store") not in READABLE_KINDS:
             raise DataError(f"{self.path}: not a simdiff training store (attrs {sorted(attrs)})")
         if attrs.get("format_version") != FORMAT_VERSION:
             raise DataError(

@@ -1,0 +1,246 @@
+"""The ``train-autoencoder`` and ``encode`` stages.
+
+``train-autoencoder`` writes ``run_dir/autoencoder/``::
+
+  config.yaml              the resolved autoencoder/trainer/loader config + the data signature
+  checkpoints/last.ckpt    Lightning's, every epoch (resume point)
+  checkpoints/best.ckpt    lowest EMA validation loss
+  autoencoder.ckpt         the final checkpoint (best), published last by an atomic rename
+  reconstruction.json/png  the report on the test split (simdiff.evaluate.reconstruction)
+  logs/                    CSV metrics
+
+Re-running with the same config resumes from ``last.ckpt``, or does nothing once
+``autoencoder.ckpt`` exists; a different config (or a store the net does not fit) is refused
+unless ``force=true``. ``encode`` writes ``run_dir/latents.zarr`` (simdiff.data.latents) with the
+EMA weights of ``autoencoder.ckpt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from simdiff.data.errors import DataError
+from simdiff.data.provenance import config_differences, config_yaml
+from simdiff.data.store import TrainingStore
+
+log = logging.getLogger("simdiff")
+
+AE_DIR = "autoencoder"
+FINAL = "autoencoder.ckpt"
+CONFIG = "config.yaml"
+LATENTS = "latents.zarr"
+
+
+def _store(run_dir: Path) -> TrainingStore:
+    return TrainingStore(run_dir / "data" / "train.zarr")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
+    """What defines a trained autoencoder: its config nodes, the seed and the data signature."""
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("autoencoder", "trainer", "loader")}
+    plain["loader"].pop("store", None)  # a path: the data signature identifies the store, so runs can move
+    plain["seed"] = int(cfg.seed)
+    plain["data_signature"] = signature
+    return yaml.safe_load(config_yaml(plain))
+
+
+def build_net(ae_cfg: Any, signature: dict[str, Any]) -> Any:
+    """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it)."""
+    return instantiate(ae_cfg["net"], in_channels=len(signature["variables"]),
+                       periodic=list(signature["periodic"]))
+
+
+def check_fits(saved: dict[str, Any], store: TrainingStore) -> None:
+    """Refuse (DataError) when ``store`` is not the data the saved autoencoder was built for."""
+    from simdiff.lit.autoencoder import data_signature, signature_differences
+
+    diff = signature_differences(saved["data_signature"], data_signature(store))
+    if diff:
+        raise DataError(
+            f"{store.path}: the autoencoder in {store.path.parents[1] / AE_DIR} was trained on other "
+            f"data (channels, variables or grid differ):\n  " + "\n  ".join(diff)
+            + "\nFix: re-run `simdiff train-autoencoder` with force=true for this store, or point "
+            "run_dir at the store it was trained on"
+        )
+
+
+def _report(net: Any, store: TrainingStore, out_dir: Path, compression: float, batch_size: int) -> None:
+    """Reconstruct the test split and write reconstruction.json/.png into ``out_dir`` atomically."""
+    from simdiff.data.stats import denormalise
+    from simdiff.lit.encode import reconstruct_store
+
+    try:
+        from simdiff.evaluate.reconstruction import reconstruction_report
+    except ImportError as err:
+        log.warning("reconstruction report not written: simdiff.evaluate.reconstruction is unavailable (%s)",
+                    err)
+        return
+    split = "test"
+    idx = store.indices("test")
+    if not len(idx):
+        split, idx = "val", store.indices("val")
+        log.warning("the test split of %s is empty; the reconstruction report uses the val split", store.path)
+    ds = store.dataset()
+    sdim = store.layout.sample_dim
+    truth_ds = ds.isel({sdim: idx})
+    recon = reconstruct_store(net, store, indices=idx, batch_size=batch_size)
+    truth = denormalise(truth_ds)
+    rec = denormalise(truth_ds.assign(data=recon.variable))
+    periodic = set(store.attrs["geometry"].get("periodic", []))
+    tmp = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out_dir))
+    try:
+        reconstruction_report(truth, rec, weights=ds["weights"].load(), periodic=periodic,
+                              compression_ratio=compression, out_dir=tmp, sample=0)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("reconstruction report (%s split): %s", split, out_dir / "reconstruction.json")
+
+
+def train_autoencoder_stage(cfg: DictConfig) -> None:
+    """``run_dir/data/train.zarr`` -> ``run_dir/autoencoder/`` (checkpoints, config, report)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from simdiff.lit.autoencoder import data_signature, load_ema_weights
+    from simdiff.lit.epoch_log import EpochLog
+
+    run_dir = Path(cfg.run_dir)
+    store = _store(run_dir)
+    signature = data_signature(store)
+    config = stage_config(cfg, signature)
+    out = run_dir / AE_DIR
+    ckpt_dir = out / "checkpoints"
+    saved = out / CONFIG
+    if saved.is_file():
+        old = yaml.safe_load(saved.read_text())
+        if old != config and not cfg.force:
+            raise DataError(
+                f"{out} was trained with a different config or data:\n  "
+                + "\n  ".join(config_differences(old or {}, config))
+                + "\nPass force=true to retrain from scratch, or use another run_dir"
+            )
+        if old != config:
+            log.info("train-autoencoder: force=true, discarding %s", out)
+            shutil.rmtree(out)
+        elif (out / FINAL).is_file():
+            log.info("train-autoencoder: %s is complete with the same config; skipping", out / FINAL)
+            return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(saved, config_yaml(config))
+    resume = ckpt_dir / "last.ckpt"
+    ckpt_path = str(resume) if resume.is_file() else None
+    if ckpt_path:
+        log.info("train-autoencoder: resuming from %s", resume)
+
+    L.seed_everything(int(cfg.seed), workers=True)
+    ae = cfg.autoencoder
+    dm = instantiate(cfg.loader, batch_size=ae.batch_size)
+    net = build_net(ae, signature)
+    module = instantiate(ae.module, net=net, loss=instantiate(ae.loss), weights=dm.weights, mask=dm.mask,
+                         signature=signature, _convert_="all")
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
+                                 save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), instantiate(ae.early_stopping),
+                 checkpoint, EpochLog()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, max_epochs=ae.max_epochs,
+                          max_time=ae.max_time, default_root_dir=str(out),
+                          logger=CSVLogger(str(out), name="logs"))
+    shape = signature["spatial_shape"]
+    log.info("train-autoencoder: %d parameters, latents %s, compression %.1fx",
+             sum(p.numel() for p in net.parameters()), net.latent_shape(shape), net.compression_ratio(shape))
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:
+        return
+    best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
+    net = load_ema_weights(build_net(ae, signature), best, float(ae.module.ema_decay))
+    _report(net, store, out, net.compression_ratio(shape), int(ae.encode_batch_size))
+    tmp = out / f".{FINAL}.tmp"
+    shutil.copyfile(best, tmp)
+    os.replace(tmp, out / FINAL)
+    log.info("train-autoencoder: wrote %s (from %s)", out / FINAL, best.name)
+
+
+def encode_stage(cfg: DictConfig) -> None:
+    """``run_dir/autoencoder/autoencoder.ckpt`` + the training store -> ``run_dir/latents.zarr``."""
+    from simdiff.data.latents import LatentStore, write_latent_store
+    from simdiff.lit.autoencoder import load_ema_weights
+    from simdiff.lit.encode import encode_store
+
+    run_dir = Path(cfg.run_dir)
+    out = run_dir / AE_DIR
+    final = out / FINAL
+    if not final.is_file():
+        raise DataError(
+            f"{final}: no trained autoencoder here; run `simdiff train-autoencoder run_dir={run_dir}` first"
+        )
+    saved = yaml.safe_load((out / CONFIG).read_text())
+    store = _store(run_dir)
+    check_fits(saved, store)
+    digest = _sha256(final)
+    target = run_dir / LATENTS
+    if target.exists():
+        old = LatentStore(target).autoencoder.get("checkpoint_sha256")
+        if old == digest:
+            log.info("encode: %s is up to date with %s; skipping", target, final)
+            return
+        if not cfg.force:
+            raise DataError(f"{target} was encoded with another autoencoder (sha256 {old}); "
+                            f"pass force=true to replace it")
+    net = load_ema_weights(build_net(saved["autoencoder"], saved["data_signature"]), final,
+                           float(saved["autoencoder"]["module"]["ema_decay"]))
+    shape = [int(n) for n in store.data.shape[2:]]
+    latents = encode_store(net, store, batch_size=int(saved["autoencoder"]["encode_batch_size"]))
+    info = {
+        "checkpoint": str(final.resolve()),
+        "checkpoint_sha256": digest,
+        "config": config_yaml(saved),
+        "input_dims": list(store.layout.spatial_dims),
+        "input_shape": shape,
+        "latent_shape": list(net.latent_shape(shape)),
+        "factors": list(net.total_factors),
+        "compression_ratio": float(net.compression_ratio(shape)),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=".latents.tmp-", dir=run_dir))
+    try:
+        write_latent_store(latents, store, tmp / LATENTS, factors=net.total_factors, periodic=net.periodic,
+                           autoencoder=info)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp / LATENTS, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    std = np.asarray(LatentStore(target).scale)
+    log.info("encode: wrote %s, latents %s, per-channel scale %s", target, info["latent_shape"],
+             np.array2string(std, precision=3))
+
+
+

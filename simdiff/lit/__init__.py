@@ -1,0 +1,1 @@
+"""LightningModules, their helpers (EMA) and the loops that run trained networks over stores."""

@@ -1,0 +1,158 @@
+"""The LightningModule that trains an autoencoder on a training store's batches.
+
+It receives its network and loss (lightning-hydra-template wiring); the data-dependent
+tensors (cell weights, validity mask) come from the store through the CLI. Hyperparameters
+saved in checkpoints are plain numbers and strings only, so checkpoints load with
+``torch.load(weights_only=True)``. Validation runs with the EMA weights, so early stopping
+and the best checkpoint judge the weights that ``encode`` and the report use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from simdiff.data.store import TrainingStore
+from simdiff.lit.ema import ExponentialMovingAverage
+from simdiff.nets.autoencoder import Autoencoder
+from simdiff.nets.losses import ReconstructionLoss
+
+
+class AutoencoderModule(L.LightningModule):
+    """Trains ``net`` to reconstruct ``batch["target"]`` (B, C, [D], H, W).
+
+    Args:
+        net: the autoencoder.
+        loss: reconstruction loss (masked weighted MSE, optional spectral term).
+        weights: ([D], H, W) cell weights; normalised to mean 1 over valid cells.
+        mask: ([D], H, W) bool, True where valid.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up steps.
+        cosine: cosine decay to ``min_lr_ratio * lr`` over the trainer's estimated steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        ema_decay: decay of the weight EMA (:class:`~simdiff.lit.ema.ExponentialMovingAverage`).
+        signature: the data the net is built for (variables, grid, periodicity), kept in the
+            checkpoint so loading can refuse a store it does not fit.
+    """
+
+    def __init__(
+        self,
+        net: Autoencoder,
+        loss: ReconstructionLoss,
+        weights: torch.Tensor,
+        mask: torch.Tensor,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        cosine: bool = True,
+        min_lr_ratio: float = 0.05,
+        ema_decay: float = 0.999,
+        signature: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss", "weights", "mask"])
+        self.net = net
+        self.loss = loss
+        mask = mask.to(torch.bool)
+        w = weights.to(torch.float32) * mask
+        self.register_buffer("weights", w / w[mask].mean())
+        self.register_buffer("mask", mask)
+        self.ema = ExponentialMovingAverage(net, ema_decay)
+        self._trained_weights: list[torch.Tensor] | None = None
+
+    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
+        x = batch["target"]
+        out = self.net(x)
+        terms = self.loss(out.recon.float(), x.float(), self.weights, self.mask, self.net.periodic)
+        loss = terms["loss"] + out.reg
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", terms["mse"] if stage == "val" else loss, prog_bar=True,
+                 on_step=on_step, on_epoch=True, batch_size=x.shape[0], sync_dist=not on_step)
+        self.log(f"{stage}/mse", terms["mse"], on_step=False, on_epoch=True, batch_size=x.shape[0],
+                 sync_dist=True)
+        if "spectral" in terms:
+            self.log(f"{stage}/spectral", terms["spectral"], on_step=False, on_epoch=True,
+                     batch_size=x.shape[0], sync_dist=True)
+        self.log(f"{stage}/reg", out.reg, on_step=False, on_epoch=True, batch_size=x.shape[0],
+                 sync_dist=True)
+        return loss
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update(self.net)
+
+    def on_validation_epoch_start(self) -> None:
+        self._trained_weights = self.ema.backup(self.net)
+        self.ema.copy_to(self.net)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._trained_weights is not None:
+            self.ema.restore(self.net, self._trained_weights)
+            self._trained_weights = None
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self.trainer else 1
+        warm = max(int(hp.warmup_steps), 0)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not hp.cosine:
+                return 1.0
+            progress = min((step - warm) / max(total - warm, 1), 1.0)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def data_signature(store: TrainingStore) -> dict[str, Any]:
+    """What an autoencoder is built for: variables, layout, spatial shape and periodic flags per axis.
+
+    Plain types only, so it goes into YAML and checkpoints.
+    """
+    layout = dict(store.attrs["layout"])
+    dims = [d for d in (layout.get("depth_dim"), layout["y_dim"], layout["x_dim"]) if d]
+    periodic = set(store.attrs["geometry"].get("periodic", []))
+    return {
+        "variables": list(store.variables),
+        "layout": layout,
+        "spatial_shape": [int(n) for n in store.data.shape[2:]],
+        "periodic": [d in periodic for d in dims],
+    }
+
+
+def signature_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """``key: expected -> actual`` lines for every signature entry that differs."""
+    return [
+        f"{k}: {expected.get(k)!r} -> {actual.get(k)!r}"
+        for k in sorted(set(expected) | set(actual))
+        if expected.get(k) != actual.get(k)
+    ]
+
+
+def load_ema_weights(net: Autoencoder, checkpoint: str | Path, ema_decay: float = 0.999) -> Autoencoder:
+    """Load an AutoencoderModule checkpoint's EMA weights into ``net`` (eval mode).
+
+    Loads with ``torch.load(weights_only=True)``: checkpoints hold tensors and primitives only.
+    """
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    ema = ExponentialMovingAverage(net, ema_decay)
+    ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+    ema.copy_to(net)
+    return net.eval()

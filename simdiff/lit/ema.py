@@ -1,0 +1,87 @@
+"""Exponential moving average of a network's weights, kept as buffers so checkpoints carry it.
+
+    theta_ema <- d_t theta_ema + (1 - d_t) theta,    d_t = min(decay, (1 + t) / (10 + t)),
+
+the update of Polyak & Juditsky (1992) averaging with the warm-up of TensorFlow's
+ExponentialMovingAverage (``num_updates``), so early updates are not dominated by the random
+initial weights. Buffers are averaged too (copied at the same rate). The averaged weights live
+in this module's state dict (tensors only), so a Lightning checkpoint of the owner holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class ExponentialMovingAverage(nn.Module):
+    """Shadow copy of ``model``'s floating-point parameters and buffers.
+
+    Args:
+        model: the network to average (not owned; pass it to each call).
+        decay: d, the long-run decay in [0, 1).
+        warmup: use the ``(1 + t) / (10 + t)`` warm-up.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+        self._names = [n for n, t in self._tensors(model) if t.is_floating_point()]
+        for i, (_, t) in enumerate(self._selected(model)):
+            self.register_buffer(f"shadow_{i}", t.detach().clone().float())
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        yield from model.named_parameters()
+        yield from model.named_buffers()
+
+    def _selected(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        tensors = dict(self._tensors(model))
+        return [(n, tensors[n]) for n in self._names]
+
+    def current_decay(self) -> float:
+        """d_t for the next update."""
+        t = int(self.num_updates)
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """One averaging step towards ``model``'s current weights."""
+        d = self.current_decay()
+        for i, (_, t) in enumerate(self._selected(model)):
+            shadow = getattr(self, f"shadow_{i}")
+            shadow.mul_(d).add_(t.detach().float(), alpha=1.0 - d)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite ``model``'s weights with the averages."""
+        for i, (_, t) in enumerate(self._selected(model)):
+            t.copy_(getattr(self, f"shadow_{i}").to(t.dtype))
+
+    def backup(self, model: nn.Module) -> list[torch.Tensor]:
+        """Copies of ``model``'s averaged tensors, for :meth:`restore`."""
+        return [t.detach().clone() for _, t in self._selected(model)]
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module, saved: list[torch.Tensor]) -> None:
+        """Put back the tensors saved by :meth:`backup`."""
+        for (_, t), s in zip(self._selected(model), saved, strict=True):
+            t.copy_(s)
+
+    @contextmanager
+    def swapped_into(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Use the averaged weights inside the block, then restore the trained ones."""
+        saved = self.backup(model)
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            self.restore(model, saved)
