@@ -314,7 +314,14 @@ class ChunkedSampleDataset(IterableDataset):
         Returns:
             a list of (B,) int64 arrays.
         """
-        order = epoch_order(
+        order = self._epoch_order()
+        pos = self._positions(len(order.targets))
+        runs = worker_batches(len(self), worker, num_workers)
+        return [order.targets[pos[b * self.batch_size : (b + 1) * self.batch_size]] for b in runs]
+
+    def _epoch_order(self) -> EpochOrder:
+        """This epoch's shuffled targets (the same for every worker and rank)."""
+        return epoch_order(
             self.targets,
             self.chunk_samples,
             self.window,
@@ -323,9 +330,6 @@ class ChunkedSampleDataset(IterableDataset):
             self.epoch,
             self.shuffle_buffer_chunks,
         )
-        pos = self._positions(len(order.targets))
-        runs = worker_batches(len(self), worker, num_workers)
-        return [order.targets[pos[b * self.batch_size : (b + 1) * self.batch_size]] for b in runs]
 
     def _positions(self, n: int) -> np.ndarray:
         if self.world_size == 1:
@@ -354,15 +358,7 @@ class ChunkedSampleDataset(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         self._open()
-        order = epoch_order(
-            self.targets,
-            self.chunk_samples,
-            self.window,
-            self.shuffle,
-            self.seed,
-            self.epoch,
-            self.shuffle_buffer_chunks,
-        )
+        order = self._epoch_order()
         pos = self._positions(len(order.targets))
         runs = worker_batches(len(self), worker, num_workers)
         if not len(runs):
