@@ -17,7 +17,6 @@ EMA weights of ``autoencoder.ckpt``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -30,8 +29,9 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.data.atomic import atomic_file
 from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_differences, config_yaml
+from simdiff.data.provenance import config_differences, config_yaml, sha256_path
 from simdiff.data.store import TrainingStore
 
 log = logging.getLogger("simdiff")
@@ -44,21 +44,6 @@ LATENTS = "latents.zarr"
 
 def _store(run_dir: Path) -> TrainingStore:
     return TrainingStore(run_dir / "data" / "train.zarr")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +140,8 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
             log.info("train-autoencoder: %s is complete with the same config; skipping", out / FINAL)
             return
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(saved, config_yaml(config))
+    with atomic_file(saved) as f:
+        f.write(config_yaml(config))
     resume = ckpt_dir / "last.ckpt"
     ckpt_path = str(resume) if resume.is_file() else None
     if ckpt_path:
@@ -205,7 +191,7 @@ def encode_stage(cfg: DictConfig) -> None:
     saved = yaml.safe_load((out / CONFIG).read_text())
     store = _store(run_dir)
     check_fits(saved, store)
-    digest = _sha256(final)
+    digest, _ = sha256_path(final)
     target = run_dir / LATENTS
     if target.exists():
         old = LatentStore(target).autoencoder.get("checkpoint_sha256")
