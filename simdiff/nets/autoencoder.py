@@ -52,6 +52,17 @@ class AutoencoderOutput:
     reg: torch.Tensor
 
 
+def middle(
+    channels: int, periodic: Sequence[bool], kernel: tuple[int, ...], attention: bool, groups: int
+) -> nn.Sequential:
+    """The bottleneck block shared by encoder and decoder: residual, [attention], residual."""
+    return nn.Sequential(
+        ResBlock(channels, channels, periodic, kernel, groups),
+        Attention(channels, groups=groups) if attention else nn.Identity(),
+        ResBlock(channels, channels, periodic, kernel, groups),
+    )
+
+
 class Encoder(nn.Module):
     """(B, C, [D], H, W) -> (B, moments * c, [d], h, w); sizes divisible by the total factors."""
 
@@ -75,11 +86,7 @@ class Encoder(nn.Module):
             stages.append(Downsample(channels[i], channels[i + 1], f, periodic))
         self.stages = nn.Sequential(*stages)
         ch = channels[-1]
-        self.mid = nn.Sequential(
-            ResBlock(ch, ch, periodic, kernel, groups),
-            Attention(ch, groups=groups) if attention else nn.Identity(),
-            ResBlock(ch, ch, periodic, kernel, groups),
-        )
+        self.mid = middle(ch, periodic, kernel, attention, groups)
         self.norm = group_norm(ch, groups)
         self.out = GeoConv(ch, out_channels, kernel, periodic)
 
@@ -106,11 +113,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch = channels[-1]
         self.stem = GeoConv(latent_channels, ch, kernel, periodic)
-        self.mid = nn.Sequential(
-            ResBlock(ch, ch, periodic, kernel, groups),
-            Attention(ch, groups=groups) if attention else nn.Identity(),
-            ResBlock(ch, ch, periodic, kernel, groups),
-        )
+        self.mid = middle(ch, periodic, kernel, attention, groups)
         # Up-samplers convolve across depth with a 3-kernel whatever depth_kernel_size is, so levels
         # always mix in the decoder (as the encoder's down-samplers mix them).
         sampler_kernel = (3,) * (len(kernel) - 2) + kernel[-2:]
