@@ -36,7 +36,6 @@ Prints a table, the ratios against the goals, and writes ``bench_results/loader.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -53,6 +52,7 @@ import xarray as xr
 import zarr
 from torch.utils.data import DataLoader
 
+from simdiff.data.atomic import write_json
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
 from simdiff.data.loader import ChunkedSampleDataset
@@ -296,9 +296,7 @@ def main() -> None:
         "statistic": "median over rounds of one epoch per runner, after one warm-up epoch",
         "cases": cases,
     }
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, out)
+    write_json(result, out, allow_nan=True)
     print(f"\nwrote {out}")
 
 

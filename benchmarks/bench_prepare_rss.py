@@ -13,7 +13,6 @@ The synthetic data is removed afterwards unless ``--keep``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -192,10 +191,9 @@ def main() -> None:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out)
+    from simdiff.data.atomic import write_json
+
+    write_json(record, out, allow_nan=True)
     print(f"\nwrote {out}")
 
 

@@ -33,6 +33,7 @@ import xarray as xr
 from rich.console import Console
 from rich.table import Table
 
+from simdiff.data.atomic import write_json
 from simdiff.data.simulators.qg import (
     QGModel,
     QGParams,
@@ -155,10 +156,7 @@ def main() -> None:
             table.add_row(k, json.dumps(v) if not isinstance(v, float) else f"{v:.4g}")
     table.add_row("load average (1 min)", f"{res['machine']['load_avg_1min']:.2f}")  # type: ignore[index]
     Console().print(table)
-    OUT.parent.mkdir(exist_ok=True)
-    tmp = OUT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, OUT)
+    write_json(res, OUT, allow_nan=True)
     print(f"wrote {OUT}")
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextmanager
@@ -33,3 +34,11 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(obj: Any, path: str | Path, *, allow_nan: bool = False) -> Path:
+    """Write ``obj`` as indented JSON atomically; NaN/inf are refused unless ``allow_nan``."""
+    text = json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n"
+    with atomic_file(path) as fh:
+        fh.write(text)
+    return Path(path)

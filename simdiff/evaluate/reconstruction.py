@@ -20,17 +20,15 @@ weights restricted to valid cells ``V`` and all samples::
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 import dask
 import numpy as np
 import xarray as xr
 
-from simdiff.data.atomic import atomic_file
+from simdiff.data.atomic import write_json
 from simdiff.data.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.evaluate.plots import format_level, reconstruction_figure, save_figure
@@ -154,14 +152,6 @@ def _entry(m: xr.Dataset, key: str) -> dict[str, float]:
     }
 
 
-def write_json_atomic(obj: Any, path: Path) -> Path:
-    """Write ``obj`` as JSON (NaN/inf refused) to a temporary file beside ``path``, then rename."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    with atomic_file(path) as fh:
-        fh.write(text)
-    return Path(path)
-
-
 def reconstruction_report(
     truth: xr.Dataset,
     recon: xr.Dataset,
@@ -229,5 +219,5 @@ def reconstruction_report(
     out_dir = Path(out_dir)
     fig = reconstruction_figure(truth, recon, sample=sample)
     save_figure(fig, out_dir / PNG_NAME)
-    write_json_atomic(report, out_dir / JSON_NAME)
+    write_json(report, out_dir / JSON_NAME)
     return report
