@@ -29,16 +29,15 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.data.atomic import atomic_file
+from simdiff.cli.stage_dir import CONFIG, claim
 from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_differences, config_yaml, sha256_path
+from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.store import TrainingStore
 
 log = logging.getLogger("simdiff")
 
 AE_DIR = "autoencoder"
 FINAL = "autoencoder.ckpt"
-CONFIG = "config.yaml"
 LATENTS = "latents.zarr"
 
 
@@ -124,28 +123,10 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     config = stage_config(cfg, signature)
     out = run_dir / AE_DIR
     ckpt_dir = out / "checkpoints"
-    saved = out / CONFIG
-    if saved.is_file():
-        old = yaml.safe_load(saved.read_text())
-        if old != config and not cfg.force:
-            raise DataError(
-                f"{out} was trained with a different config or data:\n  "
-                + "\n  ".join(config_differences(old or {}, config))
-                + "\nPass force=true to retrain from scratch, or use another run_dir"
-            )
-        if old != config:
-            log.info("train-autoencoder: force=true, discarding %s", out)
-            shutil.rmtree(out)
-        elif (out / FINAL).is_file():
-            log.info("train-autoencoder: %s is complete with the same config; skipping", out / FINAL)
-            return
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(saved) as f:
-        f.write(config_yaml(config))
-    resume = ckpt_dir / "last.ckpt"
-    ckpt_path = str(resume) if resume.is_file() else None
-    if ckpt_path:
-        log.info("train-autoencoder: resuming from %s", resume)
+    resume = claim(out, config, final=FINAL, stage="train-autoencoder", force=bool(cfg.force))
+    if resume is None:
+        return
+    ckpt_path = resume or None
 
     L.seed_everything(int(cfg.seed), workers=True)
     ae = cfg.autoencoder

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from simdiff import __version__
 from simdiff.cli.app import run_app
 from simdiff.cli.stages import STAGES, not_built, run_all
 
+SUBCOMMAND_ENV = "SIMDIFF_SUBCOMMAND"
 USAGE = """usage: simdiff SUB-COMMAND run_dir=DIR [key=value ...] [-m]
 
 Latent diffusion for scientific simulation data. Every sub-command is a Hydra app over
@@ -39,10 +41,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"simdiff {__version__}")
         return
     name, rest = argv[0], argv[1:]
+    stages = {s.name: s for s in STAGES}
+    relaunched = os.environ.get(SUBCOMMAND_ENV)
+    if name not in stages and name != "run" and relaunched and "LOCAL_RANK" in os.environ:
+        # A DDP worker that Lightning re-launched from sys.argv, which Hydra saw without the
+        # sub-command: take it from the environment the parent process passed down.
+        name, rest = relaunched, argv
+    os.environ[SUBCOMMAND_ENV] = name
     if name == "run":
         run_app(name, run_all, rest)
         return
-    stages = {s.name: s for s in STAGES}
     if name not in stages:
         print(f"simdiff: unknown sub-command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)

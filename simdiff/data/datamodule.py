@@ -49,18 +49,42 @@ class EpochDataLoader(DataLoader):
     """
 
     def __init__(
-        self, dataset: ChunkedSampleDataset, epoch: Callable[[], int | None] | None = None, **kwargs: Any
+        self,
+        dataset: ChunkedSampleDataset,
+        epoch: Callable[[], int | None] | None = None,
+        consumed: Callable[[], int] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(dataset, **kwargs)
         self._epoch_fn = epoch
+        self._consumed_fn = consumed
         self._iterations = 0
+        self._epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
     def __iter__(self) -> Iterator[Any]:
         epoch = self._epoch_fn() if self._epoch_fn is not None else None
         epoch = self._iterations if epoch is None else epoch
         self._iterations += 1
+        self._epoch = epoch
+        skip = 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                skip = self._resume[1]
+            self._resume = None
         self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.dataset.set_skip(skip)  # type: ignore[attr-defined]
         return super().__iter__()
+
+    # Lightning saves and restores these with the fit loop (its ``_Stateful`` protocol), so a
+    # run resumed from a mid-epoch checkpoint skips the batches it had already trained on.
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "consumed"}``: the epoch being iterated and batches trained on so far."""
+        return {"epoch": int(self._epoch), "consumed": int(self._consumed_fn()) if self._consumed_fn else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next iteration of ``state["epoch"]`` starts after ``state["consumed"]`` batches."""
+        self._resume = (int(state["epoch"]), int(state["consumed"]))
 
 
 def resolve_store(path: str | Path) -> Path:
@@ -107,6 +131,7 @@ class SimdiffDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.hparams["store"] = str(store)  # plain types only: checkpoints load with weights_only
         self.path = resolve_store(store)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -191,6 +216,17 @@ class SimdiffDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else None
 
+    def _consumed(self) -> int:
+        """Train batches of the current epoch the trainer has run (0 without a trainer).
+
+        Read when a checkpoint is saved: from ``on_train_batch_end`` (mid-epoch) the batch in
+        hand is processed but not yet completed, so "processed" counts it.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
     def _loader(self, split: str) -> EpochDataLoader:
         if split not in self.datasets:
             self.setup()
@@ -200,6 +236,7 @@ class SimdiffDataModule(L.LightningDataModule):
         return EpochDataLoader(
             self.datasets[split],
             epoch=self._current_epoch,
+            consumed=self._consumed if split == "train" else None,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

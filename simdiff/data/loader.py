@@ -262,8 +262,9 @@ class ChunkedSampleDataset(IterableDataset):
                 f"window={self.window} consecutive samples fits inside one block (variable "
                 f"'block'); lower loader.window or prepare the store with longer blocks"
             )
-        # The epoch lives in shared memory so persistent workers see set_epoch().
+        # The epoch and the resume skip live in shared memory so persistent workers see them.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._skip = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._store: TrainingStore | None = None
         self._cond: dict[str, np.ndarray] | None = None
         self._scratch: list[list[np.ndarray]] = []  # free read buffers, reused across tasks
@@ -291,6 +292,19 @@ class ChunkedSampleDataset(IterableDataset):
         """Select the shuffle of ``epoch``; call before iterating (the DataModule does)."""
         self._epoch.fill_(int(epoch))
         self.rank, self.world_size = self._resolve_shard()
+
+    def set_skip(self, batches: int) -> None:
+        """Leave out the first ``batches`` batches of this rank's epoch in the next iterations.
+
+        Used to resume mid-epoch: the batches an interrupted run already trained on are not
+        read again, so the resumed run sees exactly the batches the uninterrupted one would.
+        With ``W`` DataLoader workers, whose batches the DataLoader yields round-robin, worker
+        ``w`` skips ``batches // W + (w < batches % W)`` of its own. Set it back to 0 for the
+        following epochs (the DataModule's loader does).
+        """
+        if int(batches) < 0:
+            raise ValueError(f"ChunkedSampleDataset.set_skip: batches must be >= 0, got {batches}")
+        self._skip.fill_(int(batches))
 
     @property
     def n_targets(self) -> int:
@@ -361,6 +375,10 @@ class ChunkedSampleDataset(IterableDataset):
         order = self._epoch_order()
         pos = self._positions(len(order.targets))
         runs = worker_batches(len(self), worker, num_workers)
+        skip = int(self._skip.item())
+        if skip:
+            runs = range(min(runs.start + skip // num_workers + (worker < skip % num_workers), runs.stop),
+                         runs.stop)
         if not len(runs):
             return iter(())
         mine = pos[runs.start * self.batch_size : runs.stop * self.batch_size]

@@ -87,6 +87,7 @@ class EDMLoss:
         *,
         generator: torch.Generator | None = None,
         weight: torch.Tensor | None = None,
+        sigma: torch.Tensor | None = None,
         **cond: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample weighted loss and the sigmas used.
@@ -96,11 +97,15 @@ class EDMLoss:
             y: clean data ``(B, C, ...)``.
             weight: optional cell weights broadcastable to ``y`` (e.g. a mask times cos lat,
                 normalised to mean 1); the loss is their weighted mean per sample.
+            sigma: (B,) noise levels to use instead of drawing them (e.g. to evaluate the loss
+                at fixed levels).
 
         Returns:
             ``(loss (B,), sigma (B,))``; average ``loss`` for the objective.
         """
-        sigma = self.sample_sigma(y.shape[0], generator=generator, device=y.device).to(y.dtype)
+        if sigma is None:
+            sigma = self.sample_sigma(y.shape[0], generator=generator, device=y.device)
+        sigma = sigma.to(device=y.device, dtype=y.dtype)
         noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         s = _expand(sigma, y.ndim)
         err = (denoiser(y + s * noise, sigma, **cond) - y) ** 2

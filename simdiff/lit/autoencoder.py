@@ -9,7 +9,6 @@ and the best checkpoint judge the weights that ``encode`` and the report use.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,13 @@ import lightning as L
 import torch
 
 from simdiff.data.store import TrainingStore
-from simdiff.lit.ema import ExponentialMovingAverage
+from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage
+from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss
 
 
-class AutoencoderModule(L.LightningModule):
+class AutoencoderModule(EMAValidation, L.LightningModule):
     """Trains ``net`` to reconstruct ``batch["target"]`` (B, C, [D], H, W).
 
     Args:
@@ -64,7 +64,6 @@ class AutoencoderModule(L.LightningModule):
         self.register_buffer("weights", w / w[mask].mean())
         self.register_buffer("mask", mask)
         self.ema = ExponentialMovingAverage(net, ema_decay)
-        self._trained_weights: list[torch.Tensor] | None = None
 
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
         x = batch["target"]
@@ -89,33 +88,17 @@ class AutoencoderModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema.update(self.net)
+    def ema_target(self) -> torch.nn.Module:
+        return self.net
 
-    def on_validation_epoch_start(self) -> None:
-        self._trained_weights = self.ema.backup(self.net)
-        self.ema.copy_to(self.net)
 
-    def on_validation_epoch_end(self) -> None:
-        if self._trained_weights is not None:
-            self.ema.restore(self.net, self._trained_weights)
-            self._trained_weights = None
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self.trainer else 1
-        warm = max(int(hp.warmup_steps), 0)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if not hp.cosine:
-                return 1.0
-            progress = min((step - warm) / max(total - warm, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        total = total_steps(self._trainer)
+        sched = warmup_cosine(opt, warmup=hp.warmup_steps, total=total, cosine=hp.cosine,
+                              min_ratio=hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

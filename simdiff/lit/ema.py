@@ -85,3 +85,34 @@ class ExponentialMovingAverage(nn.Module):
             yield model
         finally:
             self.restore(model, saved)
+
+
+class EMAValidation:
+    """LightningModule mixin: keep ``self.ema`` of ``self.ema_target()`` and validate with it.
+
+    The average follows each optimizer step (``optimizer_step``), not ``on_train_batch_end``:
+    Lightning runs checkpoint callbacks before the module's ``on_train_batch_end``, so an update
+    there would be missing from a mid-epoch checkpoint and from a run resumed from it. Validation
+    epochs swap the averaged weights in and the trained ones back out, so early stopping and the
+    best checkpoint judge the weights that sampling and encoding use.
+    """
+
+    ema: ExponentialMovingAverage
+    _trained_weights: list[torch.Tensor] | None = None
+
+    def ema_target(self) -> nn.Module:
+        """The network whose weights are averaged."""
+        raise NotImplementedError
+
+    def optimizer_step(self, *args: object, **kwargs: object) -> None:
+        super().optimizer_step(*args, **kwargs)  # type: ignore[misc]
+        self.ema.update(self.ema_target())
+
+    def on_validation_epoch_start(self) -> None:
+        self._trained_weights = self.ema.backup(self.ema_target())
+        self.ema.copy_to(self.ema_target())
+
+    def on_validation_epoch_end(self) -> None:
+        if self._trained_weights is not None:
+            self.ema.restore(self.ema_target(), self._trained_weights)
+            self._trained_weights = None

@@ -1,0 +1,93 @@
+"""A training stage's output folder: claim it for a config, resume it, or skip it when done.
+
+Each training stage writes ``run_dir/<stage>/config.yaml`` first and its final checkpoint last
+(atomically). Re-running with the same config resumes from ``checkpoints/last.ckpt``, or does
+nothing once the final checkpoint exists; a different config is refused unless ``force``, which
+discards the folder (or unless the folder holds no checkpoint yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simdiff.data.atomic import atomic_file
+from simdiff.data.errors import DataError
+from simdiff.data.provenance import config_differences, config_yaml
+
+log = logging.getLogger("simdiff")
+
+CONFIG = "config.yaml"
+
+
+def is_primary_process() -> bool:
+    """False in the extra processes of a multi-process launch (DDP workers, SLURM tasks > 0).
+
+    Read from the launchers' environment (Lightning: LOCAL_RANK, NODE_RANK; SLURM:
+    SLURM_PROCID), since it is needed before torch.distributed starts.
+    """
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def claim(out: Path, config: dict[str, Any], *, final: str, stage: str, force: bool) -> str | None:
+    """Make ``out`` the folder of a run with ``config``.
+
+    Only the primary process (:func:`is_primary_process`) writes or discards anything; the
+    others wait (up to a minute) for its ``config.yaml`` and return the same answer.
+
+    Returns:
+        None when the stage is already complete with this config (skip it); else the path of
+        the checkpoint to resume from, or "" to start afresh.
+
+    Raises:
+        DataError: ``out`` holds a run with another config and ``force`` is false.
+    """
+    saved = out / CONFIG
+    if not is_primary_process():
+        return _follow(out, config, final)
+    if saved.is_file():
+        old = yaml.safe_load(saved.read_text())
+        started = (out / final).is_file() or any((out / "checkpoints").glob("*.ckpt"))
+        if old != config and not started:
+            log.info("%s: %s holds no checkpoint yet; starting it with the new config", stage, out)
+        elif old != config and not force:
+            raise DataError(
+                f"{out} was trained with a different config or data:\n  "
+                + "\n  ".join(config_differences(old or {}, config))
+                + "\nPass force=true to retrain from scratch, or use another run_dir"
+            )
+        elif old != config:
+            log.info("%s: force=true, discarding %s", stage, out)
+            shutil.rmtree(out)
+        elif (out / final).is_file():
+            log.info("%s: %s is complete with the same config; skipping", stage, out / final)
+            return None
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(saved) as f:
+        f.write(config_yaml(config))
+    resume = out / "checkpoints" / "last.ckpt"
+    if resume.is_file():
+        log.info("%s: resuming from %s", stage, resume)
+        return str(resume)
+    return ""
+
+
+def _follow(out: Path, config: dict[str, Any], final: str, timeout: float = 60.0) -> str | None:
+    """The answer of :func:`claim` for a non-primary process, once the primary has claimed ``out``."""
+    saved = out / CONFIG
+    deadline = time.monotonic() + timeout
+    while not (saved.is_file() and yaml.safe_load(saved.read_text()) == config):
+        if time.monotonic() > deadline:
+            raise DataError(f"{saved}: the primary process did not write this run's config within "
+                            f"{timeout:.0f} s; check its log")
+        time.sleep(0.5)
+    if (out / final).is_file():
+        return None
+    resume = out / "checkpoints" / "last.ckpt"
+    return str(resume) if resume.is_file() else ""
