@@ -13,7 +13,7 @@ ratio ``r`` tends to 0 and the extrapolation diverges, so that step returns ``D_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,9 +23,10 @@ def sample_dpmpp_2m(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Deterministic multistep sampling; ``generator`` is accepted for a shared signature."""
+    """Deterministic multistep sampling; ``generator`` (None, one generator, or one per row
+    of ``x``) is accepted for a shared signature and unused."""
     d_prev: torch.Tensor | None = None
     h_prev: torch.Tensor | None = None
     for i in range(len(sigmas) - 1):

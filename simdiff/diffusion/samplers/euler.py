@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -12,7 +12,7 @@ def sample_euler(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """First order: ``x <- x + (sigma_next - sigma) (x - D(x; sigma)) / sigma``.
 
@@ -20,7 +20,8 @@ def sample_euler(
         denoiser: ``D(x, sigma)``.
         x: ``(B, ...)`` noise scaled by ``sigmas[0]``.
         sigmas: decreasing noise levels ending in 0.
-        generator: unused (deterministic); accepted so every sampler shares one signature.
+        generator: unused (deterministic); accepted so every sampler shares one signature
+            (None, one generator, or one per row of ``x``).
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

@@ -10,9 +10,11 @@ with the slope at its end (the trapezoidal rule), except on the last step to 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
+
+from simdiff.diffusion.noise import randn_rows
 
 
 def sample_heun(
@@ -20,7 +22,7 @@ def sample_heun(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
@@ -32,7 +34,9 @@ def sample_heun(
         denoiser: ``D(x, sigma)``.
         x: ``(B, ...)`` noise scaled by ``sigmas[0]``.
         sigmas: decreasing noise levels ending in 0.
-        generator: the random stream for the churn noise.
+        generator: the random stream(s) for the churn noise: None, one generator, or one
+            per row of ``x`` (row b's noise then depends on generator b alone; see
+            :func:`simdiff.diffusion.noise.randn_rows`).
         s_churn, s_tmin, s_tmax, s_noise: EDM's stochasticity parameters.
     """
     n = len(sigmas) - 1
@@ -41,7 +45,7 @@ def sample_heun(
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= float(sigma) <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            eps = randn_rows(x.shape, generator, device=x.device, dtype=x.dtype)
             x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * eps
         d = (x - denoiser(x, sigma_hat.to(x.dtype))) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d

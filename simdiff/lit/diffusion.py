@@ -1,0 +1,241 @@
+"""The LightningModule that trains a conditional latent diffusion model with the EDM loss.
+
+Training (Karras et al. 2022): ``ln sigma ~ N(P_mean, P_std^2)``, the loss
+``lambda(sigma) ||D(y + sigma n; sigma, c) - y||^2`` weighted over latent cells by the cell
+weights, AdamW with linear warm-up (and optional cosine decay), gradient clipping and
+accumulation from the Trainer, an EMA of the weights for validation and sampling.
+
+Determinism and resume. Every random draw of training (noise levels, noise, condition drops)
+comes from the module's own generator, seeded by ``(seed, rank)`` and saved in each checkpoint,
+and the loader skips the batches an interrupted epoch had already used
+(:class:`simdiff.data.datamodule.EpochDataLoader`), so a run resumed from a mid-epoch checkpoint
+ends with the same weights as one that never stopped (CPU, same seed). Validation draws from a
+generator reset every epoch, so it never disturbs training.
+
+Validation logs, with the EMA weights:
+
+* ``val/loss``: the training objective on the val split (fixed noise per epoch);
+* ``val/loss_sigma_<lo>_<hi>``: the same loss at the geometric centre of each noise-level bin,
+  showing which noise levels the model has learnt (low sigma: fine detail; high: large scale);
+* every ``crps_every`` epochs, ``val/crps`` and ``val/spread_skill`` of a ``crps_members``-member
+  ensemble sampled for the first ``crps_states`` validation states (diffused-variable units
+  mapped back to latent states; CRPS averaged over cells and channels).
+
+On ``fit`` end, each rank's parameter checksum is gathered (``rank_checksums``): under DDP they
+must all agree, which the stage records and checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import xarray as xr
+
+from simdiff.diffusion.edm import EDMLoss
+from simdiff.diffusion.schedules import karras_sigmas
+from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage
+from simdiff.lit.schedule import total_steps, warmup_cosine
+from simdiff.nets.denoiser import ConditionalDenoiser
+
+DEFAULT_BINS = (0.002, 0.02, 0.1, 0.5, 2.0, 10.0, 80.0)
+
+
+def parameter_checksum(module: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, in state-dict order (bitwise identity of weights)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class DiffusionModule(EMAValidation, L.LightningModule):
+    """Trains ``model`` on batches ``{"target", ["previous"], [conditions]}`` of a latent store.
+
+    Args:
+        model: the conditional denoiser (net, conditioner, residual mode).
+        weights: ([d], h, w) latent cell weights (the loss averages cells with them).
+        sampler: ``sampler(denoiser, x, sigmas, generator=...)`` for the validation ensembles.
+        p_mean, p_std: the log-normal training noise distribution.
+        lr, weight_decay, betas: AdamW.
+        warmup_steps, cosine, min_lr_ratio: the schedule (:mod:`simdiff.lit.schedule`).
+        ema_decay: weight EMA decay.
+        seed: seeds the training generator (with the rank) and the validation generator.
+        sigma_bins: edges of the noise-level bins of the validation loss.
+        crps_every: epochs between validation ensembles (0: never).
+        crps_members, crps_states: ensemble size and number of validation states.
+        sample_steps, sigma_min, sigma_max, rho: the Karras noise levels of the validation ensembles.
+        signature: what the model is built for (kept in checkpoints; plain types).
+    """
+
+    def __init__(
+        self,
+        model: ConditionalDenoiser,
+        weights: torch.Tensor,
+        sampler: Callable[..., torch.Tensor] | None = None,
+        *,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.99),
+        warmup_steps: int = 200,
+        cosine: bool = False,
+        min_lr_ratio: float = 0.1,
+        ema_decay: float = 0.999,
+        seed: int = 0,
+        sigma_bins: Sequence[float] = DEFAULT_BINS,
+        crps_every: int = 1,
+        crps_members: int = 8,
+        crps_states: int = 8,
+        sample_steps: int = 18,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        rho: float = 7.0,
+        signature: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "weights", "sampler"])
+        self.model = model
+        self.sampler = sampler
+        w = weights.to(torch.float32)
+        self.register_buffer("weights", w / w.mean())
+        self.loss_fn = EDMLoss(sigma_data=model.precond.sigma_data, p_mean=p_mean, p_std=p_std)
+        self.ema = ExponentialMovingAverage(model, ema_decay)
+        self._gen: torch.Generator | None = None
+        self._gen_state: torch.Tensor | None = None
+        self._val_gen: torch.Generator | None = None
+        self.rank_checksums: list[str] = []
+
+    # -- random streams ---------------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        if self._gen is None or self._gen.device != self.device:
+            g = torch.Generator(device=self.device)
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            g.manual_seed(int(self.hparams.seed) * 1_000_003 + int(rank))
+            if self._gen_state is not None:
+                g.set_state(self._gen_state)
+                self._gen_state = None
+            self._gen = g
+        return self._gen
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["simdiff_generator"] = self._generator().get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("simdiff_generator")
+        if state is not None:
+            self._gen, self._gen_state = None, state
+
+    # -- training ---------------------------------------------------------------------------
+    def _loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator,
+              sigma: torch.Tensor | None = None, drop: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch["target"]
+        y = self.model.target(x, batch.get("previous"))
+        drops = None
+        if drop:
+            drops = self.model.conditioner.sample_drop(x.shape[0], generator=generator, device=x.device)
+        cond = self.model.conditions(batch, drops)
+        return self.loss_fn(self.model, y, generator=generator, weight=self.weights, sigma=sigma, **cond)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch, self._generator())
+        loss = loss.mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch["target"].shape[0])
+        return loss
+
+    def ema_target(self) -> torch.nn.Module:
+        return self.model
+
+    # -- validation (EMA weights) ----------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(self.hparams.seed) + 7_919 * (1 + int(self.global_rank)))
+        self._val_gen = g
+
+    def _bins(self) -> list[tuple[float, float]]:
+        e = [float(v) for v in self.hparams.sigma_bins]
+        return list(itertools.pairwise(e))
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        assert self._val_gen is not None
+        n = batch["target"].shape[0]
+        loss, _ = self._loss(batch, self._val_gen, drop=False)
+        self.log("val/loss", loss.mean(), prog_bar=True, on_epoch=True, batch_size=n, sync_dist=True)
+        for lo, hi in self._bins():
+            sigma = torch.full((n,), math.sqrt(lo * hi), device=self.device)
+            per, _ = self._loss(batch, self._val_gen, sigma=sigma, drop=False)
+            self.log(f"val/loss_sigma_{lo:g}_{hi:g}", per.mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        every = int(self.hparams.crps_every)
+        due = every > 0 and (self.current_epoch + 1) % every == 0
+        if batch_idx == 0 and due and self.sampler is not None:
+            crps, ratio = self._ensemble_scores(batch)
+            self.log("val/crps", crps, on_epoch=True, batch_size=1, sync_dist=True)
+            self.log("val/spread_skill", ratio, on_epoch=True, batch_size=1, sync_dist=True)
+
+    def sigmas(self) -> torch.Tensor:
+        """The Karras noise levels the validation ensembles use."""
+        hp = self.hparams
+        return karras_sigmas(int(hp.sample_steps), float(hp.sigma_min), float(hp.sigma_max), float(hp.rho))
+
+    def _ensemble_scores(self, batch: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        """CRPS and corrected spread-skill of a small ensemble on the first states of ``batch``."""
+        from simdiff.evaluate.calibration import spread_skill
+        from simdiff.evaluate.crps import crps
+
+        k = min(int(self.hparams.crps_states), batch["target"].shape[0])
+        m = int(self.hparams.crps_members)
+        rows = {key: v[:k].repeat_interleave(m, dim=0) for key, v in batch.items() if key != "index"}
+        truth = batch["target"][:k]
+        shape = (k * m, *truth.shape[1:])
+        samples = self.model.sample(rows, shape, sampler=self.sampler, sigmas=self.sigmas(),
+                                    generator=self._val_gen)
+        ens = samples.float().reshape(k, m, *truth.shape[1:]).cpu().numpy()
+        dims = ["case", "realization", *[f"d{i}" for i in range(truth.ndim - 1)]]
+        fc = xr.DataArray(ens, dims=dims)
+        obs = xr.DataArray(truth.float().cpu().numpy(), dims=[dims[0], *dims[2:]])
+        score = float(crps(fc, obs).mean())
+        ratio = float(spread_skill(fc, obs)["ratio_corrected"])
+        return score, ratio
+
+    # -- end of fit: DDP consistency -----------------------------------------------------------
+    def on_fit_end(self) -> None:
+        mine = parameter_checksum(self.model)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, mine)
+            self.rank_checksums = [str(c) for c in gathered]
+        else:
+            self.rank_checksums = [mine]
+
+    # -- optimiser ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                betas=tuple(hp.betas))
+        total = total_steps(self._trainer)
+        sched = warmup_cosine(opt, warmup=hp.warmup_steps, total=total, cosine=hp.cosine,
+                              min_ratio=hp.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def load_ema_model(
+    model: ConditionalDenoiser, checkpoint: str | Path, ema_decay: float = 0.999
+) -> ConditionalDenoiser:
+    """Load a DiffusionModule checkpoint's EMA weights into ``model`` (eval mode, weights_only load)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
+    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    ema = ExponentialMovingAverage(model, ema_decay)
+    ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+    ema.copy_to(model)
+    return model.eval()
