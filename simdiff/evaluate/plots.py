@@ -133,3 +133,151 @@ def save_figure(fig: Figure, path: Path) -> Path:
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=fig.dpi)
     return Path(path)
+
+
+# -- forecast report figures (simdiff.evaluate.report) ---------------------------------------
+
+
+def _level_panels(ds: xr.Dataset, max_rows: int) -> list[tuple[str, str, dict]]:
+    """(variable, KEY, isel) per row: ``VAR`` or ``VAR@LEVEL`` (a spatial ``z`` shows its middle plane)."""
+    rows: list[tuple[str, str, dict]] = []
+    for name, var in ds.data_vars.items():
+        spatial = [d for d in var.dims if d not in ("realization", "init_time", "lead_time")]
+        if len(spatial) == 3:
+            depth = spatial[0]
+            coord = ds[depth].values if depth in ds.coords else np.arange(var.sizes[depth])
+            if depth in SPATIAL_DEPTH_DIMS:
+                rows.append((str(name), str(name), {depth: var.sizes[depth] // 2}))
+            else:
+                rows += [(str(name), f"{name}@{format_level(c)}", {depth: i}) for i, c in enumerate(coord)]
+        else:
+            rows.append((str(name), str(name), {}))
+    return rows[:max_rows]
+
+
+def ensemble_figure(
+    verifying: xr.Dataset,
+    forecast: xr.Dataset,
+    *,
+    case: int = 0,
+    lead: int = 0,
+    n_members: int = 4,
+    member_dim: str = "realization",
+    max_rows: int = 6,
+) -> Figure:
+    """Truth, the first ``n_members`` members and the ensemble mean of one case and lead.
+
+    Args:
+        verifying: ``(init_time, lead_time, [level], Y, X)`` truth at the valid times.
+        forecast: ``(member_dim, init_time, lead_time, [level], Y, X)``.
+        case, lead: positions along ``init_time`` and ``lead_time``.
+
+    One row per variable (and level), one colour scale per row; NaN (masked) cells are blank.
+    """
+    rows = _level_panels(verifying, max_rows)
+    n_members = min(n_members, forecast.sizes[member_dim])
+    cols = n_members + 2
+    fig = Figure(figsize=(cols * PANEL_WIDTH_IN * 0.8, len(rows) * PANEL_HEIGHT_IN), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    where_case = {"init_time": case, "lead_time": lead}
+    for r, (name, key, where) in enumerate(rows):
+        t_da = verifying[name].isel({**where_case, **where})
+        members = forecast[name].isel({**where_case, **where})
+        y_dim = t_da.dims[0]
+        y = t_da[y_dim].values if y_dim in t_da.coords else np.arange(t_da.shape[0])
+        y_ascending = bool(y.size < 2 or y[-1] > y[0])
+        panels = [(np.asarray(t_da.values, dtype=float), f"{key} truth")]
+        panels += [(np.asarray(members.isel({member_dim: i}).values, dtype=float), f"{key} member {i}")
+                   for i in range(n_members)]
+        panels.append((np.asarray(members.mean(member_dim).values, dtype=float), f"{key} ensemble mean"))
+        finite = np.concatenate([p[np.isfinite(p)] for p, _ in panels])
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        units = verifying[name].attrs.get("units", "")
+        for c, (field, title) in enumerate(panels):
+            ax = axes[r, c]
+            im = _image(ax, field, y_ascending, cmap="viridis", vmin=lo, vmax=hi)
+            ax.set_title(title + (f" [{units}]" if units and c == 0 else ""), fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.colorbar(im, ax=axes[r, -1], shrink=0.85, format="%.3g")
+    fig.suptitle(f"case {case}, lead {lead}", fontsize=9)
+    return fig
+
+
+def _key_grid(n: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(cols * width, rows * height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _series(entry: dict, leads: list[str], score: str) -> np.ndarray:
+    return np.array([np.nan if entry["by_lead"][lead][score] is None else entry["by_lead"][lead][score]
+                     for lead in leads], dtype=float)
+
+
+def lead_time_figure(metrics: dict) -> Figure:
+    """CRPS of the ensemble and the baselines, and spread, RMSE and spread-skill, against lead time.
+
+    Two panels per KEY of ``metrics["variables"]`` (the forecast report's schema).
+    """
+    variables, leads = metrics["variables"], list(metrics["lead_times"])
+    fig, axes = _key_grid(2 * len(variables), PANEL_WIDTH_IN * 1.2, PANEL_HEIGHT_IN)
+    x = np.arange(len(leads))
+    for i, (key, entry) in enumerate(variables.items()):
+        ax = axes[2 * i]
+        for score, style in (("crps", "o-"), ("crps_climatology", "s--"), ("crps_persistence", "^--"),
+                             ("crps_ae_ceiling", "v:")):
+            y = _series(entry, leads, score)
+            if np.isfinite(y).any():
+                ax.plot(x, y, style, label=score.replace("crps_", "") if score != "crps" else "ensemble")
+        ax.set_title(f"{key}: CRPS", fontsize=8)
+        ax.legend(fontsize=6)
+        ax = axes[2 * i + 1]
+        for score, style in (("rmse", "o-"), ("spread", "s--")):
+            ax.plot(x, _series(entry, leads, score), style, label=score)
+        twin = ax.twinx()
+        twin.plot(x, _series(entry, leads, "spread_skill"), "k:", label="spread-skill")
+        twin.axhline(1.0, color="0.6", lw=0.5)
+        twin.set_ylabel("spread-skill", fontsize=7)
+        ax.set_title(f"{key}: RMSE and spread", fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in axes[: 2 * len(variables)]:
+        ax.set_xticks(x, leads, fontsize=7)
+        ax.set_xlabel("lead time", fontsize=7)
+    return fig
+
+
+def rank_histogram_figure(metrics: dict) -> Figure:
+    """Rank histogram per KEY (all leads pooled), with the flat 1/(M + 1) of a calibrated ensemble."""
+    variables = metrics["variables"]
+    fig, axes = _key_grid(len(variables), PANEL_WIDTH_IN, PANEL_HEIGHT_IN)
+    for ax, (key, entry) in zip(axes, variables.items(), strict=False):
+        freq = np.asarray(entry["rank_histogram"] or [], dtype=float)
+        ax.bar(np.arange(freq.size), freq, color="tab:blue")
+        if freq.size:
+            ax.axhline(1.0 / freq.size, color="k", lw=0.8, ls="--")
+        ax.set_title(f"{key}: rank of truth", fontsize=8)
+        ax.set_xlabel("rank", fontsize=7)
+    return fig
+
+
+def spectra_figure(metrics: dict) -> Figure:
+    """Power spectra of truth, members and AE ceiling per KEY (log-log, k > 0)."""
+    spectra = metrics.get("spectra", {})
+    fig, axes = _key_grid(max(len(spectra), 1), PANEL_WIDTH_IN, PANEL_HEIGHT_IN)
+    for ax, (key, spec) in zip(axes, spectra.items(), strict=False):
+        k = np.asarray(spec["wavenumber"], dtype=float)
+        for name, style in (("truth", "k-"), ("members", "C0--"), ("ae_ceiling", "C1:")):
+            if name in spec:
+                e = np.asarray([np.nan if v is None else v for v in spec[name]], dtype=float)
+                ax.loglog(k[k > 0], e[k > 0], style, label=name)
+        ax.set_title(f"{key}: power spectrum", fontsize=8)
+        ax.set_xlabel("wavenumber", fontsize=7)
+        ax.legend(fontsize=6)
+    return fig

@@ -1,0 +1,117 @@
+"""Renderings of the forecast report's metrics: ``index.html``, ``metrics.csv`` and the terminal table.
+
+``index.html`` is plain HTML with inline CSS and no scripts, so it opens from a cluster's file
+system as is: a short score table, links to the data files, and every figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from simdiff.data.atomic import atomic_file
+
+#: The scalar scores of one KEY (and lead) in metrics.json (see simdiff.evaluate.report).
+SCORES = (
+    "crps",
+    "crps_fair",
+    "rmse",
+    "spread",
+    "spread_skill",
+    "crps_climatology",
+    "crps_persistence",
+    "crps_ae_ceiling",
+    "spectrum_ratio",
+)
+
+_SHORT = ("crps", "crps_climatology", "crps_persistence", "crps_ae_ceiling", "rmse", "spread",
+          "spread_skill", "spectrum_ratio")
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#eee}"
+          "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) -> str:
+    """The page: a forecast table (all leads pooled), the augmentation table, then each PNG."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>simdiff report</title>",
+             f"<style>{_STYLE}</style></head><body><h1>simdiff evaluation report</h1>"]
+    if "variables" in metrics:
+        parts.append(
+            f"<p>{metrics['members']} members, {metrics['cases']} cases, lead times "
+            f"{html.escape(', '.join(metrics['lead_times']))}. Scores are cell-weighted means over "
+            "valid cells; spread_skill carries the sqrt((M+1)/M) correction (1 = calibrated).</p>"
+        )
+        rows = [[key, *(entry.get(s) for s in _SHORT)] for key, entry in metrics["variables"].items()]
+        parts.append(_table(["variable", *_SHORT], rows))
+    augment = metrics.get("augment")
+    if augment:
+        parts.append(f"<h2>Augmentation ({augment['samples']} synthetic samples)</h2>")
+        rows = [[key, e["wasserstein1"], e["wasserstein1_train_test"], e["spectrum_ratio"]]
+                for key, e in augment["variables"].items()]
+        parts.append(_table(["variable", "W1 synthetic-test", "W1 train-test", "spectrum_ratio"], rows))
+        mem = augment.get("memorisation", {})
+        parts.append(_table(list(mem), [list(mem.values())]))
+    parts.append("<p>Data: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>"
+                                          for f in data_files) + "</p>")
+    for png in pngs:
+        name = html.escape(png)
+        parts.append(f"<h3>{html.escape(png.removesuffix('.png'))}</h3><img src='{name}' alt='{name}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+CSV_COLUMNS = ("variable", "lead_time", *SCORES, "rank_histogram")
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per KEY x lead (``CSV_COLUMNS``), then one per KEY with ``lead_time`` "all" (pooled)."""
+    rows = []
+    for lead in [*metrics.get("lead_times", []), "all"]:
+        for key, entry in metrics.get("variables", {}).items():
+            e = entry if lead == "all" else entry["by_lead"][lead]
+            ranks = e.get("rank_histogram")
+            rows.append({"variable": key, "lead_time": lead, **{s: e.get(s) for s in SCORES},
+                         "rank_histogram": "" if ranks is None else " ".join(f"{r:.6g}" for r in ranks)})
+    return rows
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    """A rich table for the terminal: per KEY (all leads pooled) the ensemble's and baselines' scores."""
+    short = ("crps", "crps_climatology", "crps_persistence", "crps_ae_ceiling", "rmse", "spread",
+             "spread_skill", "spectrum_ratio")
+    table = Table(title=f"forecast: {metrics.get('members')} members x {metrics.get('cases')} cases, "
+                        f"leads {', '.join(metrics.get('lead_times', []))}")
+    table.add_column("variable")
+    for s in short:
+        table.add_column(s.replace("crps_", "crps "), justify="right")
+    for key, e in metrics.get("variables", {}).items():
+        table.add_row(key, *("–" if e.get(s) is None else f"{e[s]:.4g}" for s in short))
+    return table
+
+
+def write_csv(metrics: dict[str, Any], path: Path) -> None:
+    """Write :func:`metrics_rows` as CSV atomically."""
+    rows = metrics_rows(metrics)
+    with atomic_file(path) as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])

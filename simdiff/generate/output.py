@@ -1,0 +1,557 @@
+"""The generated-ensemble store: CF-1.10 metadata, rank-sharded writes, resume, atomic publish.
+
+Schema (zarr v3, or netCDF-4 after :func:`finalize`)::
+
+  forecast mode: VAR  float32 (realization, init_time, lead_time, [D], Y, X)
+  sample mode:   VAR  float32 (realization, [D], Y, X)
+
+One variable per source variable (the training store's ``channel`` names), in physical units
+with NaN at masked cells, dims and spatial coordinates named as in the source (``lat``/``lon``,
+``y``/``x``, ``level``). Chunks: one member, one init, all leads, the full field (the lead and
+spatial chunk sizes can be changed; realization and init_time chunks stay 1, see below).
+Sample mode has no initial condition, so it has no init/lead dims at all (rather than dims of
+length 1 that would carry invented times).
+
+Coordinates (CF-1.10):
+
+  realization (realization)  int32, standard_name "realization": the member ids.
+  init_time   (init_time)    the store's sample coordinate at the inits. Datetimes (and
+                             numbers with "UNIT since DATE" units) get standard_name
+                             "forecast_reference_time". An idealised model time with a plain
+                             duration unit (the QG simulator's "days" since spin-up) has no
+                             reference date, so it keeps its numbers and units and gets no
+                             standard name: inventing a date ("days since 0001-01-01") would
+                             be a false statement, and "days since spin-up" is not valid UDUNITS.
+  init_index  (init_time)    int32: the index of each init in the training store.
+  lead_time   (lead_time)    standard_name "forecast_period": ``k * step`` for lead steps
+                             ``k``, where step is the sample spacing (timedelta for datetime
+                             stores, a number in the sample coordinate's unit otherwise).
+  valid_time  (init_time, lead_time)  auxiliary coordinate: the store's sample coordinate at
+                             ``init + k`` while that sample exists in the same contiguous run
+                             (so monthly data keeps calendar months), else init_time +
+                             lead_time. Standard name "time" where init_time has a reference date.
+  [D], Y, X                  copied from the store with their attrs (ranges dropped).
+
+Attributes: ``Conventions = "CF-1.10"``, title, history, source, institution (optional),
+``simdiff_config`` (resolved YAML), ``simdiff_config_sha256``, ``simdiff_version``,
+``git_commit`` (when running from a git checkout), ``simdiff_sha256`` (JSON: name -> sha256 of
+the checkpoints and the training store), ``simdiff_seed``, ``simdiff_mode``, and
+``simdiff_complete = 1`` in a published store only. netCDF attributes must be strings or
+numbers, so mappings are JSON text.
+
+Writing without a gather: rank 0 calls :func:`create_partial`, which builds the skeleton
+(metadata and coordinates, no data chunks) beside the target at ``.NAME.partial`` with an
+int8 array ``written (realization, [init_time])`` chunked 1 per cell. Every rank then calls
+:func:`write_block` for its own (member, init) blocks: it writes whole chunks (one member, one
+init, all leads, full field) and then sets its ``written`` cells, so no chunk is written by two
+ranks and no locks are needed. :func:`missing` lists the blocks not yet written, so a killed
+run re-run with the same config generates only those. :func:`finalize` publishes: a zarr
+target by marking the partial complete and renaming it onto the target, a netCDF target by
+writing a temporary file beside it and renaming it. A partial store is never at the final
+path and :func:`is_complete` is False for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import netCDF4
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+import simdiff
+from simdiff.data.errors import DataError
+from simdiff.data.store import TrainingStore
+
+OUTPUT_KIND = "generated"
+CONVENTIONS = "CF-1.10"
+WRITTEN = "written"
+#: Variable attrs carried from the source onto generated data.
+VARIABLE_ATTRS = ("units", "standard_name", "long_name")
+#: Coordinate attrs that describe the source file's values, not the generated ones.
+DROPPED_ATTRS = ("actual_range", "valid_range", "valid_min", "valid_max", "_FillValue")
+#: Encoding keys that survive the move from zarr to netCDF (time units, calendar, dtype).
+_NETCDF_ENCODING = ("units", "calendar", "dtype")
+_UNIT_DIMS = {"forecast": ("realization", "init_time"), "sample": ("realization",)}
+
+
+# -- paths and provenance -------------------------------------------------------------------
+def partial_path(target: str | Path) -> Path:
+    """Where the partial store of ``target`` lives: ``.NAME.partial`` beside it."""
+    target = Path(target)
+    return target.parent / f".{target.name}.partial"
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """HEAD of the git checkout holding ``path`` (default: this package), ``-dirty`` if modified.
+
+    None when the code does not run from a git checkout (an installed wheel) or git is absent.
+    """
+    where = Path(path) if path is not None else Path(simdiff.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if status.strip() else head
+
+
+def output_attrs(
+    *,
+    config: str,
+    checksums: Mapping[str, str],
+    seed: int,
+    title: str,
+    command: str,
+    institution: str | None = None,
+) -> dict[str, str | int]:
+    """Global attrs of an output store (strings and numbers only, so netCDF takes them).
+
+    Args:
+        config: the resolved config as YAML text (:func:`simdiff.data.provenance.config_yaml`).
+        checksums: name -> sha256 hex, e.g. the checkpoints and the training store.
+        seed: the run's seed (the noise keys' first counter).
+        title: a one-line description.
+        command: the command line, for ``history``.
+        institution: who made the data (omitted when None).
+    """
+    attrs: dict[str, str | int] = {
+        "Conventions": CONVENTIONS,
+        "title": title,
+        "history": f"{datetime.now(UTC).isoformat(timespec='seconds')}: {command}",
+        "source": f"simdiff {simdiff.__version__} latent diffusion",
+        "simdiff_version": simdiff.__version__,
+        "simdiff_config": config,
+        "simdiff_config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+        "simdiff_sha256": json.dumps(dict(sorted(checksums.items()))),
+        "simdiff_seed": int(seed),
+    }
+    commit = git_commit()
+    if commit is not None:
+        attrs["git_commit"] = commit
+    if institution is not None:
+        attrs["institution"] = institution
+    return attrs
+
+
+# -- the template ---------------------------------------------------------------------------
+def _clean(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attrs.items() if k not in DROPPED_ATTRS}
+
+
+def _spatial(store: TrainingStore, src: xr.Dataset) -> tuple[tuple[str, ...], tuple[int, ...], dict]:
+    dims = store.layout.spatial_dims
+    shape = tuple(int(src.sizes[d]) for d in dims)
+    coords = {}
+    for d in dims:
+        if d in src.coords:
+            v = src[d].variable.load().copy(deep=True)
+            v.attrs, v.encoding = _clean(v.attrs), {}
+            coords[d] = v
+    return dims, shape, coords
+
+
+def _chunks(dims: Sequence[str], shape: Sequence[int], chunks: Mapping[str, int] | None) -> tuple[int, ...]:
+    """Default 1 along realization/init_time, whole along the rest; ``chunks`` overrides the rest."""
+    chunks = dict(chunks or {})
+    for d in ("realization", "init_time"):
+        if chunks.get(d, 1) != 1:
+            raise ValueError(
+                f"chunks[{d!r}] = {chunks[d]}: realization and init_time chunks must be 1, the unit "
+                "each rank writes on its own (no two ranks may share a chunk)"
+            )
+    unknown = set(chunks) - set(dims)
+    if unknown:
+        raise ValueError(f"chunks names dims {sorted(unknown)} that the output does not have ({list(dims)})")
+    return tuple(1 if d in ("realization", "init_time") else min(int(chunks.get(d, n)), n)
+                 for d, n in zip(dims, shape, strict=True))
+
+
+def _variables(store: TrainingStore, dims: tuple[str, ...], shape: tuple[int, ...],
+               chunks: Mapping[str, int] | None, unit_dims: tuple[str, ...]) -> dict[str, Any]:
+    blocks = _chunks(dims, shape, chunks)
+    info = store.attrs.get("variables", {})
+    out: dict[str, Any] = {}
+    for name in store.variables:
+        attrs = {k: info.get(name, {})[k] for k in VARIABLE_ATTRS if k in info.get(name, {})}
+        out[name] = (dims, da.full(shape, np.nan, dtype=np.float32, chunks=blocks), attrs)
+    unit_shape = shape[: len(unit_dims)]
+    out[WRITTEN] = (unit_dims, da.zeros(unit_shape, dtype=np.int8, chunks=(1,) * len(unit_dims)),
+                    {"long_name": "1 where the block of this member (and init) is written",
+                     "flag_values": np.array([0, 1], dtype=np.int8), "flag_meanings": "missing written"})
+    return out
+
+
+def _modal_step(values: np.ndarray, sample_dim: str, path: Path) -> Any:
+    if values.size < 2:
+        raise DataError(f"{path}: {sample_dim} has {values.size} value(s); pass lead_step to set the "
+                        "lead spacing")
+    steps, counts = np.unique(np.diff(values), return_counts=True)
+    return steps[np.argmax(counts)]
+
+
+def forecast_template(
+    store: TrainingStore,
+    members: Sequence[int],
+    init_indices: Sequence[int],
+    lead_steps: Sequence[int],
+    *,
+    lead_step: Any = None,
+    chunks: Mapping[str, int] | None = None,
+) -> xr.Dataset:
+    """The empty forecast store for ``store``: lazy NaN variables, coordinates, variable attrs.
+
+    Args:
+        store: the training store the model was trained on (names, units, grid, times).
+        members: member ids (realization values), unique.
+        init_indices: indices into the store's samples of the initial conditions, unique.
+        lead_steps: lead steps ``k >= 0`` (in samples), unique and increasing.
+        lead_step: the spacing of one step (timedelta64 for datetime stores, a number in the
+            sample coordinate's unit otherwise); default: the most common sample spacing.
+        chunks: chunk sizes for ``lead_time`` and the spatial dims (default whole).
+
+    Returns:
+        Dataset with ``VAR (realization, init_time, lead_time, [D], Y, X)`` and ``written
+        (realization, init_time)``, lazy, ready for :func:`create_partial`.
+    """
+    src = store.dataset()
+    sdim = store.layout.sample_dim
+    if sdim not in src.coords:
+        raise DataError(f"{store.path}: the store has no {sdim!r} coordinate, so forecasts have no init "
+                        f"times; use sample mode (sample_template) instead")
+    members, inits = _ids(members, "members"), _ids(init_indices, "init_indices")
+    leads = _ids(lead_steps, "lead_steps")
+    if inits.min() < 0 or inits.max() >= store.n_samples:
+        raise ValueError(f"init_indices must lie in [0, {store.n_samples}), got {inits.tolist()}")
+    if leads.min() < 0 or np.any(np.diff(leads) <= 0):
+        raise ValueError(f"lead_steps must be >= 0 and increasing, got {leads.tolist()}")
+    times = src[sdim].values
+    tattrs = dict(src[sdim].attrs)
+    units = str(tattrs.get("units", ""))
+    is_datetime = np.issubdtype(times.dtype, np.datetime64)
+    dated = is_datetime or " since " in units
+    step = lead_step if lead_step is not None else _modal_step(times, sdim, store.path)
+    lead_values = leads * step
+    init_values = times[inits]
+    block = store.array("block")
+    # valid time: the store's own time k samples on while in the same contiguous run.
+    later = inits[:, None] + leads[None, :]
+    inside = (later < store.n_samples)
+    inside[inside] &= block[later[inside]] == block[np.broadcast_to(inits[:, None], later.shape)[inside]]
+    valid = init_values[:, None] + lead_values[None, :]
+    valid[inside] = times[later[inside]]
+
+    def tcoord(dims, values, long_name, standard_name):
+        attrs = {"long_name": long_name} | ({"standard_name": standard_name} if dated else {})
+        if not is_datetime:
+            attrs.update({k: tattrs[k] for k in ("units", "calendar") if k in tattrs})
+        var = xr.Variable(dims, values, attrs)
+        if is_datetime and "calendar" in src[sdim].encoding:
+            var.encoding = {"calendar": src[sdim].encoding["calendar"]}
+        return var
+
+    step_text = str(pd.Timedelta(step)) if is_datetime else f"{step} {units.split(' since ')[0]}".strip()
+    lead_attrs = {"standard_name": "forecast_period", "long_name": f"lead time: {step_text} per lead step"}
+    if not is_datetime and units:
+        lead_attrs["units"] = units.split(" since ")[0].strip()
+    spatial_dims, spatial_shape, spatial_coords = _spatial(store, src)
+    dims = ("realization", "init_time", "lead_time", *spatial_dims)
+    shape = (members.size, inits.size, leads.size, *spatial_shape)
+    coords = {
+        "realization": _realization(members),
+        "init_time": tcoord(("init_time",), init_values, "initialisation time of the forecast",
+                            "forecast_reference_time"),
+        "init_index": xr.Variable(("init_time",), inits.astype(np.int32),
+                                  {"long_name": f"index of the initial condition in the store's {sdim}",
+                                   "units": "1"}),
+        "lead_time": xr.Variable(("lead_time",), lead_values, lead_attrs),
+        "valid_time": tcoord(("init_time", "lead_time"), valid, "time the forecast is valid for", "time"),
+        **spatial_coords,
+    }
+    ds = xr.Dataset(_variables(store, dims, shape, chunks, _UNIT_DIMS["forecast"]), coords=coords)
+    ds.attrs["simdiff_mode"] = "forecast"
+    return ds
+
+
+def sample_template(
+    store: TrainingStore, members: Sequence[int], *, chunks: Mapping[str, int] | None = None
+) -> xr.Dataset:
+    """The empty store of unconditional samples: ``VAR (realization, [D], Y, X)`` and ``written``.
+
+    Args:
+        store: the training store the model was trained on (names, units, grid).
+        members: sample ids (realization values), unique.
+        chunks: chunk sizes for the spatial dims (default whole).
+    """
+    src = store.dataset()
+    members = _ids(members, "members")
+    spatial_dims, spatial_shape, spatial_coords = _spatial(store, src)
+    dims = ("realization", *spatial_dims)
+    shape = (members.size, *spatial_shape)
+    ds = xr.Dataset(_variables(store, dims, shape, chunks, _UNIT_DIMS["sample"]),
+                    coords={"realization": _realization(members), **spatial_coords})
+    ds.attrs["simdiff_mode"] = "sample"
+    return ds
+
+
+def _ids(values: Sequence[int], name: str) -> np.ndarray:
+    a = np.asarray(values, dtype=np.int64)
+    if a.ndim != 1 or a.size == 0 or np.unique(a).size != a.size:
+        raise ValueError(f"{name} must be a non-empty list of unique integers, got {list(values)}")
+    return a
+
+
+def _realization(members: np.ndarray) -> xr.Variable:
+    return xr.Variable(("realization",), members.astype(np.int32),
+                       {"standard_name": "realization", "long_name": "ensemble member id", "units": "1"})
+
+
+# -- the partial store ----------------------------------------------------------------------
+def _layout(ds: xr.Dataset) -> dict[str, Any]:
+    """What must agree for a partial store to be resumed: variables, sizes, members, inits."""
+    out: dict[str, Any] = {"sizes": {str(k): int(v) for k, v in ds.sizes.items()},
+                           "variables": sorted(str(v) for v in ds.data_vars),
+                           "realization": [int(m) for m in ds["realization"].values]}
+    if "init_index" in ds:
+        out["init_index"] = [int(i) for i in ds["init_index"].values]
+    return out
+
+
+def create_partial(
+    target: str | Path, template: xr.Dataset, attrs: Mapping[str, Any], *, force: bool = False
+) -> Path:
+    """Create (or reuse) the partial store of ``target``; call it once, on rank 0.
+
+    A partial store made with the same config (``attrs["simdiff_config_sha256"]``) and layout is
+    reused as it is, so a killed run resumes; see :func:`missing`.
+
+    Args:
+        target: the final path, ``*.zarr`` or ``*.nc``.
+        template: from :func:`forecast_template` or :func:`sample_template`.
+        attrs: from :func:`output_attrs`.
+        force: replace a partial store made with a different config.
+
+    Returns:
+        The partial store's path.
+
+    Raises:
+        DataError: a partial store made with a different config or layout (unless ``force``).
+    """
+    target = Path(target)
+    _format(target)
+    partial = partial_path(target)
+    attrs = dict(attrs)
+    if "simdiff_config_sha256" not in attrs:
+        raise ValueError("attrs lack simdiff_config_sha256; build them with output_attrs()")
+    layout = _layout(template)
+    if partial.exists():
+        old = dict(zarr.open_group(str(partial), mode="r").attrs)
+        reasons = []
+        if old.get("simdiff_config_sha256") != attrs["simdiff_config_sha256"]:
+            reasons.append("it was made with a different config")
+        if json.loads(old.get("simdiff_layout", "null")) != layout:
+            reasons.append("its variables, members, inits or sizes differ")
+        if not reasons:
+            return partial
+        if not force:
+            raise DataError(
+                f"{partial}: a partial output is here but {' and '.join(reasons)} "
+                f"(config sha256 {old.get('simdiff_config_sha256')} vs {attrs['simdiff_config_sha256']}). "
+                "Fix: re-run with the config that made it to resume, or pass force=true to start over"
+            )
+        shutil.rmtree(partial)
+    ds = template.copy()
+    ds.attrs = {**template.attrs, **attrs, "simdiff_store": OUTPUT_KIND, "simdiff_layout": json.dumps(layout)}
+    ds.attrs.pop("simdiff_complete", None)
+    encoding = {name: {"chunks": v.data.chunksize, "fill_value": 0 if name == WRITTEN else np.nan}
+                for name, v in ds.data_vars.items()}
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=partial.parent))
+    try:
+        # compute=False writes the metadata and the coordinates, no data chunks: an unwritten
+        # chunk reads as its fill value (NaN, or 0 in `written`).
+        ds.to_zarr(tmp / "store.zarr", mode="w-", compute=False, zarr_format=3, consolidated=False,
+                   encoding=encoding)
+        os.replace(tmp / "store.zarr", partial)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return partial
+
+
+def _open_partial(target: Path, mode: str = "r") -> zarr.Group:
+    partial = partial_path(target)
+    if not partial.exists():
+        raise DataError(f"{partial}: no partial output here; create it first (create_partial on rank 0)")
+    return zarr.open_group(str(partial), mode=mode)  # type: ignore[arg-type]
+
+
+def write_block(target: str | Path, block: xr.Dataset, *, init: int | None = None) -> None:
+    """Write some members' fields for one init into the partial store, then mark them written.
+
+    Any rank may call this for blocks no other rank writes; each (member, init) block is whole
+    chunks, so concurrent calls for different blocks need no lock.
+
+    Args:
+        target: the final path (the partial store beside it must exist).
+        block: one variable per output variable in physical units, dims ``(realization,
+            lead_time, [D], Y, X)`` (forecast) or ``(realization, [D], Y, X)`` (sample), with a
+            ``realization`` coordinate of member ids; all leads, the full field.
+        init: the init index (forecast mode); None in sample mode.
+    """
+    target = Path(target)
+    g = _open_partial(target, "r+")
+    mode = g.attrs["simdiff_mode"]
+    if (init is None) != (mode == "sample"):
+        want = "None" if mode == "sample" else "an init index"
+        raise ValueError(f"{mode} store: init must be {want}, got {init}")
+    if "realization" not in block.coords:
+        raise ValueError("block needs a realization coordinate holding the member ids")
+    positions = {int(m): k for k, m in enumerate(g["realization"][...])}
+    rows = [positions.get(int(m)) for m in block["realization"].values]
+    if None in rows:
+        raise ValueError(f"members {block['realization'].values.tolist()} are not all among the "
+                         f"store's {sorted(positions)}")
+    col = None
+    if init is not None:
+        inits = [int(i) for i in g["init_index"][...]]
+        if int(init) not in inits:
+            raise ValueError(f"init {init} is not one of the store's init_index values {inits}")
+        col = inits.index(int(init))
+    names = [n for n in json.loads(g.attrs["simdiff_layout"])["variables"] if n != WRITTEN]
+    if sorted(str(v) for v in block.data_vars) != names:
+        raise ValueError(f"block has variables {sorted(map(str, block.data_vars))}, the store {names}")
+    values = {}
+    for name in names:
+        arr = g[name]
+        dims = [d for d in arr.metadata.dimension_names if d != "init_time"]
+        if set(block[name].dims) != set(dims):
+            raise ValueError(f"block[{name!r}] has dims {block[name].dims}, expected {tuple(dims)}")
+        v = np.asarray(block[name].transpose(*dims).values, dtype=np.float32)
+        expected = (len(rows), *(n for d, n in zip(arr.metadata.dimension_names, arr.shape, strict=True)
+                                 if d not in ("realization", "init_time")))
+        if v.shape != expected:
+            raise ValueError(f"block[{name!r}] has shape {v.shape}, expected {expected} "
+                             "(all leads, the full field)")
+        values[name] = v
+    for name, v in values.items():
+        arr = g[name]
+        for j, row in enumerate(rows):
+            arr[(row,) if col is None else (row, col)] = v[j]
+    written = g[WRITTEN]
+    for row in rows:
+        written[(row,) if col is None else (row, col)] = 1
+
+
+def missing(target: str | Path) -> list[tuple[int, int]]:
+    """The ``(member, init)`` blocks not yet written, grouped by init (init = -1 in sample mode)."""
+    target = Path(target)
+    g = _open_partial(target)
+    if g.attrs.get("simdiff_complete") == 1:  # finalize was interrupted after marking it
+        return []
+    written = np.asarray(g[WRITTEN][...])
+    members = [int(m) for m in g["realization"][...]]
+    if written.ndim == 1:
+        return [(members[r], -1) for r in np.flatnonzero(written == 0)]
+    inits = [int(i) for i in g["init_index"][...]]
+    return [(members[r], inits[c]) for c in range(len(inits)) for r in np.flatnonzero(written[:, c] == 0)]
+
+
+# -- publishing -----------------------------------------------------------------------------
+def _format(target: Path) -> str:
+    if target.suffix == ".zarr":
+        return "zarr"
+    if target.suffix == ".nc":
+        return "netcdf"
+    raise ValueError(f"{target}: the output path must end in .zarr or .nc")
+
+
+def finalize(target: str | Path, *, force: bool = False) -> Path:
+    """Publish the partial store at ``target`` once every block is written.
+
+    A ``.zarr`` target: drop ``written``, mark ``simdiff_complete = 1``, consolidate the
+    metadata and rename the partial store onto ``target``. A ``.nc`` target: write netCDF-4 to
+    a temporary file beside it, rename it onto ``target``, then remove the partial store.
+
+    Args:
+        target: the final path.
+        force: replace an existing ``target``.
+
+    Raises:
+        DataError: blocks are still missing, or ``target`` exists (without ``force``).
+    """
+    target = Path(target)
+    fmt = _format(target)
+    todo = missing(target)
+    if todo:
+        raise DataError(
+            f"{partial_path(target)}: {len(todo)} (member, init) blocks are not written yet, e.g. "
+            f"{todo[:5]}; re-run generate with the same config to write them, then finalize"
+        )
+    if target.exists() and not force:
+        raise DataError(f"{target} exists; remove it or pass force=true to replace it")
+    partial = partial_path(target)
+    if fmt == "zarr":
+        g = zarr.open_group(str(partial), mode="r+")
+        g.attrs["simdiff_complete"] = 1
+        if WRITTEN in g:
+            del g[WRITTEN]
+        with warnings.catch_warnings():  # zarr notes that v3 has no consolidated-metadata spec yet
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(str(partial))
+        _replace(partial, target)
+        return target
+    # times stay raw numbers with their units/calendar attrs: copied verbatim, not re-encoded
+    ds = xr.open_zarr(partial, consolidated=False, decode_times=False, decode_timedelta=False)
+    ds = ds.drop_vars(WRITTEN, errors="ignore")
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "simdiff_layout"} | {"simdiff_complete": 1}
+    for v in ds.variables.values():
+        v.encoding = {k: v.encoding[k] for k in _NETCDF_ENCODING if k in v.encoding}
+    encoding = {name: {"zlib": True, "complevel": 4, "chunksizes": v.data.chunksize}
+                for name, v in ds.data_vars.items()}
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    shutil.rmtree(partial)
+    return target
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Rename the directory ``src`` onto ``dst``; an existing ``dst`` is moved aside first."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.replace(dst, aside / dst.name)
+    os.replace(src, dst)
+    shutil.rmtree(aside)
+
+
+def is_complete(path: str | Path) -> bool:
+    """True for a published output store (zarr or netCDF); False for a partial or absent one."""
+    path = Path(path)
+    if path.name.endswith(".partial") or not path.exists():
+        return False
+    if path.is_dir():
+        return zarr.open_group(str(path), mode="r").attrs.get("simdiff_complete") == 1
+    with netCDF4.Dataset(path) as nc:
+        return "simdiff_complete" in nc.ncattrs() and int(nc.getncattr("simdiff_complete")) == 1

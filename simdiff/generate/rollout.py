@@ -1,0 +1,155 @@
+"""Ensemble rollouts in latent space, decoded per step: the sampling loop of ``simdiff generate``.
+
+For one initial time and a batch of members, each lead step ``k = 1..L`` draws
+``x_{t+k} ~ p(x_{t+k} | x_{t+k-1}, ...)`` with the conditional denoiser and a sampler, feeds
+the sample back as the newest previous state (autoregressive), and decodes it to the
+(normalised) field with the autoencoder. All noise of lead ``k`` for member ``m`` comes from
+the generator keyed by ``(seed, init, m, k)`` (:mod:`simdiff.generate.noise`), so a member's
+trajectory does not depend on which other members share its batch or its rank.
+
+Memory is bounded by the batch: one batch of members in latent space, plus its decoded leads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from simdiff.generate.noise import SAMPLE_INIT, member_generators
+from simdiff.nets.autoencoder import Autoencoder
+from simdiff.nets.denoiser import ConditionalDenoiser
+
+
+@dataclass
+class LatentDecoder:
+    """Standardised latents (B, c, [d], h, w) -> normalised fields (B, C, [D], H, W).
+
+    Attributes:
+        net: the autoencoder (EMA weights, eval mode).
+        shift, scale: (c,) the latent store's per-channel mean and std: mu = z * scale + shift.
+        shape: the field's spatial shape (the decoder crops its padding to it).
+    """
+
+    net: Autoencoder
+    shift: torch.Tensor
+    scale: torch.Tensor
+    shape: tuple[int, ...]
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, row_by_row: bool = False) -> torch.Tensor:
+        """Decode ``z``; ``row_by_row`` decodes one row at a time (bitwise batch-independent)."""
+        view = (1, -1, *([1] * (z.ndim - 2)))
+        mu = z * self.scale.to(z).reshape(view) + self.shift.to(z).reshape(view)
+        if row_by_row:
+            return torch.cat([self.net.decode(mu[i : i + 1], self.shape) for i in range(mu.shape[0])])
+        return self.net.decode(mu, self.shape)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How to sample: the sampler function, its noise levels, guidance, and batch invariance
+    (``row_by_row``: see :meth:`ConditionalDenoiser.sample`)."""
+
+    sampler: Callable[..., torch.Tensor]
+    sigmas: torch.Tensor
+    guidance: float = 1.0
+    guided: tuple[str, ...] = ()
+    row_by_row: bool = True
+
+
+def _rows(value: torch.Tensor, n: int) -> torch.Tensor:
+    return value.unsqueeze(0).expand(n, *value.shape).contiguous()
+
+
+@torch.no_grad()
+def rollout(
+    model: ConditionalDenoiser,
+    decoder: LatentDecoder,
+    spec: SamplerSpec,
+    *,
+    window: torch.Tensor,
+    conditions: Mapping[str, torch.Tensor],
+    members: Sequence[int],
+    init: int,
+    leads: int,
+    seed: int,
+    keep_latents: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One batch of members rolled out ``leads`` steps from one initial state.
+
+    Args:
+        model: the conditional denoiser (EMA weights, eval mode, on its device).
+        decoder: latents -> normalised fields.
+        spec: sampler, noise levels, guidance.
+        window: (W-1, c, [d], h, w) the initial latent states, oldest first (W-1 = the
+            model's ``previous``; empty (0, ...) for an unconditional model).
+        conditions: per lead, the conditions of the valid time: name -> (L, ...)
+            (time_features (L, F), covariates (L, K), label (L,)).
+        members: the member ids of this batch (B rows).
+        init: the init's index in the store (a noise-key counter).
+        leads: L.
+        seed: the run's seed (a noise-key counter).
+        keep_latents: also return the latent trajectory.
+
+    Returns:
+        ``(fields (B, L, C, [D], H, W) float32, latents (B, L, c, ...) or None)``.
+    """
+    b = len(members)
+    device = model.residual_scale.device
+    previous = _rows(window.to(device), b) if window.shape[0] else None
+    state_shape = (b, *window.shape[1:])
+    fields: list[np.ndarray] = []
+    latents: list[np.ndarray] = []
+    for k in range(1, leads + 1):
+        gens = member_generators(seed, [init] * b, list(members), k, device=device)
+        batch: dict[str, torch.Tensor] = {} if previous is None else {"previous": previous}
+        for name, per_lead in conditions.items():
+            batch[name] = _rows(per_lead[k - 1].to(device), b)
+        x = model.sample(batch, state_shape, sampler=spec.sampler, sigmas=spec.sigmas, generator=gens,
+                         guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
+        fields.append(decoder(x, spec.row_by_row).float().cpu().numpy())
+        if keep_latents:
+            latents.append(x.float().cpu().numpy())
+        if previous is not None:
+            previous = torch.cat([previous[:, 1:], x[:, None]], dim=1)
+    out = np.stack(fields, axis=1)
+    return out, (np.stack(latents, axis=1) if keep_latents else None)
+
+
+@torch.no_grad()
+def draw_samples(
+    model: ConditionalDenoiser,
+    decoder: LatentDecoder,
+    spec: SamplerSpec,
+    *,
+    latent_shape: tuple[int, ...],
+    conditions: Mapping[str, torch.Tensor],
+    members: Sequence[int],
+    seed: int,
+) -> np.ndarray:
+    """Unconditional (or label/covariate-conditioned) draws, one per member id.
+
+    Args:
+        latent_shape: (c, [d], h, w).
+        conditions: name -> (B, ...) the conditions of each draw (may be empty).
+        members: the draws' ids (noise keys ``(seed, SAMPLE_INIT, id, 1)``).
+
+    Returns:
+        fields (B, C, [D], H, W) float32 (normalised).
+    """
+    device = model.residual_scale.device
+    gens = member_generators(seed, [SAMPLE_INIT] * len(members), list(members), 1, device=device)
+    batch = {name: v.to(device) for name, v in conditions.items()}
+    x = model.sample(batch, (len(members), *latent_shape), sampler=spec.sampler, sigmas=spec.sigmas,
+                     generator=gens, guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
+    return decoder(x, spec.row_by_row).float().cpu().numpy()
+
+
+def member_batches(members: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """``members`` in consecutive batches of at most ``batch_size``."""
+    members = list(members)
+    for i in range(0, len(members), max(int(batch_size), 1)):
+        yield members[i : i + batch_size]
