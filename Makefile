@@ -15,11 +15,12 @@ help:
 	@echo "make run      set up .venv, then run the main job (simdiff run) on the built-in QG data"
 	@echo "make test     set up .venv, then ruff + the default test suite (CPU, minutes)"
 	@echo "make test-all the default suite plus the slow tests"
-	@echo "make bench    loader, prepare-RSS and QG benchmarks -> bench_results/*.json"
+	@echo "make bench    QG, loader, prepare-RSS and latent-vs-pixel benchmarks -> bench_results/*.json"
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scripts/system-deps.sh
+	scripts/system-deps.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
@@ -42,6 +43,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_qg.py
 	$(BIN)/python benchmarks/bench_loader.py
 	$(BIN)/python benchmarks/bench_prepare_rss.py
+	$(BIN)/python benchmarks/bench_latent_vs_pixel.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from simdiff.cli.app import EXIT_NOT_BUILT, to_plain
 from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
+from simdiff.cli.diffusion import train_diffusion_stage
+from simdiff.cli.evaluate import evaluate_stage
+from simdiff.cli.generate import generate_stage
 
 log = logging.getLogger("simdiff")
 
@@ -42,18 +49,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("prepare", "source files or a built-in simulator -> run_dir/data/train.zarr", prepare_stage),
     Stage("train-autoencoder", "train the autoencoder -> run_dir/autoencoder/", train_autoencoder_stage),
     Stage("encode", "encode the training store -> run_dir/latents.zarr", encode_stage),
-    Stage(
-        "train-diffusion",
-        "train the latent diffusion model -> run_dir/diffusion/",
-        issue="the conditional latent diffusion issue",
-    ),
-    Stage("generate", "ensembles and samples -> run_dir/forecast.zarr", issue="the generation issue"),
+    Stage("train-diffusion", "train the latent diffusion model -> run_dir/diffusion/", train_diffusion_stage),
+    Stage("generate", "ensembles and samples -> run_dir/forecast.zarr", generate_stage),
     Stage(
         "augment",
         "synthetic samples in the source schema -> run_dir/augmented.zarr",
         issue="the generation issue",
     ),
-    Stage("evaluate", "metrics, plots and report -> run_dir/report/", issue="the evaluation issue"),
+    Stage("evaluate", "metrics, plots and report -> run_dir/report/", evaluate_stage),
 )
 MAIN_JOB = ("prepare", "train-autoencoder", "encode", "train-diffusion", "generate", "evaluate")
 
@@ -73,16 +76,45 @@ def not_built(stage: Stage) -> Callable[[DictConfig], None]:
 
 
 def run_all(cfg: DictConfig) -> None:
-    """The main job: every stage in turn; stages not built yet are listed at the end."""
+    """The main job: every stage in turn (each skips itself when its outputs exist with the same
+    config), with the wall time of each, then a closing summary of the report."""
     by_name = {s.name: s for s in STAGES}
     pending = []
-    for name in MAIN_JOB:
+    times: list[tuple[str, float]] = []
+    for k, name in enumerate(MAIN_JOB, 1):
         stage = by_name[name]
         if stage.task is None:
             pending.append(stage)
             continue
-        log.info("== stage %s ==", name)
+        log.info("== stage %d/%d: %s ==", k, len(MAIN_JOB), name)
+        t0 = time.perf_counter()
         stage.task(cfg)
+        times.append((name, time.perf_counter() - t0))
+        log.info("== stage %s done in %.1f s ==", name, times[-1][1])
+    log.info("stages: %s", ", ".join(f"{n} {t:.0f} s" for n, t in times))
+    summary = Path(cfg.run_dir) / "report" / "metrics.json"
+    if summary.is_file():
+        for line in report_summary(json.loads(summary.read_text())):
+            log.info(line)
+        log.info("report: %s", summary.parent / "index.html")
     log.info("run_dir: %s", cfg.run_dir)
     if pending:
         log.warning("stages not built yet, skipped: %s", ", ".join(f"{s.name} ({s.issue})" for s in pending))
+
+
+def report_summary(metrics: dict[str, Any]) -> list[str]:
+    """Per variable: CRPS against the baselines (lower is better), spread-skill (1: calibrated)."""
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}"
+
+    lines = [f"forecast: {metrics.get('members')} members x {metrics.get('cases')} cases, "
+             f"leads {metrics.get('lead_times')}"]
+    for key, e in metrics.get("variables", {}).items():
+        clim, crps = e.get("crps_climatology"), e.get("crps")
+        verdict = "" if clim is None or crps is None else (" (beats climatology)" if crps < clim else
+                                                            " (WORSE than climatology)")
+        lines.append(f"  {key}: CRPS {fmt(crps)} vs climatology {fmt(clim)}, persistence "
+                     f"{fmt(e.get('crps_persistence'))}, AE ceiling {fmt(e.get('crps_ae_ceiling'))}"
+                     f"{verdict}; spread-skill {fmt(e.get('spread_skill'))}")
+    return lines

@@ -34,9 +34,15 @@ def test_unknown_sub_command_is_refused():
 
 
 def test_stage_not_built_says_so_and_exits_nonzero(tmp_path):
-    out = simdiff("train-diffusion", f"run_dir={tmp_path}", "debug=tiny")
+    out = simdiff("augment", f"run_dir={tmp_path}", "debug=tiny")
     assert out.returncode == 3, out.stderr
     assert "not built yet" in out.stderr
+
+
+def test_a_stage_without_its_inputs_names_the_command_to_run_first(tmp_path):
+    out = simdiff("train-diffusion", f"run_dir={tmp_path}", "debug=tiny")
+    assert out.returncode == 2, out.stderr
+    assert "latents.zarr" in out.stderr and "simdiff encode" in out.stderr
 
 
 def test_missing_run_dir_is_a_clear_error():
@@ -81,11 +87,3 @@ def test_prepare_real_sst_file(tmp_path, shared_data):
     assert store.variables == ["sst"]
     mask = store.array("mask")
     assert 0.6 < mask.mean() < 0.75  # ~31 % of ERSST cells are land
-
-
-def test_run_chains_the_built_stages_and_lists_the_pending_ones(tmp_path):
-    run_dir = tmp_path / "run"
-    out = simdiff("run", f"run_dir={run_dir}", "debug=tiny", f"cache_dir={tmp_path / 'cache'}")
-    assert out.returncode == 0, out.stderr
-    assert (run_dir / "data" / "train.zarr").is_dir()
-    assert "stages not built yet" in out.stderr + out.stdout

@@ -1,0 +1,116 @@
+"""The ``evaluate`` stage: ``run_dir/forecast.zarr`` + the training store -> ``run_dir/report/``.
+
+Scores the ensemble against the truth of the training store (physical units, cell-weighted,
+mask-aware) and against three baselines on the same cases: a climatological ensemble of
+training states (same season and time of day where the data has seasons), persistence, and the
+autoencoder ceiling (the scores of decode(encode(truth)), the best any latent model can do).
+Writes ``metrics.json``, ``metrics.csv``, the figures and ``index.html`` (simdiff.evaluate.report)
+and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import yaml
+from omegaconf import DictConfig
+
+from simdiff.cli.autoencoder import AE_DIR, build_net
+from simdiff.cli.autoencoder import FINAL as AE_FINAL
+from simdiff.cli.generate import output_path
+from simdiff.data.errors import DataError
+from simdiff.data.stats import denormalise
+from simdiff.data.store import TrainingStore
+
+log = logging.getLogger("simdiff")
+
+REPORT = "report"
+
+
+def open_output(path: Path) -> xr.Dataset:
+    """A published generate output (zarr or netCDF); refuses a missing or partial one."""
+    from simdiff.generate.output import is_complete, partial_path
+
+    if not is_complete(path):
+        hint = (
+            " (a partial one is beside it: re-run generate to finish it)"
+            if partial_path(path).exists()
+            else ""
+        )
+        raise DataError(f"{path}: no complete generate output here{hint}; run `simdiff generate` first")
+    if path.suffix == ".zarr":
+        return xr.open_zarr(path, decode_timedelta=False)
+    return xr.open_dataset(path, decode_timedelta=False, chunks={})
+
+
+def ae_ceiling(run_dir: Path, store: TrainingStore, indices: np.ndarray) -> xr.Dataset | None:
+    """decode(encode(truth)) at the store's samples ``indices``, physical units; None without an AE."""
+    from simdiff.lit.autoencoder import load_ema_weights
+    from simdiff.lit.encode import reconstruct_store
+
+    final = run_dir / AE_DIR / AE_FINAL
+    if not final.is_file():
+        log.warning("evaluate: no autoencoder at %s; the AE-ceiling baseline is left out", final)
+        return None
+    saved = yaml.safe_load((run_dir / AE_DIR / "config.yaml").read_text())
+    net = load_ema_weights(
+        build_net(saved["autoencoder"], saved["data_signature"]),
+        final,
+        float(saved["autoencoder"]["module"]["ema_decay"]),
+    )
+    recon = reconstruct_store(
+        net, store, indices=indices, batch_size=int(saved["autoencoder"]["encode_batch_size"])
+    )
+    ds = store.dataset().isel({store.layout.sample_dim: indices})
+    return denormalise(ds.assign(data=recon.variable))
+
+
+def evaluate_stage(cfg: DictConfig) -> None:
+    """Score ``run_dir/forecast.zarr`` and write ``run_dir/report/``."""
+    from rich.console import Console
+
+    from simdiff.evaluate.html import summary_table
+    from simdiff.evaluate.report import evaluate_forecast, report_figures, write_report
+
+    run_dir = Path(cfg.run_dir)
+    path = output_path(cfg) if cfg.generate.mode == "forecast" else Path(cfg.run_dir) / "forecast.zarr"
+    forecast = open_output(path)
+    store = TrainingStore(run_dir / "data" / "train.zarr")
+    sdim = store.layout.sample_dim
+    ds = store.dataset()
+    truth = denormalise(ds)
+    train_idx = store.indices("train")
+    train = truth.isel({sdim: train_idx})
+    leads = forecast.sizes["lead_time"]
+    valid = (np.asarray(forecast["init_index"].values)[:, None] + np.arange(1, leads + 1)).ravel()
+    valid = np.unique(valid[valid < store.n_samples])
+    ceiling = ae_ceiling(run_dir, store, valid)
+    features = ds["time_features"].isel({sdim: train_idx}) if "time_features" in ds else None
+    periodic = set(store.attrs["geometry"].get("periodic", []))
+    log.info(
+        "evaluate: %s, %d members x %d inits x %d leads",
+        path,
+        forecast.sizes["realization"],
+        forecast.sizes["init_time"],
+        leads,
+    )
+    metrics: dict[str, Any] = evaluate_forecast(
+        forecast,
+        truth,
+        train=train,
+        ae_ceiling=ceiling,
+        weights=ds["weights"],
+        periodic=periodic,
+        sample_dim=sdim,
+        time_features=features,
+        seed=int(cfg.seed),
+    )
+    metrics["source"] = {"forecast": str(path), "store": str(store.path)}
+    figures = report_figures(metrics, forecast=forecast, truth=truth, sample_dim=sdim)
+    out = write_report(metrics, run_dir / REPORT, figures)
+    Console(stderr=True, width=160).print(summary_table(metrics))
+    log.info("evaluate: report in %s (open index.html)", out)

@@ -1,0 +1,340 @@
+"""The ``generate`` stage: trained autoencoder + diffusion model -> ``run_dir/forecast.zarr`` (or .nc).
+
+``generate.mode=forecast``: for each init time of a split (every ``init_every``-th valid one, at
+most ``max_inits``, or ``init_indices``), ``members`` members rolled out ``lead_steps`` steps
+autoregressively in latent space, decoded per step. ``generate.mode=sample``: ``members`` draws
+(unconditional, or with the labels/covariates of real samples of the split) -> ``samples.zarr``.
+
+Ranks. Launched on ``generate.devices`` x ``generate.num_nodes`` processes (Lightning Fabric:
+GPUs, or CPU processes), rank 0 creates the partial store, every rank generates and writes its
+own share of the missing (member, init) blocks (no gather), and rank 0 publishes the store once
+all are written. A killed run re-run with the same command generates only the missing blocks;
+a complete output with the same config is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+import yaml
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from simdiff.cli.autoencoder import AE_DIR, build_net
+from simdiff.cli.autoencoder import FINAL as AE_FINAL
+from simdiff.cli.diffusion import DM_DIR, LATENTS, build_model, static_fields
+from simdiff.cli.diffusion import FINAL as DM_FINAL
+from simdiff.data.errors import DataError
+from simdiff.data.latents import LatentStore
+from simdiff.data.loader import window_targets
+from simdiff.data.provenance import config_yaml, sha256_path
+from simdiff.data.stats import denormalise
+from simdiff.data.store import SPLITS, TrainingStore
+
+log = logging.getLogger("simdiff")
+
+CONDITIONS = ("time_features", "covariates", "label")
+
+
+def output_path(cfg: DictConfig) -> Path:
+    """``generate.output``, else ``run_dir/forecast.{zarr,nc}`` (``samples.*`` in sample mode)."""
+    if cfg.generate.get("output"):
+        return Path(cfg.generate.output)
+    stem = "forecast" if cfg.generate.mode == "forecast" else "samples"
+    return Path(cfg.run_dir) / f"{stem}.{'nc' if cfg.generate.format == 'netcdf' else 'zarr'}"
+
+
+def member_ids(value: Any) -> list[int]:
+    """``generate.members``: a count N (ids 0..N-1) or an explicit list of ids."""
+    if isinstance(value, int):
+        return list(range(value))
+    return [int(m) for m in value]
+
+
+def init_indices(gen: Any, latents: TrainingStore, window: int) -> list[int]:
+    """The forecast inits: ``init_indices`` if given, else every ``init_every``-th valid init of ``split``.
+
+    A valid init ``t`` has its ``window - 1`` conditioning states ``t - window + 2 .. t`` in one
+    block and the split.
+    """
+    if gen.get("init_indices"):
+        return [int(i) for i in gen.init_indices]
+    if gen.split not in SPLITS:
+        raise DataError(f"generate.split={gen.split!r} is not one of {sorted(SPLITS)}")
+    valid = window_targets(
+        latents.array("split"), latents.array("block"), SPLITS[gen.split], max(window - 1, 1)
+    )
+    chosen = valid[:: max(int(gen.init_every), 1)][: int(gen.max_inits)]
+    if not len(chosen):
+        raise DataError(
+            f"{latents.path}: the {gen.split!r} split has no init with {window - 1} previous "
+            f"states in one block; choose another generate.split or pass generate.init_indices"
+        )
+    return [int(i) for i in chosen]
+
+
+def load_models(
+    run_dir: Path, latents: LatentStore, device: torch.device
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The EMA autoencoder and diffusion model, and the diffusion config they were trained with."""
+    from simdiff.generate.rollout import LatentDecoder
+    from simdiff.lit.autoencoder import load_ema_weights
+    from simdiff.lit.diffusion import load_ema_model
+
+    for path, stage in (
+        (run_dir / AE_DIR / AE_FINAL, "train-autoencoder"),
+        (run_dir / DM_DIR / DM_FINAL, "train-diffusion"),
+    ):
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run `simdiff {stage} run_dir={run_dir}` first")
+    ae_saved = yaml.safe_load((run_dir / AE_DIR / "config.yaml").read_text())
+    ae = load_ema_weights(
+        build_net(ae_saved["autoencoder"], ae_saved["data_signature"]),
+        run_dir / AE_DIR / AE_FINAL,
+        float(ae_saved["autoencoder"]["module"]["ema_decay"]),
+    )
+    dm_saved = yaml.safe_load((run_dir / DM_DIR / "config.yaml").read_text())
+    dm_cfg = dm_saved["diffusion"]
+    from simdiff.data.datamodule import SimdiffDataModule
+
+    sizes = SimdiffDataModule(latents.path).condition_sizes
+    n = len(dm_saved["latent_signature"]["channels"])
+    static = static_fields(latents, list(dm_cfg["conditioning"].get("static") or []))
+    model = build_model(
+        dm_cfg, dm_saved["latent_signature"], sizes, static, torch.ones(n) if dm_cfg["residual"] else None
+    )
+    model = load_ema_model(model, run_dir / DM_DIR / DM_FINAL, float(dm_cfg["module"]["ema_decay"]))
+    decoder = LatentDecoder(
+        ae.to(device),
+        torch.as_tensor(np.asarray(latents.shift, dtype=np.float32)),
+        torch.as_tensor(np.asarray(latents.scale, dtype=np.float32)),
+        tuple(ae_saved["data_signature"]["spatial_shape"]),
+    )
+    return model.to(device), decoder, dm_cfg
+
+
+def _physical(
+    fields: np.ndarray, members: list[int], dims: tuple[str, ...], source: xr.Dataset
+) -> xr.Dataset:
+    """Normalised fields (B, [L,] C, [D], Y, X) -> physical Dataset per variable, masked cells NaN."""
+    data = xr.DataArray(fields, dims=dims, coords={"channel": source["channel"]})
+    ds = xr.Dataset(
+        {"data": data, "mean": source["mean"], "std": source["std"], "mask": source["mask"]},
+        attrs=source.attrs,
+    )
+    return denormalise(ds).assign_coords(realization=("realization", np.asarray(members, dtype=np.int32)))
+
+
+def generate_stage(cfg: DictConfig) -> None:
+    """Generate the ensemble (or samples) and publish it; see the module docstring."""
+    from lightning.fabric import Fabric
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from simdiff.diffusion.schedules import karras_sigmas
+    from simdiff.generate.output import (
+        create_partial,
+        finalize,
+        forecast_template,
+        is_complete,
+        missing,
+        output_attrs,
+        sample_template,
+        write_block,
+    )
+    from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches, rollout
+
+    gen = cfg.generate
+    run_dir = Path(cfg.run_dir)
+    target = output_path(cfg)
+    if gen.mode not in ("forecast", "sample"):
+        raise DataError(f"generate.mode={gen.mode!r}: use forecast or sample")
+    fabric = Fabric(
+        accelerator=gen.accelerator,
+        devices=gen.devices,
+        num_nodes=gen.num_nodes,
+        strategy=gen.strategy,
+        precision="32-true",
+    )
+    fabric.launch()
+    store = TrainingStore(run_dir / "data" / "train.zarr")
+    latents_path = run_dir / LATENTS
+    if not (latents_path / "zarr.json").is_file():
+        raise DataError(f"{latents_path}: no latent store; run `simdiff encode run_dir={run_dir}` first")
+    latents = LatentStore(latents_path)
+    model, decoder, dm_cfg = load_models(run_dir, latents, fabric.device)
+    previous = int(dm_cfg["conditioning"]["previous"])
+    members = member_ids(gen.members)
+    if gen.mode == "sample" and previous:
+        raise DataError(
+            f"{run_dir / DM_DIR}: the model forecasts from {previous} previous state(s), so it "
+            "cannot draw samples without an initial state; use generate.mode=forecast, or train "
+            "an unconditional model (diffusion.conditioning.previous=0)"
+        )
+    checksums = {
+        "autoencoder": sha256_path(run_dir / AE_DIR / AE_FINAL)[0],
+        "diffusion": sha256_path(run_dir / DM_DIR / DM_FINAL)[0],
+    }
+    plain = OmegaConf.to_container(gen, resolve=True)
+    for key in ("accelerator", "devices", "num_nodes", "strategy", "batch_size", "output"):
+        plain.pop(key, None)  # how it runs, not what it makes
+    config = config_yaml({"generate": plain, "seed": int(cfg.seed), "checkpoints": checksums})
+    if gen.mode == "forecast":
+        inits = init_indices(gen, latents, previous + 1)
+        template = forecast_template(
+            store,
+            members,
+            inits,
+            list(range(1, int(gen.lead_steps) + 1)),
+            chunks=dict(gen.get("chunks") or {}),
+        )
+    else:
+        inits = []
+        template = sample_template(store, members, chunks=dict(gen.get("chunks") or {}))
+    if fabric.global_rank == 0:
+        if is_complete(target) and _same_config(target, config) and not cfg.force:
+            log.info("generate: %s is complete with the same config; skipping", target)
+            fabric.barrier()
+            return
+        store_sha = sha256_path(store.path)[0]  # whole store, once, on rank 0
+        attrs = output_attrs(
+            config=config,
+            checksums={**checksums, "training_store": store_sha},
+            seed=int(cfg.seed),
+            title=f"simdiff {gen.mode} from {store.path}",
+            command=" ".join(sys.argv),
+        )
+        create_partial(target, template, attrs, force=bool(cfg.force))
+    fabric.barrier()
+    if is_complete(target) and _same_config(target, config) and not cfg.force:
+        return
+    todo = missing(target)
+    fabric.barrier()  # every rank has read the same list before any rank writes
+    by_init: dict[int, list[int]] = {}
+    for m, i in todo:
+        by_init.setdefault(i, []).append(m)
+    blocks = [(i, batch) for i, ms in sorted(by_init.items()) for batch in member_batches(ms, gen.batch_size)]
+    mine = blocks[fabric.global_rank :: fabric.world_size]
+    sampler = instantiate(gen.sampler)
+    spec = SamplerSpec(
+        sampler,
+        karras_sigmas(int(gen.steps), float(gen.sigma_min), float(gen.sigma_max), float(gen.rho)),
+        float(gen.guidance),
+        tuple(gen.guided),
+        bool(gen.batch_invariant),
+    )
+    source = store.dataset()
+    sdims = tuple(store.layout.spatial_dims)
+    lat_data = latents.data
+    log.info(
+        "generate: %d (member, init) blocks to write (%d done before), %d on this rank of %d, to %s",
+        len(todo),
+        len(members) * max(len(inits), 1) - len(todo),
+        sum(len(b) for _, b in mine),
+        fabric.world_size,
+        target,
+    )
+    done = 0
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=fabric.global_rank != 0,
+    ) as bar:
+        task = bar.add_task("members", total=sum(len(b) for _, b in mine))
+        for init, batch in mine:
+            if gen.mode == "forecast":
+                window = (
+                    torch.from_numpy(np.asarray(lat_data[init - previous + 1 : init + 1]))
+                    if previous
+                    else torch.zeros((0, *lat_data.shape[1:]))
+                )
+                conds = _lead_conditions(latents, init, int(gen.lead_steps), dm_cfg)
+                fields, _ = rollout(
+                    model,
+                    decoder,
+                    spec,
+                    window=window,
+                    conditions=conds,
+                    members=batch,
+                    init=init,
+                    leads=int(gen.lead_steps),
+                    seed=int(cfg.seed),
+                )
+                block = _physical(fields, batch, ("realization", "lead_time", "channel", *sdims), source)
+                write_block(target, block, init=init)
+            else:
+                conds = _sample_conditions(latents, gen, batch, dm_cfg)
+                fields = draw_samples(
+                    model,
+                    decoder,
+                    spec,
+                    latent_shape=tuple(lat_data.shape[1:]),
+                    conditions=conds,
+                    members=batch,
+                    seed=int(cfg.seed),
+                )
+                write_block(target, _physical(fields, batch, ("realization", "channel", *sdims), source))
+            done += len(batch)
+            bar.advance(task, len(batch))
+    wall = time.perf_counter() - t0
+    log.info(
+        "generate: rank %d wrote %d members in %.1f s (%.2f members/s)",
+        fabric.global_rank,
+        done,
+        wall,
+        done / wall if wall > 0 else 0.0,
+    )
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        finalize(target, force=True)
+        log.info("generate: published %s", target)
+
+
+def _same_config(target: Path, config: str) -> bool:
+    import hashlib
+
+    ds = xr.open_zarr(target) if target.suffix == ".zarr" else xr.open_dataset(target)
+    with ds:
+        return ds.attrs.get("simdiff_config_sha256") == hashlib.sha256(config.encode()).hexdigest()
+
+
+def _lead_conditions(
+    latents: TrainingStore, init: int, leads: int, dm_cfg: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Per lead, the conditions of the valid sample ``init + k`` (time features, covariates, label)."""
+    out = {}
+    for name in CONDITIONS:
+        if not (latents.has(name) and dm_cfg["conditioning"].get(name)):
+            continue
+        values = latents.array(name)
+        idx = np.arange(init + 1, init + leads + 1)
+        if idx[-1] >= len(values):
+            raise DataError(
+                f"{latents.path}: condition {name!r} is needed at sample {int(idx[-1])} (init {init} "
+                f"+ {leads} leads) but the store ends at {len(values) - 1}; choose earlier inits "
+                f"or fewer generate.lead_steps"
+            )
+        out[name] = torch.from_numpy(np.asarray(values[idx]))
+    return out
+
+
+def _sample_conditions(
+    latents: TrainingStore, gen: Any, batch: list[int], dm_cfg: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Sample mode: the conditions of real samples of ``generate.split``, cycled by draw id."""
+    out = {}
+    idx = latents.indices(gen.split)
+    for name in CONDITIONS:
+        if latents.has(name) and dm_cfg["conditioning"].get(name):
+            values = latents.array(name)
+            out[name] = torch.from_numpy(np.asarray(values[idx[np.asarray(batch) % len(idx)]]))
+    return out

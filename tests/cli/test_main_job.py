@@ -1,0 +1,200 @@
+"""`simdiff run` end to end on the built-in QG data (debug=tiny), then each stage's outputs.
+
+One module-scoped run of the main job (prepare, train-autoencoder, encode, train-diffusion,
+generate, evaluate); the tests check its products and re-run single stages against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+
+from simdiff.generate.output import is_complete, missing, partial_path
+
+
+def simdiff(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "simdiff.cli.main", *args], capture_output=True, text=True,
+                          timeout=900, env=env)
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory) -> tuple[Path, tuple[str, ...], str]:
+    tmp = tmp_path_factory.mktemp("job")
+    run_dir = tmp / "run"
+    common = (f"run_dir={run_dir}", "debug=tiny", f"cache_dir={tmp / 'cache'}")
+    out = simdiff("run", *common)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return run_dir, common, out.stderr + out.stdout
+
+
+def test_main_job_runs_every_stage_and_closes_with_a_summary(main_job):
+    run_dir, _, log = main_job
+    for k, name in enumerate(("prepare", "train-autoencoder", "encode", "train-diffusion", "generate",
+                              "evaluate"), 1):
+        assert f"stage {k}/6: {name}" in log
+    assert "stages not built yet" not in log
+    assert "vs climatology" in log and "spread-skill" in log
+    assert "index.html" in log
+    for path in ("data/train.zarr", "autoencoder/autoencoder.ckpt", "latents.zarr",
+                 "diffusion/diffusion.ckpt", "forecast.zarr", "report/metrics.json", "report/index.html"):
+        assert (run_dir / path).exists(), path
+
+
+def test_train_diffusion_outputs(main_job):
+    run_dir, _, _ = main_job
+    dm = run_dir / "diffusion"
+    summary = json.loads((dm / "train_summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["ranks_identical"]
+    assert summary["global_step"] > 0 and summary["samples_per_s"] > 0
+    ckpt = torch.load(dm / "diffusion.ckpt", map_location="cpu", weights_only=True)  # plain types only
+    assert any(k.startswith("ema.shadow_") for k in ckpt["state_dict"])
+    assert "simdiff_generator" in ckpt
+    config = yaml.safe_load((dm / "config.yaml").read_text())
+    assert config["latent_signature"]["latent_shape"] == [2, 8, 8]
+    metrics = (next((dm / "logs").rglob("metrics.csv"))).read_text().splitlines()[0].split(",")
+    assert sum(m.startswith("val/loss_sigma_") for m in metrics) == 6
+    assert "val/crps" in metrics and "val/spread_skill" in metrics
+
+
+def test_forecast_store_is_cf_labelled_physical_and_complete(main_job):
+    run_dir, _, _ = main_job
+    path = run_dir / "forecast.zarr"
+    assert is_complete(path) and not partial_path(path).exists()
+    ds = xr.open_zarr(path)
+    assert set(ds.data_vars) == {"q", "psi"}
+    assert ds["q"].dims == ("realization", "init_time", "lead_time", "level", "y", "x")
+    assert ds.sizes["realization"] == 3 and ds.sizes["init_time"] == 2 and ds.sizes["lead_time"] == 2
+    assert ds["realization"].attrs["standard_name"] == "realization"
+    assert ds["lead_time"].attrs["standard_name"] == "forecast_period"
+    assert ds["q"].attrs["units"] == "s-1"
+    assert ds.attrs["Conventions"].startswith("CF-")
+    assert "train-diffusion" not in ds.attrs["simdiff_config"] and "members: 3" in ds.attrs["simdiff_config"]
+    sha = json.loads(ds.attrs["simdiff_sha256"])
+    assert set(sha) == {"autoencoder", "diffusion", "training_store"}
+    # Physical units, not normalised ones (std ~1) or transformed ones: the tiny model's q has
+    # the truth's order of magnitude (its std is ~1e-6 s-1).
+    truth = xr.open_zarr(run_dir / "data" / "train.zarr", consolidated=False)
+    q_std = float(truth["std"].sel(channel="q").mean())
+    assert 0.02 < float(ds["q"].std()) / q_std < 50
+
+
+def test_a_member_alone_reproduces_the_full_run_bit_for_bit(main_job, tmp_path):
+    run_dir, common, _ = main_job
+    out = simdiff("generate", *common, "generate.members=[2]", "generate.batch_size=1",
+                  f"generate.output={tmp_path / 'm2.zarr'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    full = xr.open_zarr(run_dir / "forecast.zarr")["q"].sel(realization=2).values
+    alone = xr.open_zarr(tmp_path / "m2.zarr")["q"].sel(realization=2).values
+    assert np.array_equal(full, alone, equal_nan=True)
+
+
+def test_same_generate_config_is_skipped(main_job):
+    _, common, _ = main_job
+    out = simdiff("generate", *common)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipping" in out.stderr + out.stdout
+
+
+@pytest.mark.slow
+def test_killed_generate_resumes_only_the_missing_members(main_job, tmp_path):
+    _, common, _ = main_job
+    target = tmp_path / "big.zarr"
+    args = [sys.executable, "-m", "simdiff.cli.main", "generate", *common, "generate.members=8",
+            "generate.batch_size=1", f"generate.output={target}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill once some, not all, blocks are written
+        if partial_path(target).exists():
+            try:
+                left = len(missing(target))
+            except Exception:  # the skeleton is being created
+                left = 16
+            if 0 < left <= 12:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not is_complete(target)
+    done_before = 16 - len(missing(target))
+    assert done_before > 0
+    out = simdiff("generate", *common, "generate.members=8", "generate.batch_size=1",
+                  f"generate.output={target}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"({done_before} done before)" in out.stderr + out.stdout
+    assert is_complete(target)
+    # The same members as one uninterrupted run with another batch size.
+    ref = tmp_path / "ref.zarr"
+    out = simdiff("generate", *common, "generate.members=8", "generate.batch_size=3",
+                  f"generate.output={ref}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_array_equal(xr.open_zarr(target)["psi"].values, xr.open_zarr(ref)["psi"].values)
+
+
+@pytest.mark.slow
+def test_ddp_generate_on_two_processes_matches_one_process(main_job, tmp_path):
+    run_dir, common, _ = main_job
+    target = tmp_path / "ddp.zarr"
+    out = simdiff("generate", *common, "generate.devices=2", "generate.strategy=ddp",
+                  f"generate.output={target}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stderr + out.stdout
+    assert "rank 0 wrote" in log and "rank 1 wrote" in log
+    np.testing.assert_array_equal(xr.open_zarr(target)["q"].values,
+                                  xr.open_zarr(run_dir / "forecast.zarr")["q"].values)
+
+
+@pytest.mark.slow
+def test_ddp_training_on_two_processes_ends_with_identical_weights(main_job, tmp_path):
+    _, common, _ = main_job
+    run_dir = Path(common[0].split("=", 1)[1])
+    other = tmp_path / "ddp"
+    other.mkdir()
+    for part in ("data", "latents.zarr", "autoencoder"):
+        os.symlink(run_dir / part, other / part)
+    out = simdiff("train-diffusion", f"run_dir={other}", *common[1:], "trainer=ddp",
+                  "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                  "trainer.num_nodes=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((other / "diffusion" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(summary["rank_checksums"]) == 2 and summary["ranks_identical"]
+    assert len(set(summary["rank_checksums"])) == 1
+
+
+def test_evaluate_report_has_the_metrics_schema(main_job):
+    run_dir, _, _ = main_job
+    report = run_dir / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["members"] == 3 and metrics["cases"] == 2 and len(metrics["lead_times"]) == 2
+    assert set(metrics["variables"]) == {"q@1", "q@2", "psi@1", "psi@2"}
+    for entry in metrics["variables"].values():
+        for key in ("crps", "crps_fair", "rmse", "spread", "spread_skill", "crps_climatology",
+                    "crps_persistence", "crps_ae_ceiling", "rank_histogram", "by_lead"):
+            assert key in entry, key
+        assert sum(entry["rank_histogram"]) == pytest.approx(1.0)
+        assert entry["crps"] > 0 and entry["crps_climatology"] > 0
+    html = (report / "index.html").read_text()
+    for png in report.glob("*.png"):
+        assert png.name in html
+    assert (report / "metrics.csv").read_text().startswith("variable")
+
+
+def test_rerun_of_the_main_job_skips_every_finished_stage(main_job):
+    run_dir, common, _ = main_job
+    before = (run_dir / "diffusion" / "diffusion.ckpt").stat().st_mtime_ns
+    out = simdiff("run", *common)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stderr + out.stdout
+    assert log.count("skipping") >= 4
+    assert (run_dir / "diffusion" / "diffusion.ckpt").stat().st_mtime_ns == before
