@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from simdiff.data.store import TrainingStore
-from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage
+from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss
@@ -132,10 +132,4 @@ def load_ema_weights(net: Autoencoder, checkpoint: str | Path, ema_decay: float 
 
     Loads with ``torch.load(weights_only=True)``: checkpoints hold tensors and primitives only.
     """
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = ckpt["state_dict"]
-    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-    ema = ExponentialMovingAverage(net, ema_decay)
-    ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
-    ema.copy_to(net)
-    return net.eval()
+    return load_ema_checkpoint(net, checkpoint, "net", ema_decay)  # type: ignore[return-value]

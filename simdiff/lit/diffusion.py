@@ -40,7 +40,7 @@ import xarray as xr
 
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
-from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage
+from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.denoiser import ConditionalDenoiser
 
@@ -232,10 +232,4 @@ def load_ema_model(
     model: ConditionalDenoiser, checkpoint: str | Path, ema_decay: float = 0.999
 ) -> ConditionalDenoiser:
     """Load a DiffusionModule checkpoint's EMA weights into ``model`` (eval mode, weights_only load)."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = ckpt["state_dict"]
-    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-    ema = ExponentialMovingAverage(model, ema_decay)
-    ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
-    ema.copy_to(model)
-    return model.eval()
+    return load_ema_checkpoint(model, checkpoint, "model", ema_decay)  # type: ignore[return-value]

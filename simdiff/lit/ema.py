@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -116,3 +117,21 @@ class EMAValidation:
         if self._trained_weights is not None:
             self.ema.restore(self.ema_target(), self._trained_weights)
             self._trained_weights = None
+
+
+def load_ema_checkpoint(
+    module: nn.Module, checkpoint: str | Path, prefix: str, ema_decay: float
+) -> nn.Module:
+    """Load a Lightning checkpoint's EMA weights of ``module`` (saved under ``prefix``) into it.
+
+    The owner saved ``module`` as ``<prefix>.*`` and its :class:`ExponentialMovingAverage` as
+    ``ema.*``. Loads with ``torch.load(weights_only=True)`` (tensors and primitives only) and
+    returns ``module`` in eval mode with the averaged weights.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    cut = len(prefix) + 1
+    module.load_state_dict({k[cut:]: v for k, v in state.items() if k.startswith(f"{prefix}.")})
+    ema = ExponentialMovingAverage(module, ema_decay)
+    ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+    ema.copy_to(module)
+    return module.eval()
