@@ -5,7 +5,9 @@ mask-aware) and against three baselines on the same cases: a climatological ense
 training states (same season and time of day where the data has seasons), persistence, and the
 autoencoder ceiling (the scores of decode(encode(truth)), the best any latent model can do).
 Writes ``metrics.json``, ``metrics.csv``, the figures and ``index.html`` (simdiff.evaluate.report)
-and prints a summary table.
+and prints a summary table. When ``run_dir/augmented.zarr`` (``augment.out``) exists, the report gets
+an ``augment`` section: quantiles, Wasserstein-1 against held-out data, spectrum ratio and the
+memorisation check of the synthetic samples.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import xarray as xr
 import yaml
 from omegaconf import DictConfig
 
+from simdiff.cli.augment import output_path as augment_output_path
 from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.generate import output_path
@@ -74,43 +77,48 @@ def evaluate_stage(cfg: DictConfig) -> None:
     from rich.console import Console
 
     from simdiff.evaluate.html import summary_table
-    from simdiff.evaluate.report import evaluate_forecast, report_figures, write_report
+    from simdiff.evaluate.report import evaluate_augmented, evaluate_forecast, report_figures, write_report
 
     run_dir = Path(cfg.run_dir)
-    path = output_path(cfg) if cfg.generate.mode == "forecast" else Path(cfg.run_dir) / "forecast.zarr"
-    forecast = open_output(path)
     store = TrainingStore(run_dir / "data" / "train.zarr")
     sdim = store.layout.sample_dim
     ds = store.dataset()
     truth = denormalise(ds)
     train_idx = store.indices("train")
     train = truth.isel({sdim: train_idx})
-    leads = forecast.sizes["lead_time"]
-    valid = (np.asarray(forecast["init_index"].values)[:, None] + np.arange(1, leads + 1)).ravel()
-    valid = np.unique(valid[valid < store.n_samples])
-    ceiling = ae_ceiling(run_dir, store, valid)
-    features = ds["time_features"].isel({sdim: train_idx}) if "time_features" in ds else None
     periodic = set(store.attrs["geometry"].get("periodic", []))
-    log.info(
-        "evaluate: %s, %d members x %d inits x %d leads",
-        path,
-        forecast.sizes["realization"],
-        forecast.sizes["init_time"],
-        leads,
-    )
-    metrics: dict[str, Any] = evaluate_forecast(
-        forecast,
-        truth,
-        train=train,
-        ae_ceiling=ceiling,
-        weights=ds["weights"],
-        periodic=periodic,
-        sample_dim=sdim,
-        time_features=features,
-        seed=int(cfg.seed),
-    )
-    metrics["source"] = {"forecast": str(path), "store": str(store.path)}
-    figures = report_figures(metrics, forecast=forecast, truth=truth, sample_dim=sdim)
+    path = output_path(cfg) if cfg.generate.mode == "forecast" else run_dir / "forecast.zarr"
+    augmented = augment_output_path(cfg)
+    metrics: dict[str, Any] = {}
+    forecast = None
+    if path.exists() or not augmented.exists():
+        forecast = open_output(path)
+        leads = forecast.sizes["lead_time"]
+        valid = (np.asarray(forecast["init_index"].values)[:, None] + np.arange(1, leads + 1)).ravel()
+        valid = np.unique(valid[valid < store.n_samples])
+        ceiling = ae_ceiling(run_dir, store, valid)
+        features = ds["time_features"].isel({sdim: train_idx}) if "time_features" in ds else None
+        log.info("evaluate: %s, %d members x %d inits x %d leads", path, forecast.sizes["realization"],
+                 forecast.sizes["init_time"], leads)
+        metrics = evaluate_forecast(
+            forecast, truth, train=train, ae_ceiling=ceiling, weights=ds["weights"], periodic=periodic,
+            sample_dim=sdim, time_features=features, seed=int(cfg.seed),
+        )
+        metrics["source"] = {"forecast": str(path), "store": str(store.path)}
+    if augmented.exists():
+        synthetic = open_output(augmented)
+        synthetic = synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)})
+        test_idx = store.indices("test")
+        if not len(test_idx):
+            test_idx = store.indices("val")
+        log.info("evaluate: %s, %d synthetic samples", augmented, synthetic.sizes[sdim])
+        metrics["augment"] = evaluate_augmented(
+            synthetic[list(truth.data_vars)], train, truth.isel({sdim: test_idx}), weights=ds["weights"],
+            periodic=periodic, sample_dim=sdim,
+        )
+        metrics["augment"]["source"] = str(augmented)
+    figures = report_figures(metrics, forecast=forecast, truth=truth, sample_dim=sdim) if forecast else None
     out = write_report(metrics, run_dir / REPORT, figures)
-    Console(stderr=True, width=160).print(summary_table(metrics))
+    if forecast is not None:
+        Console(stderr=True, width=160).print(summary_table(metrics))
     log.info("evaluate: report in %s (open index.html)", out)

@@ -44,9 +44,9 @@ CONDITIONS = ("time_features", "covariates", "label")
 
 
 def output_path(cfg: DictConfig) -> Path:
-    """``generate.output``, else ``run_dir/forecast.{zarr,nc}`` (``samples.*`` in sample mode)."""
-    if cfg.generate.get("output"):
-        return Path(cfg.generate.output)
+    """``generate.out``, else ``run_dir/forecast.{zarr,nc}`` (``samples.*`` in sample mode)."""
+    if cfg.generate.get("out"):
+        return Path(cfg.generate.out)
     stem = "forecast" if cfg.generate.mode == "forecast" else "samples"
     return Path(cfg.run_dir) / f"{stem}.{'nc' if cfg.generate.format == 'netcdf' else 'zarr'}"
 
@@ -182,7 +182,7 @@ def generate_stage(cfg: DictConfig) -> None:
         "diffusion": sha256_path(run_dir / DM_DIR / DM_FINAL)[0],
     }
     plain = OmegaConf.to_container(gen, resolve=True)
-    for key in ("accelerator", "devices", "num_nodes", "strategy", "batch_size", "output"):
+    for key in ("accelerator", "devices", "num_nodes", "strategy", "batch_size", "out"):
         plain.pop(key, None)  # how it runs, not what it makes
     config = config_yaml({"generate": plain, "seed": int(cfg.seed), "checkpoints": checksums})
     if gen.mode == "forecast":

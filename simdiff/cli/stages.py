@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from simdiff.cli.app import EXIT_NOT_BUILT, to_plain
+from simdiff.cli.augment import augment_stage
 from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
@@ -51,11 +52,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("encode", "encode the training store -> run_dir/latents.zarr", encode_stage),
     Stage("train-diffusion", "train the latent diffusion model -> run_dir/diffusion/", train_diffusion_stage),
     Stage("generate", "ensembles and samples -> run_dir/forecast.zarr", generate_stage),
-    Stage(
-        "augment",
-        "synthetic samples in the source schema -> run_dir/augmented.zarr",
-        issue="the generation issue",
-    ),
+    Stage("augment", "synthetic samples in the source schema -> run_dir/augmented.zarr", augment_stage),
     Stage("evaluate", "metrics, plots and report -> run_dir/report/", evaluate_stage),
 )
 MAIN_JOB = ("prepare", "train-autoencoder", "encode", "train-diffusion", "generate", "evaluate")

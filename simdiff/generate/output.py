@@ -324,9 +324,10 @@ def _realization(members: np.ndarray) -> xr.Variable:
 # -- the partial store ----------------------------------------------------------------------
 def _layout(ds: xr.Dataset) -> dict[str, Any]:
     """What must agree for a partial store to be resumed: variables, sizes, members, inits."""
+    unit = ds[WRITTEN].dims[0]  # realization here; the sample dim in an augmented store
     out: dict[str, Any] = {"sizes": {str(k): int(v) for k, v in ds.sizes.items()},
                            "variables": sorted(str(v) for v in ds.data_vars),
-                           "realization": [int(m) for m in ds["realization"].values]}
+                           "realization": [int(m) for m in ds[unit].values]}
     if "init_index" in ds:
         out["init_index"] = [int(i) for i in ds["init_index"].values]
     return out
@@ -378,7 +379,8 @@ def create_partial(
     ds = template.copy()
     ds.attrs = {**template.attrs, **attrs, "simdiff_store": OUTPUT_KIND, "simdiff_layout": json.dumps(layout)}
     ds.attrs.pop("simdiff_complete", None)
-    encoding = {name: {"chunks": v.data.chunksize, "fill_value": 0 if name == WRITTEN else np.nan}
+    encoding = {name: {"chunks": v.data.chunksize,
+                       "fill_value": np.nan if np.issubdtype(v.dtype, np.floating) else v.dtype.type(0)}
                 for name, v in ds.data_vars.items()}
     partial.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=partial.parent))
@@ -464,7 +466,7 @@ def missing(target: str | Path) -> list[tuple[int, int]]:
     if g.attrs.get("simdiff_complete") == 1:  # finalize was interrupted after marking it
         return []
     written = np.asarray(g[WRITTEN][...])
-    members = [int(m) for m in g["realization"][...]]
+    members = [int(m) for m in g[g[WRITTEN].metadata.dimension_names[0]][...]]
     if written.ndim == 1:
         return [(members[r], -1) for r in np.flatnonzero(written == 0)]
     inits = [int(i) for i in g["init_index"][...]]

@@ -92,7 +92,7 @@ def test_forecast_store_is_cf_labelled_physical_and_complete(main_job):
 def test_a_member_alone_reproduces_the_full_run_bit_for_bit(main_job, tmp_path):
     run_dir, common, _ = main_job
     out = simdiff("generate", *common, "generate.members=[2]", "generate.batch_size=1",
-                  f"generate.output={tmp_path / 'm2.zarr'}")
+                  f"generate.out={tmp_path / 'm2.zarr'}")
     assert out.returncode == 0, out.stderr[-3000:]
     full = xr.open_zarr(run_dir / "forecast.zarr")["q"].sel(realization=2).values
     alone = xr.open_zarr(tmp_path / "m2.zarr")["q"].sel(realization=2).values
@@ -111,7 +111,7 @@ def test_killed_generate_resumes_only_the_missing_members(main_job, tmp_path):
     _, common, _ = main_job
     target = tmp_path / "big.zarr"
     args = [sys.executable, "-m", "simdiff.cli.main", "generate", *common, "generate.members=8",
-            "generate.batch_size=1", f"generate.output={target}"]
+            "generate.batch_size=1", f"generate.out={target}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill once some, not all, blocks are written
@@ -129,14 +129,14 @@ def test_killed_generate_resumes_only_the_missing_members(main_job, tmp_path):
     done_before = 16 - len(missing(target))
     assert done_before > 0
     out = simdiff("generate", *common, "generate.members=8", "generate.batch_size=1",
-                  f"generate.output={target}")
+                  f"generate.out={target}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"({done_before} done before)" in out.stderr + out.stdout
     assert is_complete(target)
     # The same members as one uninterrupted run with another batch size.
     ref = tmp_path / "ref.zarr"
     out = simdiff("generate", *common, "generate.members=8", "generate.batch_size=3",
-                  f"generate.output={ref}")
+                  f"generate.out={ref}")
     assert out.returncode == 0, out.stderr[-3000:]
     np.testing.assert_array_equal(xr.open_zarr(target)["psi"].values, xr.open_zarr(ref)["psi"].values)
 
@@ -146,7 +146,7 @@ def test_ddp_generate_on_two_processes_matches_one_process(main_job, tmp_path):
     run_dir, common, _ = main_job
     target = tmp_path / "ddp.zarr"
     out = simdiff("generate", *common, "generate.devices=2", "generate.strategy=ddp",
-                  f"generate.output={target}")
+                  f"generate.out={target}")
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stderr + out.stdout
     assert "rank 0 wrote" in log and "rank 1 wrote" in log
