@@ -141,14 +141,13 @@ def generate_stage(cfg: DictConfig) -> None:
     from simdiff.generate.output import (
         create_partial,
         finalize,
-        forecast_template,
         is_complete,
         missing,
         output_attrs,
-        sample_template,
         write_block,
     )
     from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches, rollout
+    from simdiff.generate.template import forecast_template, sample_template
 
     gen = cfg.generate
     run_dir = Path(cfg.run_dir)

@@ -22,7 +22,8 @@ import netCDF4
 import pytest
 
 from simdiff.data.store import TrainingStore
-from simdiff.generate.output import create_partial, finalize, forecast_template, output_attrs, write_block
+from simdiff.generate.output import create_partial, finalize, output_attrs, write_block
+from simdiff.generate.template import forecast_template
 
 cfchecks = pytest.importorskip("cfchecker.cfchecks", reason="cfchecker not installed (pip install cfchecker)")
 

@@ -19,14 +19,13 @@ from simdiff.data.store import TrainingStore
 from simdiff.generate.output import (
     create_partial,
     finalize,
-    forecast_template,
     is_complete,
     missing,
     output_attrs,
     partial_path,
-    sample_template,
     write_block,
 )
+from simdiff.generate.template import forecast_template, sample_template
 
 MEMBERS, INITS, LEADS = [0, 1, 2], [2, 5], [0, 1, 3]
 REPO = Path(__file__).resolve().parents[2]
