@@ -185,15 +185,12 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("train-diffusion: %d parameters, latents %s, conditions %s, residual=%s", n_params,
              signature["latent_shape"], {k: v for k, v in dm.condition_sizes.items()}, dm_cfg["residual"])
-    start_step = 0
-    if resume:
-        start_step = int(torch.load(resume, map_location="cpu", weights_only=True).get("global_step", 0))
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume or None)
     wall = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return
-    steps = int(trainer.global_step) - start_step
+    steps = int(trainer.global_step) - module.start_step
     samples = steps * int(dm_cfg["batch_size"]) * int(dm_cfg["accumulate_grad_batches"]) * trainer.world_size
     checksums = list(module.rank_checksums)
     summary = {

@@ -80,9 +80,7 @@ def init_indices(gen: Any, latents: TrainingStore, window: int) -> list[int]:
     return [int(i) for i in chosen]
 
 
-def load_models(
-    run_dir: Path, latents: LatentStore, device: torch.device
-) -> tuple[Any, Any, dict[str, Any]]:
+def load_models(run_dir: Path, latents: LatentStore, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """The EMA autoencoder and diffusion model, and the diffusion config they were trained with."""
     from simdiff.generate.rollout import LatentDecoder
     from simdiff.lit.autoencoder import load_ema_weights
@@ -231,6 +229,8 @@ def generate_stage(cfg: DictConfig) -> None:
     source = store.dataset()
     sdims = tuple(store.layout.spatial_dims)
     lat_data = latents.data
+    cond_arrays = _condition_arrays(latents, dm_cfg)  # read once, not per block
+    pool = latents.indices(gen.split) if gen.mode == "sample" else None
     log.info(
         "generate: %d (member, init) blocks to write (%d done before), %d on this rank of %d, to %s",
         len(todo),
@@ -256,7 +256,7 @@ def generate_stage(cfg: DictConfig) -> None:
                     if previous
                     else torch.zeros((0, *lat_data.shape[1:]))
                 )
-                conds = _lead_conditions(latents, init, int(gen.lead_steps), dm_cfg)
+                conds = _lead_conditions(cond_arrays, latents.path, init, int(gen.lead_steps))
                 fields, _ = rollout(
                     model,
                     decoder,
@@ -271,7 +271,7 @@ def generate_stage(cfg: DictConfig) -> None:
                 block = _physical(fields, batch, ("realization", "lead_time", "channel", *sdims), source)
                 write_block(target, block, init=init)
             else:
-                conds = _sample_conditions(latents, gen, batch, dm_cfg)
+                conds = _sample_conditions(cond_arrays, pool, batch)
                 fields = draw_samples(
                     model,
                     decoder,
@@ -306,19 +306,25 @@ def _same_config(target: Path, config: str) -> bool:
         return ds.attrs.get("simdiff_config_sha256") == hashlib.sha256(config.encode()).hexdigest()
 
 
+def _condition_arrays(latents: TrainingStore, dm_cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The store's conditions the model uses (time features, covariates, label), read once."""
+    return {
+        name: latents.array(name)
+        for name in CONDITIONS
+        if latents.has(name) and dm_cfg["conditioning"].get(name)
+    }
+
+
 def _lead_conditions(
-    latents: TrainingStore, init: int, leads: int, dm_cfg: dict[str, Any]
+    arrays: dict[str, np.ndarray], path: Path, init: int, leads: int
 ) -> dict[str, torch.Tensor]:
     """Per lead, the conditions of the valid sample ``init + k`` (time features, covariates, label)."""
     out = {}
-    for name in CONDITIONS:
-        if not (latents.has(name) and dm_cfg["conditioning"].get(name)):
-            continue
-        values = latents.array(name)
-        idx = np.arange(init + 1, init + leads + 1)
+    idx = np.arange(init + 1, init + leads + 1)
+    for name, values in arrays.items():
         if idx[-1] >= len(values):
             raise DataError(
-                f"{latents.path}: condition {name!r} is needed at sample {int(idx[-1])} (init {init} "
+                f"{path}: condition {name!r} is needed at sample {int(idx[-1])} (init {init} "
                 f"+ {leads} leads) but the store ends at {len(values) - 1}; choose earlier inits "
                 f"or fewer generate.lead_steps"
             )
@@ -327,13 +333,8 @@ def _lead_conditions(
 
 
 def _sample_conditions(
-    latents: TrainingStore, gen: Any, batch: list[int], dm_cfg: dict[str, Any]
+    arrays: dict[str, np.ndarray], pool: np.ndarray, batch: list[int]
 ) -> dict[str, torch.Tensor]:
-    """Sample mode: the conditions of real samples of ``generate.split``, cycled by draw id."""
-    out = {}
-    idx = latents.indices(gen.split)
-    for name in CONDITIONS:
-        if latents.has(name) and dm_cfg["conditioning"].get(name):
-            values = latents.array(name)
-            out[name] = torch.from_numpy(np.asarray(values[idx[np.asarray(batch) % len(idx)]]))
-    return out
+    """Sample mode: the conditions of the real samples ``pool`` (a split's indices), cycled by draw id."""
+    rows = pool[np.asarray(batch) % len(pool)]
+    return {name: torch.from_numpy(np.asarray(values[rows])) for name, values in arrays.items()}

@@ -113,6 +113,7 @@ class DiffusionModule(EMAValidation, L.LightningModule):
         self._gen_state: torch.Tensor | None = None
         self._val_gen: torch.Generator | None = None
         self.rank_checksums: list[str] = []
+        self.start_step = 0  # global step this fit began at (> 0 when resumed)
 
     # -- random streams ---------------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -144,6 +145,9 @@ class DiffusionModule(EMAValidation, L.LightningModule):
             drops = self.model.conditioner.sample_drop(x.shape[0], generator=generator, device=x.device)
         cond = self.model.conditions(batch, drops)
         return self.loss_fn(self.model, y, generator=generator, weight=self.weights, sigma=sigma, **cond)
+
+    def on_train_start(self) -> None:
+        self.start_step = int(self.global_step)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch, self._generator())
