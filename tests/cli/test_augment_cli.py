@@ -190,6 +190,10 @@ def test_evaluate_adds_an_augment_section_to_the_report(augmented):
     assert aug["samples"] == 6
     assert set(aug["variables"]) == {"q@1", "q@2", "psi@1", "psi@2"}
     for entry in aug["variables"].values():
-        assert entry["wasserstein1"] >= 0 and entry["wasserstein1_train_test"] >= 0
+        # finite and non-zero: computed on real data, and synthetic samples are not copies of test ones
+        assert 0 < entry["wasserstein1"] < float("inf")
+        assert 0 < entry["wasserstein1_train_test"] < float("inf")
+        q = entry["quantiles"]
+        assert len(q["synthetic"]) == len(q["test"]) == len(q["q"])
     assert aug["memorisation"]["median_ratio"] > 0
     assert "variables" in metrics  # the forecast part is still there
