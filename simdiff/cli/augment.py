@@ -122,7 +122,9 @@ def augment_stage(cfg: DictConfig) -> None:
                     strategy=aug.strategy, precision="32-true")
     fabric.launch()
     latents = LatentStore(latents_path)
-    model, decoder, dm_cfg = load_models(run_dir, latents, fabric.device)
+    model, decoder, dm_cfg = load_models(
+        run_dir, latents, fabric.device, int(aug.decoder_noise_samples) if aug.decoder_noise else 0
+    )
     previous = int(dm_cfg["conditioning"]["previous"])
     ids = member_ids(aug.samples)
     used = [n for n in CONDITIONS if latents.has(n) and dm_cfg["conditioning"].get(n)]

@@ -14,6 +14,7 @@ a complete output with the same config is skipped.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -37,6 +38,7 @@ from simdiff.data.loader import window_targets
 from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.stats import denormalise
 from simdiff.data.store import SPLITS, TrainingStore
+from simdiff.generate.residual import ResidualModel
 
 log = logging.getLogger("simdiff")
 
@@ -80,8 +82,14 @@ def init_indices(gen: Any, latents: TrainingStore, window: int) -> list[int]:
     return [int(i) for i in chosen]
 
 
-def load_models(run_dir: Path, latents: LatentStore, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
-    """The EMA autoencoder and diffusion model, and the diffusion config they were trained with."""
+def load_models(
+    run_dir: Path, latents: LatentStore, device: torch.device, residual_samples: int = 0
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The EMA diffusion model, the latent decoder and the diffusion config they were trained with.
+
+    ``residual_samples > 0`` gives the decoder a residual model fitted on that many held-out
+    samples (:func:`fit_decoder_residual`), so decoded members are samples of p(x | z).
+    """
     from simdiff.generate.rollout import LatentDecoder
     from simdiff.lit.autoencoder import load_ema_weights
     from simdiff.lit.diffusion import load_ema_model
@@ -115,7 +123,62 @@ def load_models(run_dir: Path, latents: LatentStore, device: torch.device) -> tu
         torch.as_tensor(np.asarray(latents.scale, dtype=np.float32)),
         tuple(ae_saved["data_signature"]["spatial_shape"]),
     )
+    if residual_samples > 0:
+        store = TrainingStore(run_dir / "data" / "train.zarr")
+        decoder.residual = fit_decoder_residual(decoder, latents, store, residual_samples)
     return model.to(device), decoder, dm_cfg
+
+
+def fit_decoder_residual(decoder: Any, latents: LatentStore, store: TrainingStore, samples: int,
+                         batch_size: int = 16) -> ResidualModel:
+    """The residual model of ``decoder`` fitted on ``x - D(E(x))`` of held-out samples.
+
+    Uses up to ``samples`` samples of the val split, evenly spaced (the train split, with a
+    warning, when val is empty), decoded from their stored latents exactly as members are. The
+    spectral axes are y/x, plus the depth axis on voxel grids (a store with a lattice).
+    """
+    from simdiff.generate.residual import ResidualFit
+
+    split, idx = "val", store.indices("val")
+    if not len(idx):
+        split, idx = "train", store.indices("train")
+        log.warning("generate: the val split of %s is empty; the decoder residual is fitted on train "
+                    "samples, which underestimates it", store.path)
+    if len(idx) < 2:
+        raise DataError(f"{store.path}: {len(idx)} {split} sample(s); the decoder residual model needs at "
+                        "least 2: set generate.decoder_noise=false")
+    idx = np.unique(idx[np.linspace(0, len(idx) - 1, min(int(samples), len(idx))).round().astype(int)])
+    geometry = store.geometry()
+    dims = [store.layout.y_dim, store.layout.x_dim]
+    if geometry.lattice is not None and store.layout.depth_dim:
+        dims.insert(0, store.layout.depth_dim)  # a voxel grid: depth is a spatial axis too
+    fit = ResidualFit(store.array("mask"), [geometry.is_periodic(d) for d in dims])
+    device = next(decoder.net.parameters()).device
+    for start in range(0, len(idx), batch_size):
+        rows = idx[start : start + batch_size]
+        z = torch.from_numpy(np.asarray(latents.data.oindex[rows], dtype=np.float32)).to(device)
+        x = np.asarray(store.data.oindex[rows], dtype=np.float32)
+        fit.add(x - decoder(z).float().cpu().numpy())
+    model = fit.finish()
+    log.info("generate: decoder residual fitted on %d %s samples, rms/std %s", len(idx), split,
+             residual_summary(model, store))
+    return model
+
+
+def residual_summary(model: ResidualModel, store: TrainingStore) -> dict[str, float]:
+    """``VAR[@LEVEL]`` -> the modelled residual rms in units of the variable's std."""
+    rms = model.rms()
+    names = store.variables
+    depth = store.layout.depth_dim
+    levels = store.dataset()[depth].values if depth and rms.ndim > 1 else None
+    out: dict[str, float] = {}
+    for c, name in enumerate(names):
+        if levels is None:
+            out[name] = round(float(np.mean(rms[c])), 4)
+        else:
+            for j, lev in enumerate(levels):
+                out[f"{name}@{lev}"] = round(float(rms[c][j]), 4)
+    return out
 
 
 def _physical(
@@ -165,7 +228,9 @@ def generate_stage(cfg: DictConfig) -> None:
     if not (latents_path / "zarr.json").is_file():
         raise DataError(f"{latents_path}: no latent store; run `simdiff encode run_dir={run_dir}` first")
     latents = LatentStore(latents_path)
-    model, decoder, dm_cfg = load_models(run_dir, latents, fabric.device)
+    model, decoder, dm_cfg = load_models(
+        run_dir, latents, fabric.device, int(gen.decoder_noise_samples) if gen.decoder_noise else 0
+    )
     previous = int(dm_cfg["conditioning"]["previous"])
     members = member_ids(gen.members)
     if gen.mode == "sample" and previous:
@@ -207,6 +272,9 @@ def generate_stage(cfg: DictConfig) -> None:
             title=f"simdiff {gen.mode} from {store.path}",
             command=" ".join(sys.argv),
         )
+        if decoder.residual is not None:
+            rms = residual_summary(decoder.residual, store)
+            attrs["simdiff_decoder_residual_rms_over_std"] = json.dumps(rms)
         create_partial(target, template, attrs, force=bool(cfg.force))
     fabric.barrier()
     if is_complete(target) and _same_config(target, config) and not cfg.force:

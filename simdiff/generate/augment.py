@@ -232,7 +232,7 @@ def draw_candidates(
         batch["previous"] = window.to(device)
     x = model.sample(batch, (len(ids), *latent_shape), sampler=spec.sampler, sigmas=spec.sigmas,
                      generator=gens, guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
-    return decoder(x, spec.row_by_row).float().cpu().numpy()
+    return decoder(x, spec.row_by_row, gens).float().cpu().numpy()
 
 
 def physical(fields: np.ndarray, store: TrainingStore) -> xr.Dataset:

@@ -3,7 +3,8 @@
 For one initial time and a batch of members, each lead step ``k = 1..L`` draws
 ``x_{t+k} ~ p(x_{t+k} | x_{t+k-1}, ...)`` with the conditional denoiser and a sampler, feeds
 the sample back as the newest previous state (autoregressive), and decodes it to the
-(normalised) field with the autoencoder. All noise of lead ``k`` for member ``m`` comes from
+(normalised) field with the autoencoder, plus a draw of the decoder's residual model when the
+decoder has one (:mod:`simdiff.generate.residual`). All noise of lead ``k`` for member ``m`` comes from
 the generator keyed by ``(seed, init, m, k)`` (:mod:`simdiff.generate.noise`), so a member's
 trajectory does not depend on which other members share its batch or its rank.
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from simdiff.generate.noise import SAMPLE_INIT, member_generators
+from simdiff.generate.residual import ResidualModel
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.denoiser import ConditionalDenoiser
 
@@ -31,21 +33,41 @@ class LatentDecoder:
         net: the autoencoder (EMA weights, eval mode).
         shift, scale: (c,) the latent store's per-channel mean and std: mu = z * scale + shift.
         shape: the field's spatial shape (the decoder crops its padding to it).
+        residual: the decoder's residual model (:mod:`simdiff.generate.residual`), or None. With
+            it and per-row generators, a call returns samples ``D(z) + r`` of p(x | z) instead
+            of the decoder's mean ``D(z)``.
     """
 
     net: Autoencoder
     shift: torch.Tensor
     scale: torch.Tensor
     shape: tuple[int, ...]
+    residual: ResidualModel | None = None
 
     @torch.no_grad()
-    def __call__(self, z: torch.Tensor, row_by_row: bool = False) -> torch.Tensor:
-        """Decode ``z``; ``row_by_row`` decodes one row at a time (bitwise batch-independent)."""
+    def __call__(
+        self,
+        z: torch.Tensor,
+        row_by_row: bool = False,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Decode ``z``; ``row_by_row`` decodes one row at a time (bitwise batch-independent).
+
+        ``generators`` (one per row, e.g. the member generators the latent was sampled with,
+        which go on drawing from where the sampler stopped) draw the residual of each row
+        when the decoder has a residual model; without them the mean is returned.
+        """
         view = (1, -1, *([1] * (z.ndim - 2)))
         mu = z * self.scale.to(z).reshape(view) + self.shift.to(z).reshape(view)
         if row_by_row:
-            return torch.cat([self.net.decode(mu[i : i + 1], self.shape) for i in range(mu.shape[0])])
-        return self.net.decode(mu, self.shape)
+            out = torch.cat([self.net.decode(mu[i : i + 1], self.shape) for i in range(mu.shape[0])])
+        else:
+            out = self.net.decode(mu, self.shape)
+        if self.residual is not None and generators is not None:
+            if len(generators) != out.shape[0]:
+                raise ValueError(f"{len(generators)} generators for {out.shape[0]} rows: give one per row")
+            out = out + self.residual.sample_rows(generators).to(out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,7 @@ def rollout(
             batch[name] = _rows(per_lead[k - 1].to(device), b)
         x = model.sample(batch, state_shape, sampler=spec.sampler, sigmas=spec.sigmas, generator=gens,
                          guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
-        fields.append(decoder(x, spec.row_by_row).float().cpu().numpy())
+        fields.append(decoder(x, spec.row_by_row, gens).float().cpu().numpy())
         if keep_latents:
             latents.append(x.float().cpu().numpy())
         if previous is not None:
@@ -145,7 +167,7 @@ def draw_samples(
     batch = {name: v.to(device) for name, v in conditions.items()}
     x = model.sample(batch, (len(members), *latent_shape), sampler=spec.sampler, sigmas=spec.sigmas,
                      generator=gens, guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
-    return decoder(x, spec.row_by_row).float().cpu().numpy()
+    return decoder(x, spec.row_by_row, gens).float().cpu().numpy()
 
 
 def member_batches(members: Sequence[int], batch_size: int) -> Iterator[list[int]]:

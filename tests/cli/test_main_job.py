@@ -99,6 +99,27 @@ def test_a_member_alone_reproduces_the_full_run_bit_for_bit(main_job, tmp_path):
     assert np.array_equal(full, alone, equal_nan=True)
 
 
+def test_decoder_noise_adds_the_fitted_residual_to_the_same_latent_trajectory(main_job, tmp_path):
+    """Members are D(z) + r: with decoder_noise=false the latent trajectory is the same (the
+    residual is drawn after the sampler), so the difference is the residual draw, whose rms
+    matches what the fitted model records."""
+    run_dir, common, _ = main_job
+    out = simdiff("generate", *common, "generate.members=[2]", "generate.decoder_noise=false",
+                  f"generate.out={tmp_path / 'mean.zarr'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    noisy = xr.open_zarr(run_dir / "forecast.zarr")
+    mean = xr.open_zarr(tmp_path / "mean.zarr")
+    assert "simdiff_decoder_residual_rms_over_std" not in mean.attrs
+    fitted = json.loads(noisy.attrs["simdiff_decoder_residual_rms_over_std"])
+    std = xr.open_zarr(run_dir / "data" / "train.zarr", consolidated=False)["std"]
+    for var in ("q", "psi"):
+        diff = noisy[var].sel(realization=2) - mean[var].sel(realization=2)
+        for level in diff["level"].values:
+            d = diff.sel(level=level).values / float(std.sel(channel=var, level=level))
+            rms = float(np.sqrt(np.nanmean(d**2)))
+            assert rms == pytest.approx(fitted[f"{var}@{level}"], rel=0.15), (var, level)
+
+
 def test_same_generate_config_is_skipped(main_job):
     _, common, _ = main_job
     out = simdiff("generate", *common)
