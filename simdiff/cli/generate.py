@@ -131,7 +131,7 @@ def load_models(
 
 def fit_decoder_residual(decoder: Any, latents: LatentStore, store: TrainingStore, samples: int,
                          batch_size: int = 16) -> ResidualModel:
-    """The residual model of ``decoder`` fitted on ``x - D(E(x))`` of held-out samples.
+    """The residual model of ``decoder`` fitted on ``x`` and ``D(E(x))`` of held-out samples.
 
     Uses up to ``samples`` samples of the val split, evenly spaced (the train split, with a
     warning, when val is empty), decoded from their stored latents exactly as members are. The
@@ -158,7 +158,8 @@ def fit_decoder_residual(decoder: Any, latents: LatentStore, store: TrainingStor
         rows = idx[start : start + batch_size]
         z = torch.from_numpy(np.asarray(latents.data.oindex[rows], dtype=np.float32)).to(device)
         x = np.asarray(store.data.oindex[rows], dtype=np.float32)
-        fit.add(x - decoder(z).float().cpu().numpy())
+        d = decoder(z).float().cpu().numpy()
+        fit.add(x - d, d)
     model = fit.finish()
     log.info("generate: decoder residual fitted on %d %s samples, rms/std %s", len(idx), split,
              residual_summary(model, store))

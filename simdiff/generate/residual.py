@@ -1,29 +1,35 @@
-"""The decoder's residual model: sampling p(x | z) instead of returning its mean.
+"""The decoder's residual model: sampling p(x | z) instead of returning the decoder's output.
 
 The autoencoder is trained with a (weighted) mean-squared error, so its decoder returns an
 estimate of the conditional mean E[x | z]: a field smoother than any real state, missing the
 part of x that the latent code does not hold (at 16x compression on QG, most of the
 small-scale potential vorticity). An ensemble of decoded means is therefore under-dispersed by
-the reconstruction error whatever the latent ensemble does, and its spectra fall off at high
-wavenumbers.
+the reconstruction error whatever the latent ensemble does, and its spectra are wrong at small
+scales.
 
-This module models the residual ``r = x - D(E(x))`` (normalised units) as a zero-mean Gaussian
-field and draws from it, so that a decoded member is a sample ``D(z) + r``:
+This module models the truth given the decoded field ``d = D(z)`` as a stationary Gaussian,
+mode by mode in Fourier space (normalised units, each channel and level on its own):
 
-- **Spectrum.** For each channel (and level) the residual is taken as stationary over the
-  spectral axes (y/x, plus depth on voxel grids), with the power spectrum estimated from held-out
-  residuals: ``P(k) = mean_n |FFT(r_n)(k)|^2 / N_cells``. A non-periodic axis is zero-padded to
-  twice its length first, so the modelled covariance does not wrap around it.
-  The residual is not centred: a bias of the decoder at a cell counts as spread there.
-- **Amplitude.** Stationary unit-variance noise with that spectrum is scaled per cell by the
-  residual standard deviation, averaged over the periodic axes (so it varies with latitude on a
-  global grid, and not at all on a doubly periodic box). Masked cells get no noise.
-- **Sampling.** White noise from the member's keyed generator, filtered by ``sqrt(P)`` in Fourier
-  space, cropped, scaled. One draw costs two FFTs of one (padded) field.
+    X(k) = (1 + beta(k)) D(k) + E(k),    E(k) ~ N(0, P_e(k)), independent of D
 
-What it leaves out: cross-channel and cross-level correlation of the residual (each channel is
-drawn independently), its dependence on the state (it is homoscedastic), and non-Gaussian
-structure. It is fitted once, on the validation split, with nothing tuned on the test split.
+- **Regression.** ``beta(k) = <R(k) D(k)*> / <|D(k)|^2>`` with ``R = X - D`` the residual: the
+  part of the residual a linear filter of the decoded field predicts. Where the decoder invents
+  content the truth never has (above a simulation's dealiasing cutoff, say) ``R = -D`` and
+  ``beta = -1`` removes it; where the residual is unrelated to ``D``, ``beta ~ 0``.
+- **Noise.** ``P_e(k) = <|R(k)|^2> - |<R(k) D(k)*>|^2 / <|D(k)|^2>``: the residual power the
+  filter does not explain. It is drawn as white noise filtered by ``sqrt(P_e)``, then scaled per
+  cell by the residual's standard deviation (averaged over the periodic axes, so it varies with
+  latitude on a global grid and not at all on a doubly periodic box) times the fraction of the
+  residual variance that is noise.
+- **Axes.** The spectral axes are y/x (plus depth on voxel grids). A non-periodic axis is
+  zero-padded to twice its length, so neither the filter nor the noise wraps around it. Masked
+  cells count as zero in the fit and get no noise.
+
+``<.>`` are means over held-out samples (the val split); nothing is tuned on the test split.
+The residual is not centred: a bias of the decoder at a cell counts as spread there. What it
+leaves out: cross-channel and cross-level correlation of the residual (each channel is drawn
+independently), its dependence on the state beyond the linear filter, and non-Gaussian
+structure. One draw costs three FFTs of one (padded) field.
 """
 
 from __future__ import annotations
@@ -37,27 +43,37 @@ import torch
 
 @dataclass(frozen=True)
 class ResidualModel:
-    """A fitted residual model for fields of shape ``(C, [D], H, W)``.
+    """A fitted model of fields ``(C, [D], H, W)`` given their decoded mean.
 
     Attributes:
-        amplitude: ``(C, [D], *padded)`` sqrt of the power spectrum over the spectral axes (the
-            last ``len(axes)`` axes, padded), as a real-FFT half spectrum, scaled so that the
+        beta: ``(C, [D], *half)`` complex64, the regression filter on the decoded field (real-FFT
+            half spectrum of the padded spectral axes).
+        amplitude: ``(C, [D], *half)`` sqrt of the noise power spectrum, scaled so that the
             filtered white noise has unit variance.
-        std: ``(C, [D], H, W)`` the residual standard deviation per cell (0 at masked cells).
+        std: ``(C, [D], H, W)`` the noise standard deviation per cell (0 at masked cells).
+        mask: ``([D], H, W)`` the valid cells.
         axes: the number of trailing spectral axes (2, or 3 on voxel grids).
         padded: the padded sizes of the spectral axes.
     """
 
+    beta: torch.Tensor
     amplitude: torch.Tensor
     std: torch.Tensor
+    mask: torch.Tensor
     axes: int
     padded: tuple[int, ...]
 
     @classmethod
-    def fit(cls, residuals: np.ndarray, mask: np.ndarray, periodic: Sequence[bool]) -> ResidualModel:
-        """Fit from residuals ``(N, C, [D], H, W)`` held in memory (see :class:`ResidualFit`)."""
+    def fit(
+        cls,
+        residuals: np.ndarray,
+        mask: np.ndarray,
+        periodic: Sequence[bool],
+        decoded: np.ndarray | None = None,
+    ) -> ResidualModel:
+        """Fit from arrays held in memory (see :class:`ResidualFit`); ``decoded=None``: no filter."""
         acc = ResidualFit(mask, periodic)
-        acc.add(residuals)
+        acc.add(residuals, decoded)
         return acc.finish()
 
     @property
@@ -66,38 +82,51 @@ class ResidualModel:
         return tuple(self.std.shape)
 
     def rms(self) -> np.ndarray:
-        """``(C, [D])`` the modelled residual rms over valid cells (normalised units)."""
+        """``(C, [D])`` the noise rms over valid cells (normalised units)."""
         s = self.std.double().numpy()
-        k = self.axes
-        valid = s > 0
-        num = (s**2).sum(axis=tuple(range(-k, 0)))
-        den = np.maximum(valid.sum(axis=tuple(range(-k, 0))), 1)
-        return np.sqrt(num / den)
+        dims = tuple(range(-self.axes, 0))
+        den = np.maximum(np.broadcast_to(self.mask.numpy(), s.shape).sum(axis=dims), 1)
+        return np.sqrt((s**2).sum(axis=dims) / den)
 
-    def sample(self, generator: torch.Generator) -> torch.Tensor:
-        """One draw ``(C, [D], H, W)`` float32 on the generator's device."""
+    def _fft(self, field: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfftn(field, s=self.padded, dim=tuple(range(-self.axes, 0)))
+
+    def _ifft(self, spec: torch.Tensor) -> torch.Tensor:
+        out = torch.fft.irfftn(spec, s=self.padded, dim=tuple(range(-self.axes, 0)))
+        return out[(..., *(slice(0, n) for n in self.std.shape[-self.axes :]))]
+
+    def correction(self, decoded: torch.Tensor) -> torch.Tensor:
+        """The predicted residual ``beta * D`` of one decoded field ``(C, [D], H, W)``."""
+        mask = self.mask.to(decoded.device)
+        d = torch.where(mask, decoded.float(), 0.0)
+        return torch.where(mask, self._ifft(self._fft(d) * self.beta.to(decoded.device)), 0.0)
+
+    def noise(self, generator: torch.Generator) -> torch.Tensor:
+        """One draw of the noise ``(C, [D], H, W)`` float32 on the generator's device."""
         device = generator.device
         lead = tuple(self.std.shape[: self.std.ndim - self.axes])
         white = torch.randn((*lead, *self.padded), generator=generator, device=device, dtype=torch.float32)
-        dims = tuple(range(-self.axes, 0))
-        spec = torch.fft.rfftn(white, dim=dims) * self.amplitude.to(device)
-        noise = torch.fft.irfftn(spec, s=self.padded, dim=dims)
-        crop = (..., *(slice(0, n) for n in self.std.shape[-self.axes :]))
-        return noise[crop] * self.std.to(device)
+        return self._ifft(self._fft(white) * self.amplitude.to(device)) * self.std.to(device)
 
-    def sample_rows(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """One draw per generator, stacked ``(B, C, [D], H, W)``."""
-        return torch.stack([self.sample(g) for g in generators])
+    def sample(self, decoded: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A draw of x given one decoded field ``(C, [D], H, W)``: ``d + beta * d + noise``."""
+        return decoded + (self.correction(decoded) + self.noise(generator)).to(decoded)
+
+    def sample_rows(self, decoded: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One draw per row of ``decoded (B, C, [D], H, W)``, row ``i`` from ``generators[i]``."""
+        if len(generators) != decoded.shape[0]:
+            raise ValueError(f"{len(generators)} generators for {decoded.shape[0]} rows: give one per row")
+        return torch.stack([self.sample(d, g) for d, g in zip(decoded, generators, strict=True)])
 
 
 class ResidualFit:
-    """Streaming fit of a :class:`ResidualModel`: :meth:`add` batches of residuals, then :meth:`finish`.
+    """Streaming fit of a :class:`ResidualModel`: :meth:`add` batches, then :meth:`finish`.
 
-    Memory is one batch plus two fields' worth of sums (the power spectrum and the squares), so
+    Memory is one batch plus a few fields' worth of sums (power and cross spectra, squares), so
     a fit over many global 0.25 degree fields never holds them all.
 
     Args:
-        mask: ``([D], H, W)`` True where the field is valid; residuals at masked cells are ignored.
+        mask: ``([D], H, W)`` True where the field is valid; values at masked cells are ignored.
         periodic: one flag per spectral (trailing) axis, e.g. ``(False, True)`` for lat/lon;
             ``(True, True, True)`` for a periodic voxel cell.
     """
@@ -111,46 +140,71 @@ class ResidualFit:
         spatial = self.mask.shape[-self.k :]
         self.padded = tuple(n if p else 2 * n for n, p in zip(spatial, self.periodic, strict=True))
         self.n = 0
-        self._power: np.ndarray | None = None
-        self._second: np.ndarray | None = None
+        self._sums: dict[str, np.ndarray] = {}
 
-    def add(self, residuals: np.ndarray) -> None:
-        """Add a batch ``(N, C, [D], H, W)`` of residuals ``x - D(E(x))`` (normalised units)."""
-        r = np.asarray(residuals, dtype=np.float64)
-        if r.ndim < 2 + self.k or r.shape[-self.mask.ndim :] != self.mask.shape:
+    def _clean(self, a: np.ndarray, name: str) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim < 2 + self.k or a.shape[-self.mask.ndim :] != self.mask.shape:
             raise ValueError(
-                f"residuals of shape {r.shape} do not end in the mask's shape {self.mask.shape}: "
+                f"{name} of shape {a.shape} do not end in the mask's shape {self.mask.shape}: "
                 "give (N, C, [D], H, W) on the training store's grid"
             )
-        r = np.where(self.mask, np.nan_to_num(r), 0.0)
-        spec = np.fft.rfftn(r, s=self.padded, axes=tuple(range(-self.k, 0)))
-        power = (spec.real**2 + spec.imag**2).sum(axis=0)
-        second = (r**2).sum(axis=0)
-        self._power = power if self._power is None else self._power + power
-        self._second = second if self._second is None else self._second + second
+        return np.where(self.mask, np.nan_to_num(a), 0.0)
+
+    def _accumulate(self, name: str, value: np.ndarray) -> None:
+        self._sums[name] = value if name not in self._sums else self._sums[name] + value
+
+    def add(self, residuals: np.ndarray, decoded: np.ndarray | None = None) -> None:
+        """Add a batch: residuals ``x - D(E(x))`` and the decoded fields ``D(E(x))``, both
+        ``(N, C, [D], H, W)`` in normalised units (``decoded=None``: the filter stays 0)."""
+        r = self._clean(residuals, "residuals")
+        axes = tuple(range(-self.k, 0))
+        fr = np.fft.rfftn(r, s=self.padded, axes=axes)
+        self._accumulate("rr", (fr.real**2 + fr.imag**2).sum(axis=0))
+        self._accumulate("cells", (r**2).sum(axis=0))
+        if decoded is not None:
+            d = self._clean(decoded, "decoded")
+            if d.shape != r.shape:
+                raise ValueError(f"decoded {d.shape} and residuals {r.shape} differ in shape")
+            fd = np.fft.rfftn(d, s=self.padded, axes=axes)
+            self._accumulate("dd", (fd.real**2 + fd.imag**2).sum(axis=0))
+            self._accumulate("rd", (fr * fd.conj()).sum(axis=0))
         self.n += r.shape[0]
 
     def finish(self) -> ResidualModel:
-        """The fitted model (at least 2 residual fields must have been added)."""
-        if self.n < 2 or self._power is None or self._second is None:
+        """The fitted model (at least 2 fields must have been added)."""
+        if self.n < 2:
             raise ValueError(f"{self.n} residual field(s) added: need at least 2 to fit a residual model")
         k = self.k
-        dims = tuple(range(-k, 0))
-        power = self._power / (self.n * float(np.prod(self.padded)))
-        # variance of white unit noise filtered by sqrt(power): the zero-lag autocovariance
-        var = np.fft.irfftn(power, s=self.padded, axes=dims)[(..., *([0] * k))]
-        scale = np.where(var > 0, 1.0 / np.sqrt(np.maximum(var, 1e-300)), 0.0)
-        amplitude = np.sqrt(power) * scale.reshape(scale.shape + (1,) * k)
-        second = self._second
+        axes = tuple(range(-k, 0))
+        norm = self.n * float(np.prod(self.padded))
+        rr = self._sums["rr"] / norm
+        if "dd" in self._sums:
+            dd, rd = self._sums["dd"] / norm, self._sums["rd"] / norm
+            live = dd > 1e-12 * max(float(dd.max()), 1e-300)
+            beta = np.where(live, rd / np.where(live, dd, 1.0), 0.0)
+            noise = np.maximum(rr - np.where(live, np.abs(rd) ** 2 / np.where(live, dd, 1.0), 0.0), 0.0)
+        else:
+            beta, noise = np.zeros(rr.shape, np.complex128), rr
+        # variances of white unit noise filtered by sqrt(power): the zero-lag autocovariances
+        lag0 = (..., *([0] * k))
+        var_noise = np.fft.irfftn(noise, s=self.padded, axes=axes)[lag0]
+        var_resid = np.fft.irfftn(rr, s=self.padded, axes=axes)[lag0]
+        scale = np.where(var_noise > 0, 1.0 / np.sqrt(np.maximum(var_noise, 1e-300)), 0.0)
+        amplitude = np.sqrt(noise) * scale.reshape(scale.shape + (1,) * k)
+        fraction = np.where(var_resid > 0, var_noise / np.maximum(var_resid, 1e-300), 0.0)  # noise / residual
+        second = self._sums["cells"]
         count = np.broadcast_to(self.mask, second.shape).astype(np.float64) * self.n
         for axis, p in zip(range(second.ndim - k, second.ndim), self.periodic, strict=True):
             if p:  # pool the cells of a periodic axis: the residual is stationary along it
                 second = np.broadcast_to(second.sum(axis=axis, keepdims=True), second.shape)
                 count = np.broadcast_to(count.sum(axis=axis, keepdims=True), count.shape)
-        std = np.where(self.mask, np.sqrt(second / np.maximum(count, 1)), 0.0)
+        std = np.sqrt(second / np.maximum(count, 1) * fraction.reshape(fraction.shape + (1,) * k))
         return ResidualModel(
+            beta=torch.as_tensor(beta, dtype=torch.complex64),
             amplitude=torch.as_tensor(amplitude, dtype=torch.float32),
-            std=torch.as_tensor(std, dtype=torch.float32),
+            std=torch.as_tensor(np.where(self.mask, std, 0.0), dtype=torch.float32),
+            mask=torch.as_tensor(self.mask),
             axes=k,
             padded=self.padded,
         )

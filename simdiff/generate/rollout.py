@@ -34,8 +34,8 @@ class LatentDecoder:
         shift, scale: (c,) the latent store's per-channel mean and std: mu = z * scale + shift.
         shape: the field's spatial shape (the decoder crops its padding to it).
         residual: the decoder's residual model (:mod:`simdiff.generate.residual`), or None. With
-            it and per-row generators, a call returns samples ``D(z) + r`` of p(x | z) instead
-            of the decoder's mean ``D(z)``.
+            it and per-row generators, a call returns samples of p(x | z) instead of the
+            decoder's output ``D(z)``.
     """
 
     net: Autoencoder
@@ -64,9 +64,7 @@ class LatentDecoder:
         else:
             out = self.net.decode(mu, self.shape)
         if self.residual is not None and generators is not None:
-            if len(generators) != out.shape[0]:
-                raise ValueError(f"{len(generators)} generators for {out.shape[0]} rows: give one per row")
-            out = out + self.residual.sample_rows(generators).to(out)
+            out = self.residual.sample_rows(out, generators)
         return out
 
 

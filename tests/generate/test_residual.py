@@ -34,8 +34,9 @@ def lag1(fields: np.ndarray, axis: int) -> float:
 
 
 def draws(model: ResidualModel, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` noise draws (no decoded field: the noise part alone)."""
     g = torch.Generator().manual_seed(seed)
-    return np.stack([model.sample(g).numpy() for _ in range(count)]).astype(np.float64)
+    return np.stack([model.noise(g).numpy() for _ in range(count)]).astype(np.float64)
 
 
 def test_white_residual_gives_its_variance_and_no_correlation() -> None:
@@ -93,7 +94,7 @@ def test_masked_cells_get_no_noise_and_their_values_are_ignored() -> None:
     b = ResidualModel.fit(junk, mask, (False, True))
     torch.testing.assert_close(a.std, b.std, rtol=0, atol=0)
     torch.testing.assert_close(a.amplitude, b.amplitude, rtol=0, atol=0)
-    out = b.sample(torch.Generator().manual_seed(0)).numpy()
+    out = b.noise(torch.Generator().manual_seed(0)).numpy()
     assert out.shape == (3, 2, N, N)
     assert (out[:, ~mask] == 0).all() and (out[:, mask] != 0).all()
 
@@ -102,13 +103,15 @@ def test_streaming_fit_equals_one_batch_fit() -> None:
     rng = np.random.default_rng(4)
     res = rng.standard_normal((10, 2, N, N))
     mask = np.ones((N, N), bool)
+    dec = rng.standard_normal((10, 2, N, N))
     acc = ResidualFit(mask, (True, False))
-    acc.add(res[:3])
-    acc.add(res[3:])
-    one = ResidualModel.fit(res, mask, (True, False))
+    acc.add(res[:3], dec[:3])
+    acc.add(res[3:], dec[3:])
+    one = ResidualModel.fit(res, mask, (True, False), dec)
     two = acc.finish()
     torch.testing.assert_close(one.std, two.std, rtol=1e-6, atol=0)
     torch.testing.assert_close(one.amplitude, two.amplitude, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(one.beta, two.beta, rtol=1e-5, atol=1e-7)
 
 
 def test_voxel_grid_draws_are_correlated_along_depth_too() -> None:
@@ -122,6 +125,39 @@ def test_voxel_grid_draws_are_correlated_along_depth_too() -> None:
     out = draws(model, 32)
     rho = float((spec * np.cos(2 * np.pi * k / n)[:, None, None]).sum() / spec.sum())
     assert abs(lag1(out, -3) - rho) < 0.05  # depth is a spectral axis: correlated as in the data
+
+
+def test_filter_removes_what_the_decoder_invents_and_keeps_the_truths_power() -> None:
+    """Truth x has no power above a cutoff |k| > 8 (a dealiased simulation); the decoder's d = x
+    smoothed + spurious content above the cutoff. The fitted filter removes the spurious part
+    (beta = -1 there), so draws have the truth's power at every wavenumber, and the corrected
+    mean is closer to x than d is."""
+    rng = np.random.default_rng(7)
+    k = np.fft.fftfreq(N) * N
+    kk = np.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
+    low = kk <= 8
+    x = coloured(rng, 96, np.where(low, 1.0, 0.0))[:, None]
+    smooth = np.fft.ifft2(np.fft.fft2(x) * np.exp(-(kk / 6.0) ** 2)).real
+    spurious = 0.2 * coloured(rng, 96, np.where(low, 0.0, 1.0))[:, None]
+    d = smooth + spurious
+    model = ResidualModel.fit((x - d)[:64], np.ones((N, N), bool), (True, True), d[:64])
+    high = ~low
+    assert model.beta.shape == (1, N, N // 2 + 1)
+    half_high = high[:, : N // 2 + 1]
+    np.testing.assert_allclose(model.beta.numpy()[0][half_high].real, -1.0, atol=1e-6)
+    test_x, test_d = x[64:], d[64:]
+    g = torch.Generator().manual_seed(0)
+    out = np.stack([model.sample(torch.as_tensor(v, dtype=torch.float32), g).numpy() for v in test_d])
+    corrected = np.stack([(v + model.correction(torch.as_tensor(v, dtype=torch.float32)).numpy())
+                          for v in test_d])
+
+    def power(f: np.ndarray) -> np.ndarray:
+        return (np.abs(np.fft.fft2(f[:, 0])) ** 2).mean(axis=0)
+
+    p_out, p_x, p_d = power(out), power(test_x), power(test_d)
+    assert p_out[high].sum() < 1e-6 * p_d[high].sum()  # spurious content gone, nothing added there
+    assert abs(p_out[low].sum() / p_x[low].sum() - 1) < 0.1  # the truth's power where it has some
+    assert np.sqrt(((corrected - test_x) ** 2).mean()) < 0.8 * np.sqrt(((test_d - test_x) ** 2).mean())
 
 
 def test_fit_refuses_too_few_or_misshaped_residuals() -> None:
@@ -152,5 +188,6 @@ def test_decoder_adds_keyed_residual_draws_per_row() -> None:
     torch.testing.assert_close(full[1:2], alone, rtol=0, atol=0)
     spread = (full - mean).std().item()
     assert 0.3 < spread < 0.7  # the fitted residual's size, not the decoder's
+    torch.testing.assert_close(model.beta, torch.zeros_like(model.beta))  # fitted without decoded fields
     with pytest.raises(ValueError, match="one per row"):
         dec(z, generators=member_generators(0, [7], [0], 1))
