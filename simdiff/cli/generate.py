@@ -142,7 +142,7 @@ def fit_decoder_residual(decoder: Any, latents: LatentStore, store: TrainingStor
     split, idx = "val", store.indices("val")
     if not len(idx):
         split, idx = "train", store.indices("train")
-        log.warning("generate: the val split of %s is empty; the decoder residual is fitted on train "
+        log.warning("the val split of %s is empty; the decoder residual model is fitted on train "
                     "samples, which underestimates it", store.path)
     if len(idx) < 2:
         raise DataError(f"{store.path}: {len(idx)} {split} sample(s); the decoder residual model needs at "
@@ -161,7 +161,7 @@ def fit_decoder_residual(decoder: Any, latents: LatentStore, store: TrainingStor
         d = decoder(z).float().cpu().numpy()
         fit.add(x - d, d)
     model = fit.finish()
-    log.info("generate: decoder residual fitted on %d %s samples, rms/std %s", len(idx), split,
+    log.info("decoder residual model fitted on %d %s samples, noise rms/std %s", len(idx), split,
              residual_summary(model, store))
     return model
 
