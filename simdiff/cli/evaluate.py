@@ -12,6 +12,7 @@ memorisation check of the synthetic samples.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ def evaluate_stage(cfg: DictConfig) -> None:
             forecast, truth, train=train, ae_ceiling=ceiling, weights=ds["weights"], periodic=periodic,
             sample_dim=sdim, time_features=features, seed=int(cfg.seed),
         )
-        metrics["source"] = {"forecast": str(path), "store": str(store.path)}
+        rms = forecast.attrs.get("simdiff_decoder_residual_rms_over_std")
+        metrics["source"] = {"forecast": str(path), "store": str(store.path),
+                             "decoder_residual_rms_over_std": json.loads(rms) if rms else None}
     if augmented.exists():
         synthetic = open_output(augmented)
         synthetic = synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)})

@@ -60,6 +60,16 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
             f"{html.escape(', '.join(metrics['lead_times']))}. Scores are cell-weighted means over "
             "valid cells; spread_skill carries the sqrt((M+1)/M) correction (1 = calibrated).</p>"
         )
+        source = metrics.get("source") or {}
+        if "decoder_residual_rms_over_std" in source:
+            rms = source["decoder_residual_rms_over_std"]
+            if rms:
+                listed = html.escape(", ".join(f"{k} {v:.3g}" for k, v in rms.items()))
+                parts.append("<p>Members are draws of p(x | z): the decoder's output plus the decoder "
+                             f"residual model (noise rms / std: {listed}).</p>")
+            else:
+                parts.append("<p>Members are the decoder's output (generate.decoder_noise=false): their "
+                             "spread leaves out the autoencoder's reconstruction error.</p>")
         rows = [[key, *(entry.get(s) for s in _SHORT)] for key, entry in metrics["variables"].items()]
         parts.append(_table(["variable", *_SHORT], rows))
     augment = metrics.get("augment")

@@ -224,6 +224,9 @@ def test_evaluate_report_has_the_metrics_schema(main_job):
     for png in report.glob("*.png"):
         assert png.name in html
     assert (report / "metrics.csv").read_text().startswith("variable")
+    rms = metrics["source"]["decoder_residual_rms_over_std"]  # how the members were drawn
+    assert set(rms) == set(metrics["variables"]) and all(v > 0 for v in rms.values())
+    assert "decoder residual model" in html
 
 
 def test_rerun_of_the_main_job_skips_every_finished_stage(main_job):
