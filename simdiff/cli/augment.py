@@ -31,11 +31,15 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.cli.autoencoder import AE_DIR
-from simdiff.cli.autoencoder import FINAL as AE_FINAL
-from simdiff.cli.diffusion import DM_DIR, LATENTS
-from simdiff.cli.diffusion import FINAL as DM_FINAL
-from simdiff.cli.generate import CONDITIONS, _same_config, load_models, member_ids
+from simdiff.cli.diffusion import open_latents
+from simdiff.cli.generate import (
+    CONDITIONS,
+    _same_config,
+    checkpoint_checksums,
+    load_models,
+    member_ids,
+    require_checkpoints,
+)
 from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
 from simdiff.data.loader import window_targets
@@ -109,19 +113,13 @@ def augment_stage(cfg: DictConfig) -> None:
     if aug.format not in ("zarr", "netcdf"):
         raise DataError(f"augment.format={aug.format!r}: use zarr or netcdf")
     store = TrainingStore(run_dir / "data" / "train.zarr")
-    latents_path = run_dir / LATENTS
-    if not (latents_path / "zarr.json").is_file():
-        raise DataError(f"{latents_path}: no latent store; run `simdiff encode run_dir={run_dir}` first")
-    for path, stage in ((run_dir / AE_DIR / AE_FINAL, "train-autoencoder"),
-                        (run_dir / DM_DIR / DM_FINAL, "train-diffusion")):
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run `simdiff {stage} run_dir={run_dir}` first")
+    latents = open_latents(run_dir)  # fail before launching ranks
+    require_checkpoints(run_dir)
     filt = instantiate(aug.filter)
     filt.check_variables(store.variables, str(store.path))
     fabric = Fabric(accelerator=aug.accelerator, devices=aug.devices, num_nodes=aug.num_nodes,
                     strategy=aug.strategy, precision="32-true")
     fabric.launch()
-    latents = LatentStore(latents_path)
     model, decoder, dm_cfg = load_models(
         run_dir, latents, fabric.device, int(aug.decoder_noise_samples) if aug.decoder_noise else 0
     )
@@ -130,8 +128,7 @@ def augment_stage(cfg: DictConfig) -> None:
     used = [n for n in CONDITIONS if latents.has(n) and dm_cfg["conditioning"].get(n)]
     pool = source_pool(latents, str(aug.split), previous) if (previous or used) else np.zeros(0, np.int64)
     real = store.indices(str(aug.split)) if aug.merge else np.zeros(0, np.int64)
-    checksums = {"autoencoder": sha256_path(run_dir / AE_DIR / AE_FINAL)[0],
-                 "diffusion": sha256_path(run_dir / DM_DIR / DM_FINAL)[0]}
+    checksums = checkpoint_checksums(run_dir)
     plain = OmegaConf.to_container(aug, resolve=True)
     for key in RUN_KEYS:
         plain.pop(key, None)

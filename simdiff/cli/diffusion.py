@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from simdiff.cli.stage_dir import claim
 from simdiff.data.atomic import write_json
 from simdiff.data.errors import DataError
+from simdiff.data.latents import LatentStore
 from simdiff.data.provenance import config_yaml
 from simdiff.data.store import TrainingStore
 
@@ -137,11 +138,12 @@ def build_model(dm_cfg: Any, signature: dict[str, Any], sizes: dict[str, int],
                                residual=bool(dm_cfg["residual"]), residual_scale=scale)
 
 
-def _open_latents(run_dir: Path) -> TrainingStore:
+def open_latents(run_dir: Path) -> LatentStore:
+    """``run_dir/latents.zarr``, or a DataError that says to run ``simdiff encode`` first."""
     path = run_dir / LATENTS
     if not (path / "zarr.json").is_file():
         raise DataError(f"{path}: no latent store here; run `simdiff encode run_dir={run_dir}` first")
-    return TrainingStore(path)
+    return LatentStore(path)
 
 
 def train_diffusion_stage(cfg: DictConfig) -> None:
@@ -153,7 +155,7 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     from simdiff.lit.epoch_log import EpochLog
 
     run_dir = Path(cfg.run_dir)
-    store = _open_latents(run_dir)
+    store = open_latents(run_dir)
     signature = latent_signature(store)
     config = stage_config(cfg, signature)
     out = run_dir / DM_DIR

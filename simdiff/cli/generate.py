@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
-from simdiff.cli.diffusion import DM_DIR, LATENTS, build_model, static_fields
+from simdiff.cli.diffusion import DM_DIR, build_model, open_latents, static_fields
 from simdiff.cli.diffusion import FINAL as DM_FINAL
 from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
@@ -82,6 +82,24 @@ def init_indices(gen: Any, latents: TrainingStore, window: int) -> list[int]:
     return [int(i) for i in chosen]
 
 
+def _checkpoints(run_dir: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (final checkpoint, the stage that writes it)."""
+    return {"autoencoder": (run_dir / AE_DIR / AE_FINAL, "train-autoencoder"),
+            "diffusion": (run_dir / DM_DIR / DM_FINAL, "train-diffusion")}
+
+
+def require_checkpoints(run_dir: Path) -> None:
+    """Fail with the stage to run when the autoencoder or the diffusion model is not trained."""
+    for path, stage in _checkpoints(run_dir).values():
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run `simdiff {stage} run_dir={run_dir}` first")
+
+
+def checkpoint_checksums(run_dir: Path) -> dict[str, str]:
+    """sha256 of the autoencoder's and the diffusion model's final checkpoints (provenance)."""
+    return {name: sha256_path(path)[0] for name, (path, _) in _checkpoints(run_dir).items()}
+
+
 def load_models(
     run_dir: Path, latents: LatentStore, device: torch.device, residual_samples: int = 0
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -94,12 +112,7 @@ def load_models(
     from simdiff.lit.autoencoder import load_ema_weights
     from simdiff.lit.diffusion import load_ema_model
 
-    for path, stage in (
-        (run_dir / AE_DIR / AE_FINAL, "train-autoencoder"),
-        (run_dir / DM_DIR / DM_FINAL, "train-diffusion"),
-    ):
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run `simdiff {stage} run_dir={run_dir}` first")
+    require_checkpoints(run_dir)
     ae_saved = yaml.safe_load((run_dir / AE_DIR / "config.yaml").read_text())
     ae = load_ema_weights(
         build_net(ae_saved["autoencoder"], ae_saved["data_signature"]),
@@ -225,10 +238,7 @@ def generate_stage(cfg: DictConfig) -> None:
     )
     fabric.launch()
     store = TrainingStore(run_dir / "data" / "train.zarr")
-    latents_path = run_dir / LATENTS
-    if not (latents_path / "zarr.json").is_file():
-        raise DataError(f"{latents_path}: no latent store; run `simdiff encode run_dir={run_dir}` first")
-    latents = LatentStore(latents_path)
+    latents = open_latents(run_dir)
     model, decoder, dm_cfg = load_models(
         run_dir, latents, fabric.device, int(gen.decoder_noise_samples) if gen.decoder_noise else 0
     )
@@ -240,10 +250,7 @@ def generate_stage(cfg: DictConfig) -> None:
             "cannot draw samples without an initial state; use generate.mode=forecast, or train "
             "an unconditional model (diffusion.conditioning.previous=0)"
         )
-    checksums = {
-        "autoencoder": sha256_path(run_dir / AE_DIR / AE_FINAL)[0],
-        "diffusion": sha256_path(run_dir / DM_DIR / DM_FINAL)[0],
-    }
+    checksums = checkpoint_checksums(run_dir)
     plain = OmegaConf.to_container(gen, resolve=True)
     for key in ("accelerator", "devices", "num_nodes", "strategy", "batch_size", "out"):
         plain.pop(key, None)  # how it runs, not what it makes

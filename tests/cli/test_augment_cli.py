@@ -8,16 +8,12 @@ augment with other options.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from clirun import kill_midway, simdiff
 
 from simdiff.cli.augment import source_pool
 from simdiff.data.latents import LatentStore
@@ -25,11 +21,6 @@ from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
 from simdiff.generate.augment import open_rows
 from simdiff.generate.output import is_complete, partial_path
-
-
-def simdiff(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simdiff.cli.main", *args], capture_output=True, text=True,
-                          timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -142,21 +133,9 @@ def test_a_filter_nothing_passes_stops_with_a_clear_error_and_no_output(augmente
 def test_killed_augment_resumes_only_the_missing_samples(augmented, tmp_path):
     run_dir, common, _ = augmented
     target = tmp_path / "big.zarr"
-    args = [sys.executable, "-m", "simdiff.cli.main", "augment", *common, "augment.samples=10",
-            "augment.batch_size=1", f"augment.out={target}"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill once some, not all, samples are written
-        if partial_path(target).exists():
-            try:
-                left = len(open_rows(target))
-            except Exception:  # the skeleton is being created
-                left = 10
-            if 0 < left <= 7:
-                break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # kill once some, not all, of the 10 samples are written
+    args = ["augment", *common, "augment.samples=10", "augment.batch_size=1", f"augment.out={target}"]
+    kill_midway(args, target, lambda t: len(open_rows(t)), total=10, kill_at=7)
     assert not target.exists() and not is_complete(target)
     done_before = 10 - len(open_rows(target))
     assert done_before > 0

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from functools import partial
 
+import clirun
 import numpy as np
 import pytest
 
 from simdiff.data.latents import LatentStore
 
-
-def simdiff(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simdiff.cli.main", *args], capture_output=True, text=True,
-                          timeout=600)
+simdiff = partial(clirun.simdiff, timeout=600)
 
 
 @pytest.mark.slow

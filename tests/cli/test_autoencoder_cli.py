@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
+import clirun
 import numpy as np
 import pytest
 import torch
@@ -16,10 +16,7 @@ import yaml
 from simdiff.data.latents import LatentStore
 from simdiff.data.store import TrainingStore
 
-
-def simdiff(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simdiff.cli.main", *args], capture_output=True, text=True,
-                          timeout=600)
+simdiff = partial(clirun.simdiff, timeout=600)
 
 
 @pytest.fixture(scope="module")

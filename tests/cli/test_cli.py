@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from functools import partial
 
+import clirun
 import pytest
 
 from simdiff.data.store import TrainingStore
 
-
-def simdiff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the console script's entry point in a fresh interpreter."""
-    return subprocess.run(
-        [sys.executable, "-m", "simdiff.cli.main", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=600,
-    )
+simdiff = partial(clirun.simdiff, timeout=600)
 
 
 def test_help_lists_every_sub_command():

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +15,9 @@ import pytest
 import torch
 import xarray as xr
 import yaml
+from clirun import kill_midway, simdiff
 
 from simdiff.generate.output import is_complete, missing, partial_path
-
-
-def simdiff(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simdiff.cli.main", *args], capture_output=True, text=True,
-                          timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -146,21 +138,9 @@ def test_same_generate_config_is_skipped(main_job):
 def test_killed_generate_resumes_only_the_missing_members(main_job, tmp_path):
     _, common, _ = main_job
     target = tmp_path / "big.zarr"
-    args = [sys.executable, "-m", "simdiff.cli.main", "generate", *common, "generate.members=8",
-            "generate.batch_size=1", f"generate.out={target}"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill once some, not all, blocks are written
-        if partial_path(target).exists():
-            try:
-                left = len(missing(target))
-            except Exception:  # the skeleton is being created
-                left = 16
-            if 0 < left <= 12:
-                break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # kill once some, not all, of the 16 blocks are written
+    args = ["generate", *common, "generate.members=8", "generate.batch_size=1", f"generate.out={target}"]
+    kill_midway(args, target, lambda t: len(missing(t)), total=16, kill_at=12)
     assert not is_complete(target)
     done_before = 16 - len(missing(target))
     assert done_before > 0

@@ -1,0 +1,39 @@
+"""Running the ``simdiff`` console entry point from CLI tests: to completion, or killed midway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from simdiff.generate.output import partial_path
+
+ENTRY = [sys.executable, "-m", "simdiff.cli.main"]
+
+
+def simdiff(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run ``simdiff ARGS`` in a fresh interpreter and capture its output."""
+    return subprocess.run([*ENTRY, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def kill_midway(args: list[str], target: Path, left: Callable[[Path], int], total: int, kill_at: int) -> None:
+    """Start ``simdiff ARGS`` writing ``target`` and SIGKILL it once ``0 < left(target) <= kill_at``
+    units (blocks, samples) of ``total`` are still to write (or after 300 s)."""
+    proc = subprocess.Popen([*ENTRY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if partial_path(target).exists():
+            try:
+                n = left(target)
+            except Exception:  # the skeleton is being created
+                n = total
+            if 0 < n <= kill_at:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
