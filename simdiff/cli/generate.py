@@ -180,18 +180,19 @@ def fit_decoder_residual(decoder: Any, latents: LatentStore, store: TrainingStor
 
 
 def residual_summary(model: ResidualModel, store: TrainingStore) -> dict[str, float]:
-    """``VAR[@LEVEL]`` -> the modelled residual rms in units of the variable's std."""
+    """``VAR[@LEVEL]`` (the report's keys) -> the modelled residual rms in units of the variable's std."""
+    from simdiff.evaluate.plots import format_level
+
     rms = model.rms()
-    names = store.variables
     depth = store.layout.depth_dim
-    levels = store.dataset()[depth].values if depth and rms.ndim > 1 else None
+    levels = store.array(depth) if depth and rms.ndim > 1 else None
     out: dict[str, float] = {}
-    for c, name in enumerate(names):
+    for c, name in enumerate(store.variables):
         if levels is None:
             out[name] = round(float(np.mean(rms[c])), 4)
         else:
             for j, lev in enumerate(levels):
-                out[f"{name}@{lev}"] = round(float(rms[c][j]), 4)
+                out[f"{name}@{format_level(lev)}"] = round(float(rms[c][j]), 4)
     return out
 
 
