@@ -26,29 +26,14 @@ from simdiff.cli.augment import output_path as augment_output_path
 from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.generate import output_path
-from simdiff.data.errors import DataError
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
+from simdiff.data.transforms import domain_of, from_spec
+from simdiff.generate.output import open_output
 
 log = logging.getLogger("simdiff")
 
 REPORT = "report"
-
-
-def open_output(path: Path) -> xr.Dataset:
-    """A published generate output (zarr or netCDF); refuses a missing or partial one."""
-    from simdiff.generate.output import is_complete, partial_path
-
-    if not is_complete(path):
-        hint = (
-            " (a partial one is beside it: re-run generate to finish it)"
-            if partial_path(path).exists()
-            else ""
-        )
-        raise DataError(f"{path}: no complete generate output here{hint}; run `simdiff generate` first")
-    if path.suffix == ".zarr":
-        return xr.open_zarr(path, decode_timedelta=False)
-    return xr.open_dataset(path, decode_timedelta=False, chunks={})
 
 
 def ae_ceiling(run_dir: Path, store: TrainingStore, indices: np.ndarray) -> xr.Dataset | None:
@@ -97,14 +82,23 @@ def evaluate_stage(cfg: DictConfig) -> None:
         leads = forecast.sizes["lead_time"]
         valid = (np.asarray(forecast["init_index"].values)[:, None] + np.arange(1, leads + 1)).ravel()
         valid = np.unique(valid[valid < store.n_samples])
-        ceiling = ae_ceiling(run_dir, store, valid)
+        ev = cfg.evaluate
+        ceiling = ae_ceiling(run_dir, store, valid) if ev.baselines.ae_ceiling else None
         features = ds["time_features"].isel({sdim: train_idx}) if "time_features" in ds else None
         log.info("evaluate: %s, %d members x %d inits x %d leads", path, forecast.sizes["realization"],
                  forecast.sizes["init_time"], leads)
         metrics = evaluate_forecast(
-            forecast, truth, train=train, ae_ceiling=ceiling, weights=ds["weights"], periodic=periodic,
-            sample_dim=sdim, time_features=features, seed=int(cfg.seed),
+            forecast, truth, train=train if ev.baselines.climatology else None, ae_ceiling=ceiling,
+            weights=ds["weights"], periodic=periodic, sample_dim=sdim, time_features=features,
+            seed=int(cfg.seed), persistence_baseline=bool(ev.baselines.persistence),
+            window_days=float(ev.climatology_window_days), spectra=bool(ev.spectra),
+            domains={n: domain_of(from_spec(spec)) for n, spec in store.attrs.get("transforms", {}).items()},
         )
+        clim = metrics["baselines"]["climatology"]
+        if clim is not None and (clim["weak"] or clim["pools"]["any"] or clim["pools"]["season"]):
+            log.warning("evaluate: the climatology baseline is weak on this record (%d training states, "
+                        "pools %s, smallest %d for %d members); read crps_climatology with care",
+                        clim["training_states"], clim["pools"], clim["smallest_pool"], clim["members"])
         rms = forecast.attrs.get("simdiff_decoder_residual_rms_over_std")
         metrics["source"] = {"forecast": str(path), "store": str(store.path),
                              "decoder_residual_rms_over_std": json.loads(rms) if rms else None}

@@ -63,23 +63,35 @@ def member_ids(value: Any) -> list[int]:
 def init_indices(gen: Any, latents: TrainingStore, window: int) -> list[int]:
     """The forecast inits: ``init_indices`` if given, else every ``init_every``-th valid init of ``split``.
 
-    A valid init ``t`` has its ``window - 1`` conditioning states ``t - window + 2 .. t`` in one
-    block and the split.
+    A valid init ``t`` has its ``window - 1`` conditioning states ``t - window + 2 .. t`` and its
+    ``lead_steps`` verifying states ``t + 1 .. t + lead_steps`` in one block and the split, so
+    every lead has its conditions (time features) and a truth to be scored against.
     """
+    leads = int(gen.lead_steps)
     if gen.get("init_indices"):
         return [int(i) for i in gen.init_indices]
     if gen.split not in SPLITS:
         raise DataError(f"generate.split={gen.split!r} is not one of {sorted(SPLITS)}")
-    valid = window_targets(
-        latents.array("split"), latents.array("block"), SPLITS[gen.split], max(window - 1, 1)
-    )
+    span = max(window - 1, 1) + leads
+    valid = window_targets(latents.array("split"), latents.array("block"), SPLITS[gen.split], span) - leads
     chosen = valid[:: max(int(gen.init_every), 1)][: int(gen.max_inits)]
     if not len(chosen):
+        longest = _longest_run(latents.array("split"), latents.array("block"), SPLITS[gen.split])
         raise DataError(
-            f"{latents.path}: the {gen.split!r} split has no init with {window - 1} previous "
-            f"states in one block; choose another generate.split or pass generate.init_indices"
+            f"{latents.path}: the {gen.split!r} split has no init with {max(window - 1, 1)} state(s) "
+            f"and generate.lead_steps={leads} later states in one contiguous block (its longest run "
+            f"is {longest} samples); set generate.lead_steps <= {max(longest - max(window - 1, 1), 0)}, "
+            f"choose another generate.split, or pass generate.init_indices"
         )
     return [int(i) for i in chosen]
+
+
+def _longest_run(split: np.ndarray, block: np.ndarray, code: int) -> int:
+    """The longest run of consecutive samples of one block in split ``code``."""
+    split, block = np.asarray(split), np.asarray(block)
+    run = np.concatenate([[0], np.cumsum((np.diff(block) != 0) | (np.diff(split) != 0))])
+    lengths = np.bincount(run[split == code])
+    return int(lengths.max()) if lengths.size else 0
 
 
 def _checkpoints(run_dir: Path) -> dict[str, tuple[Path, str]]:

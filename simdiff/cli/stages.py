@@ -20,6 +20,7 @@ from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
 from simdiff.cli.generate import generate_stage
+from simdiff.data.errors import DataError
 
 log = logging.getLogger("simdiff")
 
@@ -78,12 +79,16 @@ def run_all(cfg: DictConfig) -> None:
     by_name = {s.name: s for s in STAGES}
     pending = []
     times: list[tuple[str, float]] = []
-    for k, name in enumerate(MAIN_JOB, 1):
+    chain = [str(n) for n in cfg.main_job.stages]
+    unknown = [n for n in chain if n not in by_name]
+    if unknown:
+        raise DataError(f"main_job.stages={chain}: {unknown} are not stages; use some of {list(MAIN_JOB)}")
+    for k, name in enumerate(chain, 1):
         stage = by_name[name]
         if stage.task is None:
             pending.append(stage)
             continue
-        log.info("== stage %d/%d: %s ==", k, len(MAIN_JOB), name)
+        log.info("== stage %d/%d: %s ==", k, len(chain), name)
         t0 = time.perf_counter()
         stage.task(cfg)
         times.append((name, time.perf_counter() - t0))
@@ -95,6 +100,8 @@ def run_all(cfg: DictConfig) -> None:
             log.info(line)
         log.info("report: %s", summary.parent / "index.html")
     log.info("run_dir: %s", cfg.run_dir)
+    if cfg.main_job.get("why"):
+        log.warning("the main job ends after %s: %s", chain[-1], cfg.main_job.why)
     if pending:
         log.warning("stages not built yet, skipped: %s", ", ".join(f"{s.name} ({s.issue})" for s in pending))
 

@@ -42,9 +42,26 @@ def _spec(obj: object) -> dict[str, Any]:
     return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **asdict(obj)}  # type: ignore[call-overload]
 
 
+@runtime_checkable
+class Domain(Protocol):
+    """A transform whose inverse maps onto part of the real line (optional).
+
+    ``domain()`` is ``(lo, hi)`` with None for an open side: every value the inverse returns
+    lies in it, whatever the model produced, so generated fields keep the variable's physical
+    domain by construction (precipitation and densities are never negative).
+    """
+
+    def domain(self) -> tuple[float | None, float | None]: ...
+
+
+def domain_of(transform: object) -> tuple[float | None, float | None]:
+    """``(lo, hi)`` of a transform's inverse; ``(None, None)`` (unbounded) for one without a domain."""
+    return transform.domain() if isinstance(transform, Domain) else (None, None)
+
+
 @dataclass(frozen=True)
 class Identity:
-    """x -> x."""
+    """x -> x: an unbounded variable (temperature, geopotential, wind components)."""
 
     def forward(self, x: A) -> A:
         return x
@@ -64,23 +81,77 @@ class Log1p:
     non-zero value (e.g. 1e-4 kg m-2 s-1 for precipitation flux, 1e-3 e/bohr^3 for
     densities). Negative inputs are invalid; ``prepare`` reports them instead of
     clipping them silently.
+
+    The inverse is censored onto the variable's domain ``[0, inf)``: model values below
+    ``log1p(zero_below / scale)`` come back as exactly 0, the rest as ``scale * expm1(y)``.
+    So generated fields are non-negative by construction, and a dry cell is exactly 0 as in
+    the data: with ``zero_below`` at half the data's resolution (the smallest non-zero value a
+    gauge or radar reports), a real field's round trip through float32 normalisation is exact
+    at its zeros and its wet values alike, and a generated value is dry where the model puts
+    it nearer to dry than to the smallest measurable amount (a censored latent variable, the
+    classic model of intermittent rain: e.g. Bardossy & Plate 1992, Water Resour. Res. 28, 1247).
     """
 
     scale: float = 1.0
+    zero_below: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
             raise ValueError(f"Log1p.scale must be > 0, got {self.scale}")
+        if not self.zero_below >= 0:
+            raise ValueError(f"Log1p.zero_below must be >= 0 (a physical amount), got {self.zero_below}")
 
     def forward(self, x: A) -> A:
         return np.log1p(x / self.scale)  # type: ignore[operator,return-value]
 
     def inverse(self, y: A) -> A:
-        return np.expm1(y) * self.scale  # type: ignore[operator,return-value]
+        x = np.maximum(np.expm1(y), 0) * self.scale  # type: ignore[operator]
+        return x if self.zero_below == 0 else x * (x >= self.zero_below)  # type: ignore[operator,return-value]
 
     def invalid(self, x: A) -> A:
         """True where ``x`` is outside the domain (``x < 0``); ``prepare`` reports these."""
         return x < 0  # type: ignore[operator,return-value]
+
+    def domain(self) -> tuple[float | None, float | None]:
+        return (0.0, None)
+
+    def spec(self) -> dict[str, Any]:
+        return _spec(self)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """x -> x on ``[min, max]``: a bounded (or one-sided) variable without a change of scale.
+
+    The inverse is censored onto ``[min, max]`` (None: open), so generated values stay in the
+    variable's physical domain (a fraction in [0, 1], a non-negative speed) by construction;
+    values outside it in the data are invalid, and ``prepare`` reports them.
+    """
+
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"Clip needs min < max, got min={self.min}, max={self.max}")
+
+    def forward(self, x: A) -> A:
+        return x
+
+    def inverse(self, y: A) -> A:
+        if self.min is not None:
+            y = np.maximum(y, self.min)  # type: ignore[call-overload]
+        if self.max is not None:
+            y = np.minimum(y, self.max)  # type: ignore[call-overload]
+        return y
+
+    def invalid(self, x: A) -> A:
+        """True where ``x`` lies outside ``[min, max]``."""
+        lo = x < (self.min if self.min is not None else -np.inf)  # type: ignore[operator]
+        return lo | (x > self.max) if self.max is not None else lo  # type: ignore[operator,return-value]
+
+    def domain(self) -> tuple[float | None, float | None]:
+        return (self.min, self.max)
 
     def spec(self) -> dict[str, Any]:
         return _spec(self)

@@ -13,15 +13,14 @@ accumulate round-off); datetimes match exactly.
 
 Climatology (the "no skill beyond the season" reference, e.g. Leutbecher & Palmer 2008,
 J. Comput. Phys. 227, 3515, sect. 5): for each valid time, ``members`` training states of
-the same season and time of day. With datetime sample coords (or the store's sin/cos
-``time_features``) the pool is the training states at the same hour of day (within half an
-hour) whose day of year is within ``window_days`` of the valid time's (circular distance);
-when that pool holds fewer than ``members`` states it grows to the ``members`` nearest such
-states in day of year. Without a season (QG: float time, a statistically stationary flow) the
-pool is every training state. A state at exactly the valid time is never in the pool (it
-would be the answer). ``members`` states are drawn from the pool without replacement by a
-random stream keyed by ``(seed, valid time)``, so a valid time gets the same members whatever
-else is evaluated with it.
+the same season and time of day, falling back on short records (:data:`POOLS`): same hour of
+day and day of year within ``window_days`` (widened to the nearest days of that hour), then
+the day-of-year window at any hour, then any training state. Without a season (QG: float
+time, a statistically stationary flow) the pool is every training state. A state at exactly
+the valid time is never in the pool (it would be the answer). ``members`` states are drawn
+from the pool without replacement (with replacement when the pool is smaller) by a random
+stream keyed by ``(seed, valid time)``, so a valid time gets the same members whatever else
+is evaluated with it. The ensemble's ``simdiff_climatology`` attribute records the pools used.
 """
 
 from __future__ import annotations
@@ -89,7 +88,11 @@ def _states(
 
 
 def truth_at(
-    truth: xr.Dataset, init_time: xr.DataArray, lead_time: xr.DataArray, sample_dim: str = "time"
+    truth: xr.Dataset,
+    init_time: xr.DataArray,
+    lead_time: xr.DataArray,
+    sample_dim: str = "time",
+    valid_time: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """The verifying states: ``truth`` at ``init_time + lead_time``.
 
@@ -98,13 +101,22 @@ def truth_at(
         init_time: ``(init_time)`` values of ``truth[sample_dim]``.
         lead_time: ``(lead_time)`` timedelta64 (datetime stores) or numbers in the sample coord's units.
         sample_dim: the truth's sample dim (``store.layout.sample_dim``).
+        valid_time: ``(init_time, lead_time)`` valid times to look up instead of
+            ``init_time + lead_time`` (a forecast's own ``valid_time`` coordinate: on a monthly or
+            calendar-irregular record the k-th next sample is not ``init + k * step``).
 
     Returns:
         ``(init_time, lead_time, [level], y, x)`` with coords ``valid_time`` and ``verified``
         (bool: the valid time is a sample of ``truth``); NaN for the pairs that are not (see the
         module docstring).
     """
-    valid = valid_times(init_time, lead_time)
+    if valid_time is not None:  # no arithmetic: cftime values do not add numpy timedeltas
+        valid = xr.DataArray(np.asarray(valid_time.transpose(INIT_DIM, LEAD_DIM).values),
+                             dims=(INIT_DIM, LEAD_DIM), coords={INIT_DIM: init_time.values,
+                                                                LEAD_DIM: lead_time.values},
+                             name="valid_time")
+    else:
+        valid = valid_times(init_time, lead_time)
     pos = _positions(np.asarray(truth[sample_dim].values), np.asarray(valid.values), "truth_at")
     positions = xr.DataArray(pos, dims=valid.dims, coords=valid.coords)
     out = _states(truth, positions, sample_dim, positions >= 0)
@@ -165,6 +177,36 @@ def _seed_key(value: object) -> int:
     return int(np.float64(value).view(np.int64)) & (2**63 - 1)
 
 
+#: The climatology's pools, in the order it falls back through them (recorded per valid time).
+POOLS = ("hour_and_season", "season", "any")
+
+
+def _pool(
+    n: int, exclude: int, members: int, phase: tuple[np.ndarray, np.ndarray] | None,
+    hour: float | None, year: float | None, window_days: float,
+) -> tuple[np.ndarray, str]:
+    """The states a valid time draws from and the name of the pool (see :data:`POOLS`)."""
+    every = np.ones(n, dtype=bool)
+    if exclude >= 0:
+        every[exclude] = False
+    if phase is None or hour is None or year is None:
+        return every, "any"
+    days = _circular(phase[1], year, 1.0) * _DAYS_PER_YEAR
+    same_hour = every & (_circular(phase[0], hour, 24.0) < 0.5)
+    if same_hour.sum() >= members:
+        in_window = same_hour & (days <= window_days)
+        if in_window.sum() >= members:
+            return in_window, "hour_and_season"
+        nearest = np.argsort(np.where(same_hour, days, np.inf), kind="stable")[:members]
+        pool = np.zeros(n, dtype=bool)
+        pool[nearest] = True  # the window widened to the `members` nearest days of this hour
+        return pool, "hour_and_season"
+    in_window = every & (days <= window_days)
+    if in_window.sum() >= members:
+        return in_window, "season"
+    return every, "any"
+
+
 def climatology_ensemble(
     train_truth: xr.Dataset,
     valid_times: xr.DataArray,
@@ -176,6 +218,17 @@ def climatology_ensemble(
     window_days: float = WINDOW_DAYS,
 ) -> xr.Dataset:
     """Training states of the valid time's season and hour, as an ensemble.
+
+    The pool of each valid time falls back in the order of :data:`POOLS`: training states at the
+    same hour of day (within half an hour) and within ``window_days`` of its day of year (widened
+    to the ``members`` nearest days of that hour when the window holds fewer); when the record has
+    fewer than ``members`` states at that hour (a day of radar, say), every state within the
+    day-of-year window whatever its hour; then any training state. A record without a season
+    (numeric time) uses any training state. When a pool holds fewer than ``members`` states, the
+    members are drawn with replacement. What was used is in the result's ``simdiff_climatology``
+    attribute: the valid times per pool, the draws with replacement, the smallest pool, and
+    ``weak`` (some pool held fewer than twice the members, so the baseline is close to a fixed
+    set of states and its CRPS is a poor yardstick).
 
     Args:
         train_truth: physical training states ``(sample_dim, [level], y, x)``.
@@ -191,13 +244,13 @@ def climatology_ensemble(
         ``(realization, init_time, lead_time, [level], y, x)``, realization ``0..members-1``.
 
     Raises:
-        DataError: fewer training states than ``members``, or no state at the valid time's hour.
+        DataError: ``members < 1`` or no training state at all.
     """
     times = np.asarray(train_truth[sample_dim].values)
-    if members < 1 or times.size - 1 < members:
+    if members < 1 or times.size < 1:
         raise DataError(
             f"climatology_ensemble: {members} members asked from {times.size} training states; "
-            f"ask for at most {times.size - 1} members (one state may sit at the valid time)"
+            "it needs at least one member and one training state"
         )
     vt = np.asarray(valid_times.values)
     train_phase = _phases(times, time_features, sample_dim)
@@ -210,32 +263,29 @@ def climatology_ensemble(
     flat = vt.ravel()
     same_time = _positions(times, flat, "climatology_ensemble")
     picks = np.empty((members, flat.size), dtype=np.int64)
+    used = dict.fromkeys(POOLS, 0)
+    replaced, smallest = 0, times.size
     for i, value in enumerate(flat):
-        pool = np.ones(times.size, dtype=bool)
-        if same_time[i] >= 0:
-            pool[same_time[i]] = False
-        if train_phase is not None and valid_phase is not None:
-            hour_ok = _circular(train_phase[0], valid_phase[0][i], 24.0) < 0.5
-            days = _circular(train_phase[1], valid_phase[1][i], 1.0) * _DAYS_PER_YEAR
-            pool &= hour_ok
-            if pool.sum() < members:
-                raise DataError(
-                    f"climatology_ensemble: only {int(pool.sum())} training states at hour "
-                    f"{valid_phase[0][i]:.2f} of the valid time {value}; ask for fewer members"
-                )
-            in_window = pool & (days <= window_days)
-            if in_window.sum() >= members:
-                pool = in_window
-            else:  # widen the window to the `members` nearest states of this hour
-                nearest = np.argsort(np.where(pool, days, np.inf), kind="stable")[:members]
-                pool = np.zeros_like(pool)
-                pool[nearest] = True
+        hour, year = (valid_phase[0][i], valid_phase[1][i]) if valid_phase is not None else (None, None)
+        pool, name = _pool(times.size, int(same_time[i]), members, train_phase, hour, year, window_days)
+        states = np.flatnonzero(pool)
+        if not states.size:  # the only training state is the valid time itself
+            states = np.arange(times.size)
+        used[name] += 1
+        smallest = min(smallest, int(states.size))
+        replace = states.size < members
+        replaced += int(replace)
         rng = np.random.default_rng([seed, _seed_key(value)])
-        picks[:, i] = rng.choice(np.flatnonzero(pool), size=members, replace=False)
+        picks[:, i] = rng.choice(states, size=members, replace=replace)
     positions = xr.DataArray(
         picks.reshape(members, *vt.shape),
         dims=(MEMBER_DIM, *valid_times.dims),
         coords={MEMBER_DIM: np.arange(members), **{d: valid_times[d] for d in valid_times.dims}},
     )
     out = _states(train_truth, positions, sample_dim, None)
+    out.attrs = {"simdiff_climatology": {
+        "pools": used, "with_replacement": replaced, "smallest_pool": smallest,
+        "training_states": int(times.size), "members": int(members),
+        "weak": bool(smallest < 2 * members),
+    }}
     return out.assign_coords(valid_time=(valid_times.dims, vt))

@@ -72,6 +72,8 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
                              "spread leaves out the autoencoder's reconstruction error.</p>")
         rows = [[key, *(entry.get(s) for s in _SHORT)] for key, entry in metrics["variables"].items()]
         parts.append(_table(["variable", *_SHORT], rows))
+        parts.extend(_baselines_html(metrics.get("baselines") or {}))
+        parts.extend(_domain_html(metrics.get("domain") or {}))
     augment = metrics.get("augment")
     if augment:
         parts.append(f"<h2>Augmentation ({augment['samples']} synthetic samples)</h2>")
@@ -87,6 +89,46 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
         parts.append(f"<h3>{html.escape(png.removesuffix('.png'))}</h3><img src='{name}' alt='{name}'>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _baselines_html(info: dict[str, Any]) -> list[str]:
+    """Which baselines ran, and a warning when the climatology had few states to draw from."""
+    off = [name for name in ("persistence", "ae_ceiling") if info.get(name) is False]
+    clim = info.get("climatology")
+    out = []
+    if clim is None and "climatology" in info:
+        off.append("climatology")
+    if off:
+        out.append(f"<p>Baselines switched off (evaluate.baselines): {html.escape(', '.join(off))}.</p>")
+    if clim:
+        pools = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in clim["pools"].items() if v)
+        text = (f"Climatology: {clim['members']} of {clim['training_states']} training states per valid "
+                f"time, drawn from {pools} (valid times per pool).")
+        if clim["weak"] or clim["pools"].get("any") or clim["pools"].get("season"):
+            text += (f" <b>Weak baseline</b>: the smallest pool held {clim['smallest_pool']} states"
+                     f"{', some drawn with replacement' if clim['with_replacement'] else ''}, or the record "
+                     "lacks the valid times' hour or season; read crps_climatology with care.")
+        out.append(f"<p>{text}</p>")
+    return out
+
+
+def _values(v: Sequence[float | None] | None) -> str:
+    return "–" if not v else " / ".join("–" if x is None else f"{x:.3g}" for x in v)
+
+
+def _domain_html(domain: dict[str, Any]) -> list[str]:
+    """The physical-domain checks: below-domain fraction, dry fraction, wet quantiles."""
+    if not domain:
+        return []
+    rows = []
+    for name, d in domain.items():
+        dry = d.get("dry_fraction") or {}
+        wq = d.get("wet_quantiles") or {}
+        qs = "/".join(f"{q:g}" for q in wq.get("q", []))
+        rows.append([name, d.get("below_fraction"), dry.get("members"), dry.get("truth"),
+                     f"{_values(wq.get('members'))} (q {qs})", _values(wq.get("truth"))])
+    head = ["variable", "below domain", "dry members", "dry truth", "wet quantiles members", "truth"]
+    return ["<h2>Physical domain</h2>", _table(head, rows)]
 
 
 CSV_COLUMNS = ("variable", "lead_time", *SCORES, "rank_histogram")

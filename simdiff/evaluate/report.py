@@ -2,10 +2,15 @@
 
 ``evaluate_forecast`` returns (and ``write_report`` writes as ``metrics.json``)::
 
-    {"members": M, "cases": n_init, "lead_times": [LEAD, ...], "variables": {KEY: {
+    {"members": M, "cases": n_init, "lead_times": [LEAD, ...],
+     "baselines": {"climatology": null | {"pools": {POOL: n}, "with_replacement", "smallest_pool",
+                                          "training_states", "members", "weak"},
+                   "persistence": bool, "ae_ceiling": bool},
+     "variables": {KEY: {
         "crps", "crps_fair", "rmse", "spread", "spread_skill", "crps_climatology",
         "crps_persistence", "crps_ae_ceiling", "rank_histogram": [M + 1 floats],
         "spectrum_ratio", "by_lead": {LEAD: {the same keys}}}},
+     "domain": {VAR: (for variables with a bounded domain) simdiff.evaluate.domain.domain_checks},
      "spectra": {KEY: {"wavenumber", "truth", "members", ["ae_ceiling"], "method"}},
      "spectrum_method": "..."}
 
@@ -65,14 +70,15 @@ from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.evaluate.baselines import (
     INIT_DIM,
     LEAD_DIM,
+    WINDOW_DAYS,
     climatology_ensemble,
     persistence,
     truth_at,
-    valid_times,
 )
 from simdiff.evaluate.calibration import spread_skill
 from simdiff.evaluate.crps import crps
 from simdiff.evaluate.distribution import quantiles, wasserstein1
+from simdiff.evaluate.domain import domain_checks
 from simdiff.evaluate.html import SCORES, index_html, write_csv
 from simdiff.evaluate.memorisation import memorisation
 from simdiff.evaluate.plots import (
@@ -275,6 +281,9 @@ def evaluate_forecast(
     sample_dim: str = "time",
     time_features: xr.DataArray | None = None,
     seed: int = 0,
+    persistence_baseline: bool = True,
+    window_days: float = WINDOW_DAYS,
+    domains: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> dict[str, Any]:
     """Score an ensemble forecast against the truth and the baselines (schema: module docstring).
 
@@ -295,6 +304,11 @@ def evaluate_forecast(
         time_features: the training states' ``(sample_dim, time_feature)`` features for the
             climatology's season (default: from the datetime coord).
         seed: the climatology's seed.
+        persistence_baseline: score persistence (False leaves ``crps_persistence`` null).
+        window_days: the climatology's day-of-year half-width
+            (:func:`~simdiff.evaluate.baselines.climatology_ensemble`).
+        domains: variable -> ``(lo, hi)`` physical domain (None: open side); each variable with
+            a bound gets a ``domain`` entry (:func:`simdiff.evaluate.domain.domain_checks`).
 
     Returns:
         The metrics dict; lazy inputs are computed in one ``dask.compute``.
@@ -305,23 +319,34 @@ def evaluate_forecast(
     """
     names = _check(forecast, truth, member_dim, sample_dim)
     init, lead = forecast[INIT_DIM], forecast[LEAD_DIM]
-    obs_all = truth_at(truth[names], init, lead, sample_dim)
+    vt = forecast["valid_time"] if "valid_time" in forecast.coords else None
+    obs_all = truth_at(truth[names], init, lead, sample_dim, valid_time=vt)
     if not bool(obs_all["verified"].any()):
+        wanted = np.asarray(obs_all["valid_time"].values).ravel()
+        have = np.asarray(truth[sample_dim].values)
         raise DataError(
-            f"evaluate: no valid time (init_time + lead_time) of the forecast is a sample of the truth "
-            f"(truth {sample_dim} from {truth[sample_dim].values[0]} to {truth[sample_dim].values[-1]}); "
-            "evaluate against the store the forecast was initialised from"
+            f"evaluate: none of the forecast's {wanted.size} valid times "
+            f"({'valid_time coord' if vt is not None else 'init_time + lead_time'}: {wanted[0]} .. "
+            f"{wanted[-1]}, dtype {wanted.dtype}) is a sample of the truth's {sample_dim} ({have.size} "
+            f"samples, {have[0]} .. {have[-1]}, dtype {have.dtype}); evaluate the forecast against "
+            "the store it was initialised from, with its lead_time decoded in that store's units"
         )
-    pers = persistence(truth[names], init, lead, sample_dim)
+    pers = persistence(truth[names], init, lead, sample_dim) if persistence_baseline else None
     members = forecast.sizes[member_dim]
     clim = None
     if train is not None:
-        clim = climatology_ensemble(train[names], valid_times(init, lead), members,
-                                    time_features=time_features, seed=seed, sample_dim=sample_dim)
-    ae = truth_at(ae_ceiling[names], init, lead, sample_dim) if ae_ceiling is not None else None
+        clim = climatology_ensemble(train[names], obs_all["valid_time"], members, time_features=time_features,
+                                    seed=seed, sample_dim=sample_dim, window_days=window_days)
+    baselines_info: dict[str, Any] = {
+        "climatology": dict(clim.attrs["simdiff_climatology"]) if clim is not None else None,
+        "persistence": persistence_baseline,
+        "ae_ceiling": ae_ceiling is not None,
+    }
+    ae = None if ae_ceiling is None else truth_at(ae_ceiling[names], init, lead, sample_dim, valid_time=vt)
 
     lazy: dict[str, dict[str, xr.Dataset]] = {}
     levels: dict[str, tuple[str, ...]] = {}
+    domain: dict[str, Any] = {}
     for name in names:
         obs = obs_all[name].drop_vars(["valid_time", "verified"])
         spatial = obs.dims[2:]
@@ -331,13 +356,16 @@ def evaluate_forecast(
         fc = xr.align(obs, fc, join="override", exclude=[member_dim])[1]
         w = _cell_weights(obs.isel({INIT_DIM: 0, LEAD_DIM: 0}, drop=True), weights)
         base = {"climatology": None if clim is None else clim[name].drop_vars("valid_time"),
-                "persistence": pers[name],
+                "persistence": None if pers is None else pers[name],
                 "ae_ceiling": None if ae is None else ae[name].drop_vars(["valid_time", "verified"])}
         for k, v in base.items():
             if v is not None:
                 base[k] = xr.align(obs, v, join="override", exclude=[member_dim])[1]
         lazy[name] = _variable(fc, obs, w, base, member_dim, level, periodic, spectra)
         levels[name] = level
+        lo, hi = (domains or {}).get(name, (None, None))
+        if lo is not None or hi is not None:
+            domain[name] = domain_checks(fc, obs, w, lo, hi, member_dim=member_dim)
     computed = _compute(lazy)
 
     leads = [lead_label(v) for v in lead.values]
@@ -364,7 +392,9 @@ def evaluate_forecast(
                 spectra_out[key] = {"wavenumber": np.asarray(spec[WAVENUMBER].values, dtype=float).tolist(),
                                     **{k: [_json_float(v) for v in spec[k].values] for k in spec.data_vars}}
     metrics: dict[str, Any] = {"members": int(members), "cases": int(forecast.sizes[INIT_DIM]),
-                               "lead_times": leads, "variables": variables}
+                               "lead_times": leads, "baselines": baselines_info, "variables": variables}
+    if domain:
+        metrics["domain"] = domain
     if spectra:
         metrics["spectra"] = spectra_out
         metrics["spectrum_method"] = method

@@ -376,3 +376,34 @@ def is_complete(path: str | Path) -> bool:
         return zarr.open_group(str(path), mode="r").attrs.get("simdiff_complete") == 1
     with netCDF4.Dataset(path) as nc:
         return "simdiff_complete" in nc.ncattrs() and int(nc.getncattr("simdiff_complete")) == 1
+
+
+def open_output(path: str | Path) -> xr.Dataset:
+    """A published generate/augment output (zarr or netCDF), lazily, with its times decoded.
+
+    ``init_time``/``valid_time`` decode to datetimes (numpy or cftime, from their CF units and
+    calendar) and ``lead_time`` to timedelta64 exactly when the store's times are datetimes;
+    a store whose time is a plain number (QG's model days: units ``days``, no ``since``) keeps
+    ``lead_time`` numeric in the same units, as its truth's sample coordinate is.
+
+    Raises:
+        DataError: no complete output at ``path`` (absent, or only a partial one beside it).
+    """
+    path = Path(path)
+    if not is_complete(path):
+        hint = " (a partial one is beside it: re-run the stage to finish it)"
+        hint = hint if partial_path(path).exists() else ""
+        raise DataError(f"{path}: no complete simdiff output here{hint}; run `simdiff generate` first")
+
+    def _open(decode_timedelta: bool) -> xr.Dataset:
+        if path.suffix == ".zarr":
+            return xr.open_zarr(path, decode_timedelta=decode_timedelta)
+        return xr.open_dataset(path, decode_timedelta=decode_timedelta, chunks={})
+
+    ds = _open(False)
+    init = ds.coords.get("init_time")
+    dated = init is not None and (np.issubdtype(init.dtype, np.datetime64) or init.dtype == object)
+    if dated and "lead_time" in ds.coords and not np.issubdtype(ds["lead_time"].dtype, np.timedelta64):
+        ds.close()
+        ds = _open(True)
+    return ds

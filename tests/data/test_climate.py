@@ -253,8 +253,10 @@ def test_preset_instantiates_and_opens(shared_data: Path, name: str) -> None:
     from simdiff.data.transforms import Log1p
 
     conf = Path(__file__).resolve().parents[2] / "conf" / "data"
-    root = OmegaConf.create({"shared_data": str(shared_data), "debug": {"max_samples": 3},
-                             "data": OmegaConf.load(conf / f"{name}.yaml")})
+    node = OmegaConf.load(conf / f"{name}.yaml")
+    if "_target_" not in node:  # a preset in the _global_ package: its data node, beside the rest
+        node = node.data
+    root = OmegaConf.create({"shared_data": str(shared_data), "debug": {"max_samples": 3}, "data": node})
     # _convert_: Hydra would otherwise turn the instantiated (dataclass) transforms back
     # into configs when it stores them in the parent node
     source = instantiate(root.data, _convert_="partial")

@@ -111,8 +111,34 @@ def test_climatology_without_season_draws_random_training_states():
     idx = ens["q"].isel(x=0).values.astype(int)
     assert all(len(set(idx[:, 0, j])) == 30 for j in range(2))
     assert 5 not in idx[:, 0, 0] and 7 not in idx[:, 0, 1]
+    assert ens.attrs["simdiff_climatology"]["pools"] == {"hour_and_season": 0, "season": 0, "any": 2}
+    assert not ens.attrs["simdiff_climatology"]["weak"]
+    few = climatology_ensemble(train, vt, members=100)  # more members than states: with replacement
+    info = few.attrs["simdiff_climatology"]
+    assert info["with_replacement"] == 2 and info["weak"] and info["smallest_pool"] == 99
+    assert 5 not in few["q"].isel(x=0, init_time=0, lead_time=0).values
     with pytest.raises(DataError, match="members"):
-        climatology_ensemble(train, vt, members=100)
+        climatology_ensemble(train, vt, members=0)
+
+
+def test_climatology_falls_back_on_a_short_record():
+    """One day of 10-min frames, trained on the morning: the evening's hours are not in train."""
+    time = pd.date_range("2020-10-31", periods=72, freq="10min")  # 00:00 .. 11:50
+    train = xr.Dataset({"p": (("time", "x"), np.arange(72.0)[:, None] * np.ones((1, 2)))},
+                       coords={"time": time})
+    vt = xr.DataArray(np.array([["2020-10-31T05:00", "2020-10-31T20:00"]], dtype="datetime64[ns]"),
+                      dims=("init_time", "lead_time"))
+    ens = climatology_ensemble(train, vt, members=4, seed=0)
+    info = ens.attrs["simdiff_climatology"]
+    assert info["pools"] == {"hour_and_season": 1, "season": 1, "any": 0}
+    picked = time.values[ens["p"].isel(x=0).values.astype(int)]
+    offset = np.abs(picked[:, 0, 0] - np.datetime64("2020-10-31T05:00"))
+    assert (offset < np.timedelta64(30, "m")).all()  # same hour (within half an hour) where it exists
+    assert len(set(picked[:, 0, 1])) == 4  # the evening: any hour of the same day
+    other_year = xr.DataArray(np.array([["2021-05-01T20:00"]], dtype="datetime64[ns]"),
+                              dims=("init_time", "lead_time"))
+    far = climatology_ensemble(train, other_year, members=4, seed=0)
+    assert far.attrs["simdiff_climatology"]["pools"]["any"] == 1
 
 
 def test_dask_backed_baselines_equal_numpy():

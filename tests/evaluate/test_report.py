@@ -151,7 +151,7 @@ def test_bad_forecasts_raise_data_error():
         evaluate_forecast(forecast.isel(realization=[0]), truth)
     with pytest.raises(DataError, match="not in the truth"):
         evaluate_forecast(forecast.rename(q="psi"), truth)
-    with pytest.raises(DataError, match="no valid time"):
+    with pytest.raises(DataError, match=r"none of the forecast.s .* valid times"):
         evaluate_forecast(forecast.assign_coords(init_time=forecast["init_time"] + 1000.0), truth)
     with pytest.raises(DataError, match="'x' coordinates"):
         evaluate_forecast(forecast.assign_coords(x=X + 1.0), truth)
