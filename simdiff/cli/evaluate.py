@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-import yaml
 from omegaconf import DictConfig
 
 from simdiff.cli.augment import output_path as augment_output_path
 from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.generate import output_path
+from simdiff.cli.stage_dir import read_config
 from simdiff.data.errors import DataError
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
@@ -60,7 +60,7 @@ def ae_ceiling(run_dir: Path, store: TrainingStore, indices: np.ndarray) -> xr.D
     if not final.is_file():
         log.warning("evaluate: no autoencoder at %s; the AE-ceiling baseline is left out", final)
         return None
-    saved = yaml.safe_load((run_dir / AE_DIR / "config.yaml").read_text())
+    saved = read_config(run_dir / AE_DIR / "config.yaml")
     net = load_ema_weights(
         build_net(saved["autoencoder"], saved["data_signature"]),
         final,

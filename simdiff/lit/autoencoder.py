@@ -132,4 +132,5 @@ def load_ema_weights(net: Autoencoder, checkpoint: str | Path, ema_decay: float 
 
     Loads with ``torch.load(weights_only=True)``: checkpoints hold tensors and primitives only.
     """
-    return load_ema_checkpoint(net, checkpoint, "net", ema_decay)  # type: ignore[return-value]
+    return load_ema_checkpoint(net, checkpoint, "net", ema_decay,  # type: ignore[return-value]
+                               stage="train-autoencoder")

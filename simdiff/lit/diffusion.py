@@ -236,4 +236,5 @@ def load_ema_model(
     model: ConditionalDenoiser, checkpoint: str | Path, ema_decay: float = 0.999
 ) -> ConditionalDenoiser:
     """Load a DiffusionModule checkpoint's EMA weights into ``model`` (eval mode, weights_only load)."""
-    return load_ema_checkpoint(model, checkpoint, "model", ema_decay)  # type: ignore[return-value]
+    return load_ema_checkpoint(model, checkpoint, "model", ema_decay,  # type: ignore[return-value]
+                               stage="train-diffusion")
