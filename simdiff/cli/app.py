@@ -1,8 +1,10 @@
 """How a sub-command becomes a Hydra app over the shared ``conf/`` tree.
 
 Every sub-command is a task function ``(cfg) -> None`` run by :func:`run_app`, which
-registers simdiff's OmegaConf resolvers, points Hydra at the config tree and turns bad
-input (:class:`~simdiff.data.errors.DataError`) into one clear line and exit code 2.
+registers simdiff's OmegaConf resolvers, points Hydra at the config tree, refuses a config
+whose ``_target_``s are not allowed (:func:`check_targets`, before the task instantiates
+anything) and turns bad input (:class:`~simdiff.data.errors.DataError`) into one clear line and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from simdiff.data.errors import DataError
+from simdiff.data.registry import check_config, register
 
 log = logging.getLogger("simdiff")
 
@@ -42,6 +45,26 @@ def to_plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys if k in cfg}
 
 
+def check_targets(cfg: DictConfig) -> None:
+    """Refuse (DataError) a composed config that names a ``_target_`` simdiff does not instantiate.
+
+    Walks the whole resolved config (presets, experiment files, overrides) with
+    :func:`simdiff.data.registry.check_config`, extended by the config's ``allowed_targets``,
+    which are then registered so that stages may also rebuild them from stored specs.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    allowed = [str(a) for a in (cfg.get("allowed_targets") or [])]
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise DataError(f"the config does not resolve, so its _target_s cannot be checked: {err}. "
+                        "Fix the override or config file it names") from err
+    check_config(plain, source="the config (presets, experiment files and overrides)",  # type: ignore[arg-type]
+                 allowed=allowed)
+    register(*allowed)
+
+
 def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
     """Run ``task`` as the Hydra app ``simdiff NAME`` with the overrides in ``argv``."""
     _register_resolvers()
@@ -49,6 +72,7 @@ def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> No
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
     def _main(cfg: DictConfig) -> None:
         try:
+            check_targets(cfg)
             task(cfg)
         except DataError as err:
             log.error("%s", err)

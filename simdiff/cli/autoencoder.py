@@ -29,7 +29,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.cli.stage_dir import CONFIG, claim
+from simdiff.cli.stage_dir import CONFIG, check_rebuilt, claim, read_config
 from simdiff.data.errors import DataError
 from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.store import TrainingStore
@@ -54,8 +54,13 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(config_yaml(plain))
 
 
-def build_net(ae_cfg: Any, signature: dict[str, Any]) -> Any:
-    """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it)."""
+def build_net(ae_cfg: Any, signature: dict[str, Any], source: str = "the autoencoder config") -> Any:
+    """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it).
+
+    ``ae_cfg["net"]`` must be a spec :mod:`simdiff.data.registry` allows (DataError naming
+    ``source`` otherwise); read saved configs with :func:`simdiff.cli.stage_dir.read_config`.
+    """
+    check_rebuilt(ae_cfg["net"], source=source, key="autoencoder.net")
     return instantiate(ae_cfg["net"], in_channels=len(signature["variables"]),
                        periodic=list(signature["periodic"]))
 
@@ -115,6 +120,7 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
     from simdiff.lit.autoencoder import data_signature, load_ema_weights
+    from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog
 
     run_dir = Path(cfg.run_dir)
@@ -144,7 +150,9 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     shape = signature["spatial_shape"]
     log.info("train-autoencoder: %d parameters, latents %s, compression %.1fx",
              sum(p.numel() for p in net.parameters()), net.latent_shape(shape), net.compression_ratio(shape))
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if ckpt_path:  # tensors and plain values only, or a DataError naming the file
+        load_checkpoint(ckpt_path, stage="train-autoencoder")
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     if not trainer.is_global_zero:
         return
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
@@ -169,7 +177,7 @@ def encode_stage(cfg: DictConfig) -> None:
         raise DataError(
             f"{final}: no trained autoencoder here; run `simdiff train-autoencoder run_dir={run_dir}` first"
         )
-    saved = yaml.safe_load((out / CONFIG).read_text())
+    saved = read_config(out / CONFIG)
     store = _store(run_dir)
     check_fits(saved, store)
     digest, _ = sha256_path(final)

@@ -29,7 +29,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.cli.stage_dir import claim
+from simdiff.cli.stage_dir import check_rebuilt, claim
 from simdiff.data.atomic import write_json
 from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
@@ -106,12 +106,18 @@ def static_fields(store: TrainingStore, names: list[str]) -> torch.Tensor | None
 
 
 def build_model(dm_cfg: Any, signature: dict[str, Any], sizes: dict[str, int],
-                static: torch.Tensor | None, scale: torch.Tensor | None) -> Any:
-    """The ConditionalDenoiser for latents with ``signature`` and the store's condition ``sizes``."""
+                static: torch.Tensor | None, scale: torch.Tensor | None,
+                source: str = "the diffusion config") -> Any:
+    """The ConditionalDenoiser for latents with ``signature`` and the store's condition ``sizes``.
+
+    ``dm_cfg["net"]`` must be a spec :mod:`simdiff.data.registry` allows (DataError naming
+    ``source`` otherwise); read saved configs with :func:`simdiff.cli.stage_dir.read_config`.
+    """
     from simdiff.nets.conditioning import Conditioner
     from simdiff.nets.denoiser import ConditionalDenoiser
     from simdiff.nets.fold import DepthAsChannels
 
+    check_rebuilt(dm_cfg["net"], source=source, key="diffusion.net")
     cond = dm_cfg["conditioning"]
     n_channels = len(signature["channels"])
     conditioner = Conditioner(
@@ -152,6 +158,7 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog
 
     run_dir = Path(cfg.run_dir)
@@ -188,7 +195,9 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     log.info("train-diffusion: %d parameters, latents %s, conditions %s, residual=%s", n_params,
              signature["latent_shape"], {k: v for k, v in dm.condition_sizes.items()}, dm_cfg["residual"])
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume or None)
+    if resume:  # tensors and plain values only, or a DataError naming the file
+        load_checkpoint(resume, stage="train-diffusion")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume or None, weights_only=True)
     wall = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return

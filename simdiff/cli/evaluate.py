@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-import yaml
 from omegaconf import DictConfig
 
 from simdiff.cli.augment import output_path as augment_output_path
 from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.generate import output_path
+from simdiff.cli.stage_dir import read_config
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
 from simdiff.data.transforms import domain_of, from_spec
@@ -45,7 +45,7 @@ def ae_ceiling(run_dir: Path, store: TrainingStore, indices: np.ndarray) -> xr.D
     if not final.is_file():
         log.warning("evaluate: no autoencoder at %s; the AE-ceiling baseline is left out", final)
         return None
-    saved = yaml.safe_load((run_dir / AE_DIR / "config.yaml").read_text())
+    saved = read_config(run_dir / AE_DIR / "config.yaml")
     net = load_ema_weights(
         build_net(saved["autoencoder"], saved["data_signature"]),
         final,
@@ -92,7 +92,8 @@ def evaluate_stage(cfg: DictConfig) -> None:
             weights=ds["weights"], periodic=periodic, sample_dim=sdim, time_features=features,
             seed=int(cfg.seed), persistence_baseline=bool(ev.baselines.persistence),
             window_days=float(ev.climatology_window_days), spectra=bool(ev.spectra),
-            domains={n: domain_of(from_spec(spec)) for n, spec in store.attrs.get("transforms", {}).items()},
+            domains={n: domain_of(from_spec(spec, source=str(store.path), key=f"transforms.{n}"))
+                     for n, spec in store.attrs.get("transforms", {}).items()},
         )
         clim = metrics["baselines"]["climatology"]
         if clim is not None and (clim["weak"] or clim["pools"]["any"] or clim["pools"]["season"]):

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +31,7 @@ from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.diffusion import DM_DIR, build_model, open_latents, static_fields
 from simdiff.cli.diffusion import FINAL as DM_FINAL
+from simdiff.cli.stage_dir import read_config
 from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
 from simdiff.data.loader import window_targets
@@ -125,13 +125,13 @@ def load_models(
     from simdiff.lit.diffusion import load_ema_model
 
     require_checkpoints(run_dir)
-    ae_saved = yaml.safe_load((run_dir / AE_DIR / "config.yaml").read_text())
+    ae_saved = read_config(run_dir / AE_DIR / "config.yaml")
     ae = load_ema_weights(
         build_net(ae_saved["autoencoder"], ae_saved["data_signature"]),
         run_dir / AE_DIR / AE_FINAL,
         float(ae_saved["autoencoder"]["module"]["ema_decay"]),
     )
-    dm_saved = yaml.safe_load((run_dir / DM_DIR / "config.yaml").read_text())
+    dm_saved = read_config(run_dir / DM_DIR / "config.yaml")
     dm_cfg = dm_saved["diffusion"]
     from simdiff.data.datamodule import SimdiffDataModule
 

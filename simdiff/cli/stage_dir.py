@@ -3,7 +3,9 @@
 Each training stage writes ``run_dir/<stage>/config.yaml`` first and its final checkpoint last
 (atomically). Re-running with the same config resumes from ``checkpoints/last.ckpt``, or does
 nothing once the final checkpoint exists; a different config is refused unless ``force``, which
-discards the folder (or unless the folder holds no checkpoint yet).
+discards the folder (or unless the folder holds no checkpoint yet). Later stages read the
+saved config back with :func:`read_config`, which refuses a network spec whose ``_target_`` is
+not in :mod:`simdiff.data.registry`'s allowlist before anything is instantiated.
 """
 
 from __future__ import annotations
@@ -16,14 +18,47 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from simdiff.data.atomic import atomic_file
 from simdiff.data.errors import DataError
 from simdiff.data.provenance import config_differences, config_yaml
+from simdiff.data.registry import check_stored
 
 log = logging.getLogger("simdiff")
 
 CONFIG = "config.yaml"
+#: The nodes of a saved config.yaml that later stages instantiate (encode, generate, augment,
+#: evaluate rebuild the networks from them).
+REBUILT = (("autoencoder", "net"), ("diffusion", "net"))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A stage's saved ``config.yaml``, its rebuilt nodes (:data:`REBUILT`) checked against the registry.
+
+    Raises:
+        DataError: the file is missing or not a YAML mapping, or a rebuilt node names a
+            ``_target_`` outside the allowlist (nothing is imported or run).
+    """
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: missing; re-run the stage that writes {path.parent.name}/") from err
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: not valid YAML ({err}); re-run the stage that wrote it with "
+                        "force=true") from err
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a simdiff stage config (a mapping); re-run the stage that wrote it")
+    for top, node in REBUILT:
+        if isinstance(saved.get(top), dict) and node in saved[top]:
+            check_stored(saved[top][node], source=str(path), key=f"{top}.{node}")
+    return saved
+
+
+def check_rebuilt(node: Any, *, source: str, key: str) -> None:
+    """:func:`simdiff.data.registry.check_stored` on a plain or OmegaConf network spec about to be built."""
+    check_stored(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node,
+                 source=source, key=key)
 
 
 def is_primary_process() -> bool:

@@ -259,7 +259,8 @@ def denormalise(store: xr.Dataset) -> xr.Dataset:
         name = str(c)
         z = store["data"].sel(channel=c, drop=True)
         t = z * store["std"].sel(channel=c, drop=True) + store["mean"].sel(channel=c, drop=True)
-        transform = from_spec(specs[name]) if name in specs else Identity()
+        transform = (from_spec(specs[name], source=str(store.encoding.get("source", "the store's attrs")),
+                               key=f"transforms.{name}") if name in specs else Identity())
         x = transform.inverse(t).where(store["mask"])
         x.attrs = dict(variables.get(name, {}))
         out[name] = x

@@ -46,6 +46,7 @@ import zarr
 
 from simdiff.data.errors import DataError
 from simdiff.data.geometry import Geometry
+from simdiff.data.registry import check_stored
 from simdiff.data.transforms import Transform, from_spec
 
 STORE_KIND = "training"
@@ -100,6 +101,12 @@ class TrainingStore:
             )
         self.attrs: dict[str, Any] = attrs
         self.layout = StoreLayout(**attrs["layout"])
+        specs = attrs.get("transforms", {})
+        if not isinstance(specs, dict):
+            raise DataError(f"{self.path}: attribute transforms = {specs!r} is not a mapping of variable to "
+                            "transform spec; re-run `simdiff prepare`")
+        for name, spec in specs.items():  # refuse a foreign _target_ on opening, before any stage writes
+            check_stored(spec, source=str(self.path), key=f"transforms.{name}")
 
     # -- fast arrays (no xarray overhead in the hot path) --------------------------------
     @property
@@ -145,7 +152,8 @@ class TrainingStore:
 
     @property
     def transforms(self) -> dict[str, Transform]:
-        return {k: from_spec(v) for k, v in self.attrs.get("transforms", {}).items()}
+        specs = self.attrs.get("transforms", {})
+        return {k: from_spec(v, source=str(self.path), key=f"transforms.{k}") for k, v in specs.items()}
 
     def geometry(self) -> Geometry:
         ds = self.dataset()

@@ -3,16 +3,19 @@
 Transforms act on anything numpy ufuncs accept (numpy, dask, xarray), so the same object
 serves out-of-core statistics in ``prepare`` and de-normalisation at the output boundary.
 Each transform describes itself with :meth:`spec` (``_target_`` + keyword arguments), which
-is what the training store records and :func:`from_spec` rebuilds without Hydra.
+is what the training store records and :func:`from_spec` rebuilds without Hydra, for the
+classes in :mod:`simdiff.data.registry`'s allowlist only (checked before any import).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+
+from simdiff.data.errors import DataError
+from simdiff.data.registry import build_stored
 
 A = TypeVar("A")
 
@@ -157,13 +160,17 @@ class Clip:
         return _spec(self)
 
 
-def from_spec(spec: dict[str, Any]) -> Transform:
-    """Rebuild a transform from its :meth:`Transform.spec` (``_target_`` + kwargs)."""
-    spec = dict(spec)
-    target = spec.pop("_target_")
-    module, _, name = target.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    obj = cls(**spec)
+def from_spec(
+    spec: dict[str, Any], *, source: str = "a stored transform spec", key: str = "transforms"
+) -> Transform:
+    """Rebuild a transform from its :meth:`Transform.spec` (``_target_`` + kwargs).
+
+    The ``_target_`` must be allowed by :mod:`simdiff.data.registry` (checked before anything
+    is imported); ``source`` (the file) and ``key`` (e.g. ``transforms.pr``) name it in the
+    DataError otherwise.
+    """
+    obj = build_stored(spec, source=source, key=key)
     if not isinstance(obj, Transform):
-        raise TypeError(f"{target} is not a Transform")
+        raise DataError(f"{source}: {key} = {spec!r} is not a Transform (no forward/inverse/spec); "
+                        "regenerate the store with `simdiff prepare`")
     return obj

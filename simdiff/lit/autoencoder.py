@@ -18,6 +18,7 @@ import torch
 
 from simdiff.data.store import TrainingStore
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
+from simdiff.lit.finite import require_finite_loss, require_finite_weights
 from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss
@@ -83,7 +84,13 @@ class AutoencoderModule(EMAValidation, L.LightningModule):
         return loss
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        require_finite_loss(loss, step=self.global_step, epoch=self.current_epoch, batch=batch_idx,
+                            stage="autoencoder")
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        require_finite_weights(self, step=self.global_step, stage="autoencoder")
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
@@ -132,4 +139,5 @@ def load_ema_weights(net: Autoencoder, checkpoint: str | Path, ema_decay: float 
 
     Loads with ``torch.load(weights_only=True)``: checkpoints hold tensors and primitives only.
     """
-    return load_ema_checkpoint(net, checkpoint, "net", ema_decay)  # type: ignore[return-value]
+    return load_ema_checkpoint(net, checkpoint, "net", ema_decay,  # type: ignore[return-value]
+                               stage="train-autoencoder")

@@ -41,6 +41,7 @@ import xarray as xr
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
+from simdiff.lit.finite import require_finite_loss, require_finite_weights
 from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.denoiser import ConditionalDenoiser
 
@@ -128,6 +129,7 @@ class DiffusionModule(EMAValidation, L.LightningModule):
         return self._gen
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        require_finite_weights(self, step=self.global_step, stage="diffusion")
         checkpoint["simdiff_generator"] = self._generator().get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -152,6 +154,8 @@ class DiffusionModule(EMAValidation, L.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch, self._generator())
         loss = loss.mean()
+        require_finite_loss(loss, step=self.global_step, epoch=self.current_epoch, batch=batch_idx,
+                            stage="diffusion")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=batch["target"].shape[0])
         return loss
@@ -236,4 +240,5 @@ def load_ema_model(
     model: ConditionalDenoiser, checkpoint: str | Path, ema_decay: float = 0.999
 ) -> ConditionalDenoiser:
     """Load a DiffusionModule checkpoint's EMA weights into ``model`` (eval mode, weights_only load)."""
-    return load_ema_checkpoint(model, checkpoint, "model", ema_decay)  # type: ignore[return-value]
+    return load_ema_checkpoint(model, checkpoint, "model", ema_decay,  # type: ignore[return-value]
+                               stage="train-diffusion")

@@ -120,18 +120,28 @@ class EMAValidation:
 
 
 def load_ema_checkpoint(
-    module: nn.Module, checkpoint: str | Path, prefix: str, ema_decay: float
+    module: nn.Module, checkpoint: str | Path, prefix: str, ema_decay: float, *,
+    stage: str = "the stage that wrote it",
 ) -> nn.Module:
     """Load a Lightning checkpoint's EMA weights of ``module`` (saved under ``prefix``) into it.
 
     The owner saved ``module`` as ``<prefix>.*`` and its :class:`ExponentialMovingAverage` as
-    ``ema.*``. Loads with ``torch.load(weights_only=True)`` (tensors and primitives only) and
-    returns ``module`` in eval mode with the averaged weights.
+    ``ema.*``. Loads with ``torch.load(weights_only=True)`` (tensors and primitives only,
+    :func:`simdiff.lit.checkpoint.load_checkpoint`) and returns ``module`` in eval mode with the
+    averaged weights. A file that is not such a checkpoint of ``module`` raises a DataError
+    naming it and ``stage``, the command that writes it.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    from simdiff.data.errors import DataError
+    from simdiff.lit.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint, stage=stage)["state_dict"]
     cut = len(prefix) + 1
-    module.load_state_dict({k[cut:]: v for k, v in state.items() if k.startswith(f"{prefix}.")})
-    ema = ExponentialMovingAverage(module, ema_decay)
-    ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+    try:
+        module.load_state_dict({k[cut:]: v for k, v in state.items() if k.startswith(f"{prefix}.")})
+        ema = ExponentialMovingAverage(module, ema_decay)
+        ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise DataError(f"{checkpoint}: its weights do not fit the network its config.yaml describes "
+                        f"({str(err).splitlines()[0]}); re-run `simdiff {stage}` with force=true") from err
     ema.copy_to(module)
     return module.eval()

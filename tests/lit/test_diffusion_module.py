@@ -120,3 +120,24 @@ def test_checkpoint_loads_ema_weights_for_sampling(qg_run: Path, tmp_path: Path)
     batch = next(iter(dm.val_dataloader()))
     y = model.target(batch["target"], batch["previous"])
     torch.testing.assert_close(model.state(y, batch["previous"]), batch["target"])
+
+
+def test_non_finite_loss_stops_training_at_its_step(qg_run: Path, tmp_path: Path) -> None:
+    from simdiff.data.errors import DataError
+
+    class PoisonAt(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 3:
+                batch["target"][0] = float("nan")
+
+    class SaveEachStep(L.Callback):  # as ModelCheckpoint(every_n_train_steps=1) would
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            trainer.save_checkpoint(tmp_path / "last.ckpt")
+
+    module, dm = build(qg_run)
+    with pytest.raises(DataError, match=r"train-diffusion: the training loss is nan at step 3 "
+                                        r"\(epoch 0, batch 3\)"):
+        trainer(tmp_path, [PoisonAt(), SaveEachStep()]).fit(module, datamodule=dm)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point())

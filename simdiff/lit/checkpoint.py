@@ -1,0 +1,51 @@
+"""Reading a checkpoint back: tensors and plain values only, or one clear DataError naming the file.
+
+Every checkpoint simdiff reads goes through :func:`load_checkpoint` (or, for Lightning's own
+resume, is checked by it first), so a file that holds pickled objects is refused without
+running anything, and the user is told what to do instead of being advised to turn
+``weights_only`` off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simdiff.data.errors import DataError
+
+#: Lines of torch's message that advise loading with ``weights_only=False``: never our advice.
+_ADVICE = ("weights_only", "Weights only load failed", "trusted source", "Check the documentation",
+           "torch.serialization", "safe_globals")
+
+
+def _reason(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not any(a in ln for a in _ADVICE)]
+    return "; ".join(kept) or type(err).__name__
+
+
+def load_checkpoint(path: str | Path, *, stage: str = "the stage that wrote it") -> dict[str, Any]:
+    """The contents of checkpoint ``path``, loaded with ``torch.load(weights_only=True)`` on the CPU.
+
+    Raises:
+        DataError: the file is missing, not a torch checkpoint, truncated, or holds objects
+            other than tensors and plain values (a pickled class or function: refused unrun).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no checkpoint here; run `simdiff {stage}` first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to read the file is bad input, said once
+        raise DataError(
+            f"{path}: not a checkpoint simdiff can read safely ({type(err).__name__}: {_reason(err)}). "
+            "simdiff checkpoints hold tensors and plain values only; this file is foreign, truncated "
+            f"or was edited, and nothing in it was run. Fix: re-run `simdiff {stage}` with force=true "
+            "to write it again"
+        ) from err
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise DataError(f"{path}: not a Lightning checkpoint (no state_dict); re-run `simdiff {stage}` "
+                        "with force=true to write it again")
+    return state
