@@ -3,15 +3,17 @@
 ``train-autoencoder`` writes ``run_dir/autoencoder/``::
 
   config.yaml              the resolved autoencoder/trainer/loader config + the data signature
-  checkpoints/last.ckpt    Lightning's, every epoch (resume point)
+  checkpoints/last.ckpt    every ``checkpoint_every_n_steps`` steps and every epoch (resume point)
   checkpoints/best.ckpt    lowest EMA validation loss
   autoencoder.ckpt         the final checkpoint (best), published last by an atomic rename
   reconstruction.json/png  the report on the test split (simdiff.evaluate.reconstruction)
   logs/                    CSV metrics
 
-Re-running with the same config resumes from ``last.ckpt``, or does nothing once
+Re-running with the same config resumes from ``last.ckpt`` (mid-epoch included) and ends with
+the weights an uninterrupted run ends with (:mod:`simdiff.lit.resume`), or does nothing once
 ``autoencoder.ckpt`` exists; a different config (or a store the net does not fit) is refused
-unless ``force=true``. ``encode`` writes ``run_dir/latents.zarr`` (simdiff.data.latents) with the
+unless ``force=true``. The checkpoint cadence is not part of the config: changing it changes no
+weights. ``encode`` writes ``run_dir/latents.zarr`` (simdiff.data.latents) with the
 EMA weights of ``autoencoder.ckpt``.
 """
 
@@ -49,6 +51,7 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     """What defines a trained autoencoder: its config nodes, the seed and the data signature."""
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("autoencoder", "trainer", "loader")}
     plain["loader"].pop("store", None)  # a path: the data signature identifies the store, so runs can move
+    plain["autoencoder"].pop("checkpoint_every_n_steps", None)  # resume is exact: the cadence changes nothing
     plain["seed"] = int(cfg.seed)
     plain["data_signature"] = signature
     return yaml.safe_load(config_yaml(plain))
@@ -116,12 +119,12 @@ def _report(net: Any, store: TrainingStore, out_dir: Path, compression: float, b
 def train_autoencoder_stage(cfg: DictConfig) -> None:
     """``run_dir/data/train.zarr`` -> ``run_dir/autoencoder/`` (checkpoints, config, report)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from simdiff.lit.autoencoder import data_signature, load_ema_weights
     from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog
+    from simdiff.lit.resume import KeepStopped, resume_checkpoints
 
     run_dir = Path(cfg.run_dir)
     store = _store(run_dir)
@@ -139,11 +142,10 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     dm = instantiate(cfg.loader, batch_size=ae.batch_size)
     net = build_net(ae, signature)
     module = instantiate(ae.module, net=net, loss=instantiate(ae.loss), weights=dm.weights, mask=dm.mask,
-                         signature=signature, _convert_="all")
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
-                                 save_top_k=1, save_last=True, enable_version_counter=False)
+                         seed=int(cfg.seed), signature=signature, _convert_="all")
+    last, checkpoint = resume_checkpoints(ckpt_dir, int(ae.get("checkpoint_every_n_steps") or 0))
     callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), instantiate(ae.early_stopping),
-                 checkpoint, EpochLog()]
+                 last, checkpoint, KeepStopped(), EpochLog()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, max_epochs=ae.max_epochs,
                           max_time=ae.max_time, default_root_dir=str(out),
                           logger=CSVLogger(str(out), name="logs"))

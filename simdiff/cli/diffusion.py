@@ -155,11 +155,11 @@ def open_latents(run_dir: Path) -> LatentStore:
 def train_diffusion_stage(cfg: DictConfig) -> None:
     """``run_dir/latents.zarr`` -> ``run_dir/diffusion/`` (checkpoints, config, summary)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog
+    from simdiff.lit.resume import KeepStopped, resume_checkpoints
 
     run_dir = Path(cfg.run_dir)
     store = open_latents(run_dir)
@@ -181,12 +181,8 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     sampler = instantiate(cfg.diffusion.sampler)
     module = instantiate(cfg.diffusion.module, model=model, weights=dm.weights, sampler=sampler,
                          seed=int(cfg.seed), signature=signature, _convert_="all")
-    every = int(dm_cfg["checkpoint_every_n_steps"])
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=every or None,
-                           save_top_k=1, enable_version_counter=False)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
-                           save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), last, best, EpochLog()]
+    last, best = resume_checkpoints(ckpt_dir, int(dm_cfg["checkpoint_every_n_steps"]))
+    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), last, best, KeepStopped(), EpochLog()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, max_epochs=dm_cfg["max_epochs"],
                           max_time=dm_cfg["max_time"],
                           accumulate_grad_batches=dm_cfg["accumulate_grad_batches"],

@@ -66,12 +66,15 @@ class EpochDataLoader(DataLoader):
         epoch = self._epoch_fn() if self._epoch_fn is not None else None
         epoch = self._iterations if epoch is None else epoch
         self._iterations += 1
-        self._epoch = epoch
         skip = 0
         if self._resume is not None:
+            # A resumed fit creates its iterator before the trainer's epoch count catches up
+            # with a checkpoint taken on an epoch's last batch: the saved state knows better.
+            epoch = max(epoch, self._resume[0])
             if self._resume[0] == epoch:
                 skip = self._resume[1]
             self._resume = None
+        self._epoch = epoch
         self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
         self.dataset.set_skip(skip)  # type: ignore[attr-defined]
         return super().__iter__()
@@ -83,8 +86,12 @@ class EpochDataLoader(DataLoader):
         return {"epoch": int(self._epoch), "consumed": int(self._consumed_fn()) if self._consumed_fn else 0}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume: the next iteration of ``state["epoch"]`` starts after ``state["consumed"]`` batches."""
-        self._resume = (int(state["epoch"]), int(state["consumed"]))
+        """Resume: the next iteration of ``state["epoch"]`` starts after ``state["consumed"]`` batches
+        (the next epoch from its start when all of that epoch's batches were used)."""
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if consumed >= len(self.dataset):  # type: ignore[arg-type]
+            epoch, consumed = epoch + 1, 0
+        self._resume = (epoch, consumed)
 
 
 def resolve_store(path: str | Path) -> Path:
@@ -213,8 +220,15 @@ class SimdiffDataModule(L.LightningDataModule):
             )
 
     def _current_epoch(self) -> int | None:
+        """The epoch the fit loop runs: its processed-epoch count, as Lightning gives samplers.
+
+        Not ``trainer.current_epoch`` (completed epochs): a run resumed from the checkpoint taken
+        at the end of epoch ``e`` (after validation, before the epoch counts as completed)
+        creates its train iterator while that still reads ``e``, and would shuffle epoch
+        ``e + 1`` as epoch ``e``.
+        """
         trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else None
+        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else None
 
     def _consumed(self) -> int:
         """Train batches of the current epoch the trainer has run (0 without a trainer).

@@ -5,6 +5,13 @@ tensors (cell weights, validity mask) come from the store through the CLI. Hyper
 saved in checkpoints are plain numbers and strings only, so checkpoints load with
 ``torch.load(weights_only=True)``. Validation runs with the EMA weights, so early stopping
 and the best checkpoint judge the weights that ``encode`` and the report use.
+
+Determinism and resume. Each training step runs with torch's global RNG seeded from the
+module's own generator (seeded by ``(seed, rank)`` and saved in each checkpoint,
+:mod:`simdiff.lit.resume`), so the KL bottleneck's sampling noise (and any dropout) after a
+resume is the noise an uninterrupted run draws; with the loader's skip of already-used batches a
+run resumed from any checkpoint ends with the same weights as one that never stopped (CPU, same
+seed).
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import torch
 from simdiff.data.store import TrainingStore
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
+from simdiff.lit.resume import SavedGenerator, global_rng_from
 from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss
 
 
-class AutoencoderModule(EMAValidation, L.LightningModule):
+class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
     """Trains ``net`` to reconstruct ``batch["target"]`` (B, C, [D], H, W).
 
     Args:
@@ -38,6 +46,7 @@ class AutoencoderModule(EMAValidation, L.LightningModule):
         cosine: cosine decay to ``min_lr_ratio * lr`` over the trainer's estimated steps.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         ema_decay: decay of the weight EMA (:class:`~simdiff.lit.ema.ExponentialMovingAverage`).
+        seed: seeds the training generator (with the rank) that seeds each step's global RNG.
         signature: the data the net is built for (variables, grid, periodicity), kept in the
             checkpoint so loading can refuse a store it does not fit.
     """
@@ -54,6 +63,7 @@ class AutoencoderModule(EMAValidation, L.LightningModule):
         cosine: bool = True,
         min_lr_ratio: float = 0.05,
         ema_decay: float = 0.999,
+        seed: int = 0,
         signature: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -84,21 +94,21 @@ class AutoencoderModule(EMAValidation, L.LightningModule):
         return loss
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
+        with global_rng_from(self.training_generator(), self.device):
+            loss = self._step(batch, "train")
         require_finite_loss(loss, step=self.global_step, epoch=self.current_epoch, batch=batch_idx,
                             stage="autoencoder")
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         require_finite_weights(self, step=self.global_step, stage="autoencoder")
+        super().on_save_checkpoint(checkpoint)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
     def ema_target(self) -> torch.nn.Module:
         return self.net
-
-
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

@@ -6,10 +6,11 @@ weights, AdamW with linear warm-up (and optional cosine decay), gradient clippin
 accumulation from the Trainer, an EMA of the weights for validation and sampling.
 
 Determinism and resume. Every random draw of training (noise levels, noise, condition drops)
-comes from the module's own generator, seeded by ``(seed, rank)`` and saved in each checkpoint,
-and the loader skips the batches an interrupted epoch had already used
-(:class:`simdiff.data.datamodule.EpochDataLoader`), so a run resumed from a mid-epoch checkpoint
-ends with the same weights as one that never stopped (CPU, same seed). Validation draws from a
+comes from the module's own generator, seeded by ``(seed, rank)`` and saved in each checkpoint
+(:class:`simdiff.lit.resume.SavedGenerator`), and the loader skips the batches an interrupted
+epoch had already used (:class:`simdiff.data.datamodule.EpochDataLoader`), so a run resumed from
+a mid-epoch or epoch-end checkpoint ends with the same weights as one that never stopped (CPU,
+same seed). Validation draws from a
 generator reset every epoch, so it never disturbs training.
 
 Validation logs, with the EMA weights:
@@ -42,6 +43,7 @@ from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
+from simdiff.lit.resume import SavedGenerator
 from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.denoiser import ConditionalDenoiser
 
@@ -57,7 +59,7 @@ def parameter_checksum(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-class DiffusionModule(EMAValidation, L.LightningModule):
+class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
     """Trains ``model`` on batches ``{"target", ["previous"], [conditions]}`` of a latent store.
 
     Args:
@@ -110,32 +112,13 @@ class DiffusionModule(EMAValidation, L.LightningModule):
         self.register_buffer("weights", w / w.mean())
         self.loss_fn = EDMLoss(sigma_data=model.precond.sigma_data, p_mean=p_mean, p_std=p_std)
         self.ema = ExponentialMovingAverage(model, ema_decay)
-        self._gen: torch.Generator | None = None
-        self._gen_state: torch.Tensor | None = None
         self._val_gen: torch.Generator | None = None
         self.rank_checksums: list[str] = []
         self.start_step = 0  # global step this fit began at (> 0 when resumed)
 
-    # -- random streams ---------------------------------------------------------------------
-    def _generator(self) -> torch.Generator:
-        if self._gen is None or self._gen.device != self.device:
-            g = torch.Generator(device=self.device)
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            g.manual_seed(int(self.hparams.seed) * 1_000_003 + int(rank))
-            if self._gen_state is not None:
-                g.set_state(self._gen_state)
-                self._gen_state = None
-            self._gen = g
-        return self._gen
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         require_finite_weights(self, step=self.global_step, stage="diffusion")
-        checkpoint["simdiff_generator"] = self._generator().get_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("simdiff_generator")
-        if state is not None:
-            self._gen, self._gen_state = None, state
+        super().on_save_checkpoint(checkpoint)
 
     # -- training ---------------------------------------------------------------------------
     def _loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator,
@@ -152,7 +135,7 @@ class DiffusionModule(EMAValidation, L.LightningModule):
         self.start_step = int(self.global_step)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch, self._generator())
+        loss, _ = self._loss(batch, self.training_generator())
         loss = loss.mean()
         require_finite_loss(loss, step=self.global_step, epoch=self.current_epoch, batch=batch_idx,
                             stage="diffusion")
