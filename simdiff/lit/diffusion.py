@@ -38,6 +38,7 @@ import lightning as L
 import torch
 import xarray as xr
 
+from simdiff.data.patch import crop_shared
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
@@ -144,7 +145,10 @@ class DiffusionModule(EMAValidation, L.LightningModule):
         if drop:
             drops = self.model.conditioner.sample_drop(x.shape[0], generator=generator, device=x.device)
         cond = self.model.conditions(batch, drops)
-        return self.loss_fn(self.model, y, generator=generator, weight=self.weights, sigma=sigma, **cond)
+        weight = self.weights
+        if batch.get("origin") is not None:  # crops: the crop's cell weights, (B, 1, [d], h, w)
+            weight = crop_shared(weight, batch["origin"], x.shape[2:]).unsqueeze(1)
+        return self.loss_fn(self.model, y, generator=generator, weight=weight, sigma=sigma, **cond)
 
     def on_train_start(self) -> None:
         self.start_step = int(self.global_step)
