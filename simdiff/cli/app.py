@@ -5,18 +5,26 @@ registers simdiff's OmegaConf resolvers, points Hydra at the config tree, refuse
 whose ``_target_``s are not allowed (:func:`check_targets`, before the task instantiates
 anything) and turns bad input (:class:`~simdiff.data.errors.DataError`) into one clear line and
 exit code 2.
+
+It also keeps the clock that stage time budgets count from (:func:`stage_started`): the
+start of the process for its first task, so Python's start-up, the imports and the config
+composition count against the budget as they count against the job's wall time; the start
+of each later task (Hydra multirun jobs, the stages ``simdiff run`` chains, which restart it
+with :func:`restart_stage_clock`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import hydra
+import psutil
 from omegaconf import DictConfig, OmegaConf
 
 from simdiff.data.errors import DataError
@@ -27,6 +35,25 @@ log = logging.getLogger("simdiff")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXIT_BAD_INPUT = 2
 EXIT_NOT_BUILT = 3
+
+
+_stage_clock: dict[str, float | None] = {"started": None}
+
+
+def process_started() -> float:
+    """``time.monotonic()`` at the start of this process."""
+    return time.monotonic() - max(time.time() - psutil.Process().create_time(), 0.0)
+
+
+def restart_stage_clock() -> None:
+    """Start the clock of the next task or stage now (after the first task of the process)."""
+    _stage_clock["started"] = time.monotonic()
+
+
+def stage_started() -> float:
+    """``time.monotonic()`` from which the running stage's time budget counts."""
+    started = _stage_clock["started"]
+    return process_started() if started is None else started
 
 
 def config_dir() -> Path:
@@ -78,6 +105,8 @@ def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> No
             log.error("%s", err)
             print(f"simdiff {name}: {err}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+        finally:
+            restart_stage_clock()  # a next job (multirun) counts from its own start
 
     sys.argv = [f"simdiff {name}", *argv, f"hydra.job.name={name}"]
     _main()

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.cli.stage_dir import CONFIG, check_rebuilt, claim, read_config
+from simdiff.cli.app import stage_started
+from simdiff.cli.stage_dir import CONFIG, check_rebuilt, claim, read_config, whole_field_identity
 from simdiff.data.errors import DataError
 from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.store import TrainingStore
@@ -52,6 +54,7 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("autoencoder", "trainer", "loader")}
     plain["loader"].pop("store", None)  # a path: the data signature identifies the store, so runs can move
     plain["autoencoder"].pop("checkpoint_every_n_steps", None)  # resume is exact: the cadence changes nothing
+    whole_field_identity(plain, "autoencoder")
     plain["seed"] = int(cfg.seed)
     plain["data_signature"] = signature
     return yaml.safe_load(config_yaml(plain))
@@ -80,6 +83,38 @@ def check_fits(saved: dict[str, Any], store: TrainingStore) -> None:
             + "\nFix: re-run `simdiff train-autoencoder` with force=true for this store, or point "
             "run_dir at the store it was trained on"
         )
+
+
+def train_patch(ae: Any, signature: dict[str, Any]) -> list[int] | None:
+    """``autoencoder.patch``, checked against the field and the net's factors (else a DataError)."""
+    from simdiff.data.patch import check_patch
+    from simdiff.nets.autoencoder import total_factors
+
+    shape = signature["spatial_shape"]
+    factors = total_factors(ae.net.factors, len(shape))
+    full = check_patch(ae.get("patch"), shape, factors, "autoencoder.patch")
+    if full is None:
+        return None
+    spanned = [p and c == n for p, c, n in zip(signature["periodic"], full, shape, strict=True)]
+    if float(ae.loss.get("spectral_weight", 0.0)) > 0 and not any(spanned):
+        raise DataError(f"autoencoder.patch={list(ae.patch)} leaves no periodic axis whole, so the spectral "
+                        f"term (autoencoder.loss.spectral_weight={ae.loss.spectral_weight}) has no axis to "
+                        "work on; span a periodic axis whole with the patch, or set "
+                        "autoencoder.loss.spectral_weight=0")
+    return [int(p) for p in ae.patch]
+
+
+def report_seconds(net: Any, store: TrainingStore, shape: list[int]) -> float:
+    """Forecast of the time the stage needs after training: the report over whole test fields.
+
+    Times one whole-field pass of the (untrained) net, which also shows before training that the
+    fully convolutional net runs on the whole field, and scales it by the report's samples.
+    """
+    from simdiff.lit.budget import inference_seconds
+
+    samples = len(store.indices("test")) or len(store.indices("val"))
+    one = inference_seconds(net, (net.in_channels, *shape))
+    return 1.1 * samples * one + 5.0
 
 
 def _report(net: Any, store: TrainingStore, out_dir: Path, compression: float, batch_size: int) -> None:
@@ -122,14 +157,18 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
     from simdiff.lit.autoencoder import data_signature, load_ema_weights
+    from simdiff.lit.budget import TimeBudget
     from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog
     from simdiff.lit.resume import KeepStopped, resume_checkpoints
 
+    started = stage_started()
     run_dir = Path(cfg.run_dir)
     store = _store(run_dir)
     signature = data_signature(store)
     config = stage_config(cfg, signature)
+    ae = cfg.autoencoder
+    patch = train_patch(ae, signature)
     out = run_dir / AE_DIR
     ckpt_dir = out / "checkpoints"
     resume = claim(out, config, final=FINAL, stage="train-autoencoder", force=bool(cfg.force))
@@ -138,20 +177,20 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     ckpt_path = resume or None
 
     L.seed_everything(int(cfg.seed), workers=True)
-    ae = cfg.autoencoder
-    dm = instantiate(cfg.loader, batch_size=ae.batch_size)
+    dm = instantiate(cfg.loader, batch_size=ae.batch_size, patch=patch)
     net = build_net(ae, signature)
     module = instantiate(ae.module, net=net, loss=instantiate(ae.loss), weights=dm.weights, mask=dm.mask,
                          seed=int(cfg.seed), signature=signature, _convert_="all")
     last, checkpoint = resume_checkpoints(ckpt_dir, int(ae.get("checkpoint_every_n_steps") or 0))
-    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), instantiate(ae.early_stopping),
-                 last, checkpoint, KeepStopped(), EpochLog()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, max_epochs=ae.max_epochs,
-                          max_time=ae.max_time, default_root_dir=str(out),
-                          logger=CSVLogger(str(out), name="logs"))
     shape = signature["spatial_shape"]
-    log.info("train-autoencoder: %d parameters, latents %s, compression %.1fx",
-             sum(p.numel() for p in net.parameters()), net.latent_shape(shape), net.compression_ratio(shape))
+    budget = TimeBudget(ae.max_time, started=started, reserve=report_seconds(net, store, shape))
+    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), instantiate(ae.early_stopping),
+                 last, checkpoint, KeepStopped(), EpochLog(), budget]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, max_epochs=ae.max_epochs,
+                          default_root_dir=str(out), logger=CSVLogger(str(out), name="logs"))
+    log.info("train-autoencoder: %d parameters, latents %s, compression %.1fx, %s, %.0f s for the report",
+             sum(p.numel() for p in net.parameters()), net.latent_shape(shape), net.compression_ratio(shape),
+             f"patches {list(patch)}" if patch else "whole fields", budget.reserve)
     if ckpt_path:  # tensors and plain values only, or a DataError naming the file
         load_checkpoint(ckpt_path, stage="train-autoencoder")
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -163,7 +202,8 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     tmp = out / f".{FINAL}.tmp"
     shutil.copyfile(best, tmp)
     os.replace(tmp, out / FINAL)
-    log.info("train-autoencoder: wrote %s (from %s)", out / FINAL, best.name)
+    log.info("train-autoencoder: wrote %s (from %s); %d steps, %.0f s of a %s budget", out / FINAL, best.name,
+             trainer.global_step, time.monotonic() - started, ae.max_time)
 
 
 def encode_stage(cfg: DictConfig) -> None:

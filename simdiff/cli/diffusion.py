@@ -29,7 +29,8 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.cli.stage_dir import check_rebuilt, claim
+from simdiff.cli.app import stage_started
+from simdiff.cli.stage_dir import check_rebuilt, claim, whole_field_identity
 from simdiff.data.atomic import write_json
 from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
@@ -60,6 +61,7 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     """What defines a trained diffusion model: its config nodes, the seed and the latent signature."""
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("diffusion", "trainer", "loader")}
     plain["loader"].pop("store", None)
+    whole_field_identity(plain, "diffusion")
     plain["seed"] = int(cfg.seed)
     plain["latent_signature"] = signature
     return yaml.safe_load(config_yaml(plain))
@@ -157,14 +159,21 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from simdiff.data.patch import check_patch
+    from simdiff.lit.budget import TimeBudget
     from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog
     from simdiff.lit.resume import KeepStopped, resume_checkpoints
+    from simdiff.nets.autoencoder import total_factors
 
+    started = stage_started()
     run_dir = Path(cfg.run_dir)
     store = open_latents(run_dir)
     signature = latent_signature(store)
     config = stage_config(cfg, signature)
+    shape = signature["latent_shape"]
+    patch = check_patch(cfg.diffusion.get("patch"), shape,
+                        total_factors(cfg.diffusion.net.factors, len(shape)), "diffusion.patch")
     out = run_dir / DM_DIR
     ckpt_dir = out / "checkpoints"
     resume = claim(out, config, final=FINAL, stage="train-diffusion", force=bool(cfg.force))
@@ -174,7 +183,8 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     L.seed_everything(int(cfg.seed), workers=True)
     dm_cfg = OmegaConf.to_container(cfg.diffusion, resolve=True)
     previous = int(dm_cfg["conditioning"]["previous"])
-    dm = instantiate(cfg.loader, store=str(store.path), batch_size=dm_cfg["batch_size"], window=previous + 1)
+    dm = instantiate(cfg.loader, store=str(store.path), batch_size=dm_cfg["batch_size"], window=previous + 1,
+                     patch=None if patch is None else [int(p) for p in dm_cfg["patch"]])
     static = static_fields(store, list(dm_cfg["conditioning"].get("static") or []))
     scale = residual_scale(store) if dm_cfg["residual"] else None
     model = build_model(dm_cfg, signature, dm.condition_sizes, static, scale)
@@ -182,14 +192,17 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     module = instantiate(cfg.diffusion.module, model=model, weights=dm.weights, sampler=sampler,
                          seed=int(cfg.seed), signature=signature, _convert_="all")
     last, best = resume_checkpoints(ckpt_dir, int(dm_cfg["checkpoint_every_n_steps"]))
-    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), last, best, KeepStopped(), EpochLog()]
+    # after fit: the summary and a checkpoint copy (a second or two)
+    budget = TimeBudget(dm_cfg["max_time"], started=started, reserve=3.0)
+    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), last, best, KeepStopped(), EpochLog(),
+                 budget]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, max_epochs=dm_cfg["max_epochs"],
-                          max_time=dm_cfg["max_time"],
                           accumulate_grad_batches=dm_cfg["accumulate_grad_batches"],
                           default_root_dir=str(out), logger=CSVLogger(str(out), name="logs"))
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("train-diffusion: %d parameters, latents %s, conditions %s, residual=%s", n_params,
-             signature["latent_shape"], {k: v for k, v in dm.condition_sizes.items()}, dm_cfg["residual"])
+    log.info("train-diffusion: %d parameters, latents %s, %s, conditions %s, residual=%s", n_params,
+             shape, f"patches {list(dm.patch)}" if dm.patch else "whole fields",
+             {k: v for k, v in dm.condition_sizes.items()}, dm_cfg["residual"])
     t0 = time.perf_counter()
     if resume:  # tensors and plain values only, or a DataError naming the file
         load_checkpoint(resume, stage="train-diffusion")
@@ -205,6 +218,10 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
         "global_step": int(trainer.global_step),
         "steps_this_run": steps,
         "wall_s": round(wall, 2),
+        "stage_wall_s": round(time.monotonic() - started, 2),
+        "budget": dm_cfg["max_time"],
+        "stopped_by_budget": budget.stopped_by_budget,
+        "patch": None if dm.patch is None else list(dm.patch),
         "samples_per_s": round(samples / wall, 2) if wall > 0 else None,
         "parameters": n_params,
         "world_size": int(trainer.world_size),

@@ -70,6 +70,20 @@ def is_primary_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def whole_field_identity(plain: dict[str, Any], stage: str) -> dict[str, Any]:
+    """Leave the patch keys out of a stage's identity when it trains on whole fields.
+
+    ``plain`` holds the stage's resolved nodes (``stage``, e.g. "autoencoder", and "loader").
+    With ``patch: null`` the keys change nothing, so without them a run made before patches
+    existed keeps its identity (it is resumed or skipped, not refused).
+    """
+    if plain[stage].get("patch") is None:
+        plain[stage].pop("patch", None)
+        plain["loader"].pop("patch", None)
+        plain["loader"].pop("val_patch", None)
+    return plain
+
+
 def claim(out: Path, config: dict[str, Any], *, final: str, stage: str, force: bool) -> str | None:
     """Make ``out`` the folder of a run with ``config``.
 

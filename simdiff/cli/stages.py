@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from simdiff.cli.app import EXIT_NOT_BUILT, to_plain
+from simdiff.cli.app import EXIT_NOT_BUILT, restart_stage_clock, to_plain
 from simdiff.cli.augment import augment_stage
 from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
@@ -90,6 +90,8 @@ def run_all(cfg: DictConfig) -> None:
             continue
         log.info("== stage %d/%d: %s ==", k, len(chain), name)
         t0 = time.perf_counter()
+        if times:
+            restart_stage_clock()  # the first stage's budget counts from the process start
         stage.task(cfg)
         times.append((name, time.perf_counter() - t0))
         log.info("== stage %s done in %.1f s ==", name, times[-1][1])

@@ -20,6 +20,14 @@ batch reaches the model without any inter-process copy. DataLoader worker *proce
 as much as the read itself here); use them only when per-batch Python work is CPU-heavy
 enough to be worth that copy. Both can be combined: each worker process then runs its own
 reader threads. Batch contents and order never depend on the number of threads.
+
+Patches. With ``patch`` the train split yields random crops of the fields (a new crop of each
+sample every epoch), and, with ``val_patch`` (default), the val/test splits yield one fixed crop
+of each sample (the same every epoch), so the validation loss is comparable across epochs, costs
+what the training crops cost and sees the same crop size as training; the stages score whole
+fields after training (the autoencoder's reconstruction report). ``val_patch=False`` validates on
+whole fields. Batches then carry ``origin`` and the modules crop the mask, weights and static
+fields there (``simdiff.data.patch``).
 """
 
 from __future__ import annotations
@@ -120,6 +128,9 @@ class SimdiffDataModule(L.LightningDataModule):
         reader_threads: background reader threads per process (the training process with 0
             workers): no IPC copies, decode in parallel (Blosc releases the GIL); 0 reads in
             the iterating thread. Pinning (``pin_memory``) still happens in the DataLoader.
+        patch: train on random crops of this many cells of the trailing spatial axes (None:
+            whole fields); the stages pass their own (``autoencoder.patch``, ``diffusion.patch``).
+        val_patch: with ``patch``, validate and test on fixed crops; False: on whole fields.
     """
 
     def __init__(
@@ -135,10 +146,13 @@ class SimdiffDataModule(L.LightningDataModule):
         drop_last: bool = True,
         prefetch_factor: int = 2,
         reader_threads: int = 2,
+        patch: list[int] | tuple[int, ...] | None = None,
+        val_patch: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.hparams["store"] = str(store)  # plain types only: checkpoints load with weights_only
+        self.hparams["patch"] = None if patch is None else [int(p) for p in patch]
         self.path = resolve_store(store)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -150,6 +164,8 @@ class SimdiffDataModule(L.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.prefetch_factor = int(prefetch_factor)
         self.reader_threads = int(reader_threads)
+        self.patch = None if patch is None else tuple(int(p) for p in patch)
+        self.val_patch = bool(val_patch)
         self.datasets: dict[str, ChunkedSampleDataset] = {}
 
     # -- what models need to know ----------------------------------------------------------
@@ -217,6 +233,8 @@ class SimdiffDataModule(L.LightningDataModule):
                 drop_last=self.drop_last and split == "train",
                 shuffle_buffer_chunks=self.shuffle_buffer_chunks,
                 reader_threads=self.reader_threads,
+                patch=self.patch if split == "train" or self.val_patch else None,
+                fixed_patches=split != "train",
             )
 
     def _current_epoch(self) -> int | None:

@@ -33,6 +33,16 @@ Each batch is a dict of tensors (``B`` = batch, ``W`` = window)::
   time_features  float32 (B, time_feature)             when the store has them
   label          int64   (B,)                          when the store has them
   covariates     float32 (B, covariate)                when the store has them
+  origin         int64   (B, ndim)                     with ``patch``: each crop's start per axis
+
+With ``patch`` (``simdiff.data.patch``) every sample is a crop of ``patch`` cells of the trailing
+axes instead of the whole field; ``target`` and ``previous`` then have the patch's spatial shape,
+and the previous states are cropped where their target is. Crop origins are drawn per position of
+the epoch order from ``default_rng((seed, epoch, PATCH_STREAM))`` (a stream of its own: the
+sample order is the one without patches), so the crops of a batch depend on ``(seed, epoch)`` and
+its position only, never on threads, workers or a resume skip; with ``fixed_patches`` each target
+has one crop for every epoch (``default_rng((seed, PATCH_STREAM, 0))``, keyed by sample index),
+for validation. A periodic axis (from the store's geometry) may wrap across its seam.
 
 Conditions are those of the target sample. All tensors of a batch are views of one storage
 (in a worker: one shared-memory segment, filled in place, so the DataLoader sends it without
@@ -71,9 +81,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from simdiff.data.chunk_decoder import ChunkDecoder
 from simdiff.data.errors import DataError
+from simdiff.data.patch import crop, full_patch, patch_origins
 from simdiff.data.store import SPLITS, TrainingStore
 
 CONDITIONS = ("time_features", "label", "covariates")
+#: Seeds the crop origins' streams, apart from the shuffle's ``(seed, epoch)``.
+PATCH_STREAM = 0x9A7C4
 
 
 def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window: int) -> np.ndarray:
@@ -211,6 +224,10 @@ class ChunkedSampleDataset(IterableDataset):
             gathers release the GIL, so threads overlap reading with the consumer and, with 2
             or more, decode in parallel, with no inter-process copy. The batches and their
             order do not depend on this number.
+        patch: crop every sample to this many cells of the trailing spatial axes (leading
+            axes whole), at a random origin per sample (see the module docstring); None
+            yields whole fields. Periodic axes come from the store's geometry.
+        fixed_patches: the same crop of each target every epoch (validation and test).
     """
 
     def __init__(
@@ -226,6 +243,8 @@ class ChunkedSampleDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         reader_threads: int = 2,
+        patch: tuple[int, ...] | list[int] | None = None,
+        fixed_patches: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -252,6 +271,15 @@ class ChunkedSampleDataset(IterableDataset):
         self._rank_arg, self._world_arg = rank, world_size
         self.chunk_samples = opened.chunk_samples
         self.sample_shape = tuple(int(n) for n in opened.data.shape[1:])
+        spatial = self.sample_shape[1:]
+        self.patch = full_patch(patch, spatial)
+        if self.patch is not None and any(not 1 <= p <= n for p, n in zip(self.patch, spatial, strict=True)):
+            raise ValueError(f"ChunkedSampleDataset: patch {list(patch or [])} does not fit the field "
+                             f"{list(spatial)}")
+        self.fixed_patches = bool(fixed_patches)
+        self.periodic = opened.periodic
+        self.out_shape = self.sample_shape if self.patch is None else (self.sample_shape[0], *self.patch)
+        self.n_samples = int(opened.data.shape[0])
         self.conditions = tuple(name for name in CONDITIONS if opened.has(name))
         split_arr, block = opened.array("split"), opened.array("block")
         self.targets = window_targets(split_arr, block, SPLITS[split], self.window)
@@ -382,7 +410,24 @@ class ChunkedSampleDataset(IterableDataset):
         if not len(runs):
             return iter(())
         mine = pos[runs.start * self.batch_size : runs.stop * self.batch_size]
-        return self._batches(order.targets[mine], order.buffer[mine])
+        origins = None if self.patch is None else self.origins(order.targets)[mine]
+        return self._batches(order.targets[mine], order.buffer[mine], origins)
+
+    def origins(self, targets: np.ndarray) -> np.ndarray:
+        """(N, ndim) crop origins of this epoch's ``targets`` (in epoch order), with ``patch``.
+
+        Random crops: one draw per position of the epoch order from
+        ``default_rng((seed, epoch, PATCH_STREAM))``. Fixed crops: one draw per sample of the
+        store from ``default_rng((seed, PATCH_STREAM, 0))``, looked up by target.
+        """
+        assert self.patch is not None
+        spatial = self.sample_shape[1:]
+        if self.fixed_patches:
+            rng = np.random.default_rng((self.seed, PATCH_STREAM, 0))
+            every = patch_origins(rng, self.n_samples, spatial, self.patch, self.periodic)
+            return every[targets]
+        rng = np.random.default_rng((self.seed, self.epoch, PATCH_STREAM))
+        return patch_origins(rng, len(targets), spatial, self.patch, self.periodic)
 
     def _segments(self, buffers: np.ndarray) -> np.ndarray:
         """(K + 1,) bounds of the runs of positions one read task fills, ascending from 0.
@@ -399,17 +444,23 @@ class ChunkedSampleDataset(IterableDataset):
         """An unfilled batch of ``n`` samples (one storage; shared memory in a worker)."""
         assert self._cond is not None
         specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
-            "target": ((n, *self.sample_shape), torch.float32)
+            "target": ((n, *self.out_shape), torch.float32)
         }
         if self.window > 1:
-            specs["previous"] = ((n, self.window - 1, *self.sample_shape), torch.float32)
+            specs["previous"] = ((n, self.window - 1, *self.out_shape), torch.float32)
         specs["index"] = ((n,), torch.int64)
+        if self.patch is not None:
+            specs["origin"] = ((n, len(self.patch)), torch.int64)
         for name, values in self._cond.items():
             specs[name] = ((n, *values.shape[1:]), torch.from_numpy(values[:0]).dtype)
         return empty_batch(specs)
 
-    def _batches(self, targets: np.ndarray, buffers: np.ndarray) -> Iterator[dict[str, torch.Tensor]]:
+    def _batches(
+        self, targets: np.ndarray, buffers: np.ndarray, origins: np.ndarray | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Yield the batches of this worker's ``targets`` (whose read buffers are ``buffers``), in order.
+
+        ``origins`` (N, ndim): the crop of each target, with ``patch``.
 
         Read tasks (one per segment, see ``_segments``) are submitted in order and waited
         for in order, so the batches never depend on thread timing. At most
@@ -432,7 +483,7 @@ class ChunkedSampleDataset(IterableDataset):
                 if b not in batches:
                     batches[b] = self._empty(min(bs, n - b * bs))
                 parts.append((batches[b], b * bs))
-            return lambda: self._fill(targets, lo, hi, parts)
+            return lambda: self._fill(targets, lo, hi, parts, origins)
 
         if self.reader_threads == 0:
             k = 0
@@ -458,7 +509,12 @@ class ChunkedSampleDataset(IterableDataset):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _fill(
-        self, targets: np.ndarray, lo: int, hi: int, parts: list[tuple[dict[str, torch.Tensor], int]]
+        self,
+        targets: np.ndarray,
+        lo: int,
+        hi: int,
+        parts: list[tuple[dict[str, torch.Tensor], int]],
+        origins: np.ndarray | None = None,
     ) -> None:
         """Read positions ``[lo, hi)`` of ``targets`` into their rows of the batches ``parts``.
 
@@ -466,6 +522,8 @@ class ChunkedSampleDataset(IterableDataset):
             targets: (N,) this worker's targets in order.
             lo, hi: the segment; every position lies in one of ``parts``.
             parts: (batch, position of its first row) for each batch the segment overlaps.
+            origins: (N, ndim) crop origins per position, with ``patch``: whole states are read
+                into a temporary array, then cropped into the batch rows.
         """
         assert self._cond is not None
         w = self.window
@@ -476,9 +534,13 @@ class ChunkedSampleDataset(IterableDataset):
         for batch, first in parts:
             a, e = max(lo, first), min(hi, first + len(batch["index"]))
             r = slice(a - first, e - first)
-            t_np = batch["target"].numpy()[r]
-            p_np = batch["previous"].numpy()[r] if w > 1 else None
             mine = targets[a:e]
+            if self.patch is None:
+                t_np = batch["target"].numpy()[r]
+                p_np = batch["previous"].numpy()[r] if w > 1 else None
+            else:
+                t_np = np.empty((len(mine), *self.sample_shape), dtype=np.float32)
+                p_np = np.empty((len(mine), w - 1, *self.sample_shape), dtype=np.float32) if w > 1 else None
             if scratch is None:
                 self._read_direct(mine, t_np, p_np)
             else:
@@ -486,6 +548,13 @@ class ChunkedSampleDataset(IterableDataset):
                 np.take(states, where, axis=0, out=t_np)
                 if p_np is not None:
                     np.take(states, where[:, None] + np.arange(-(w - 1), 0)[None, :], axis=0, out=p_np)
+            if self.patch is not None:
+                assert origins is not None
+                at = torch.from_numpy(origins[a:e])
+                batch["target"][r] = crop(torch.from_numpy(t_np), at, self.patch)
+                if p_np is not None:
+                    batch["previous"][r] = crop(torch.from_numpy(p_np), at, self.patch)
+                batch["origin"][r] = at
             batch["index"].numpy()[r] = mine
             for name, values in self._cond.items():
                 np.take(values, mine, axis=0, out=batch[name].numpy()[r])

@@ -119,6 +119,12 @@ class TrainingStore:
         return int(self.data.shape[0])
 
     @property
+    def periodic(self) -> tuple[bool, ...]:
+        """Per spatial axis ``([D], Y, X)``, True where the geometry wraps (global longitude)."""
+        wraps = set(self.attrs["geometry"].get("periodic", []))
+        return tuple(d in wraps for d in self.layout.spatial_dims)
+
+    @property
     def chunk_samples(self) -> int:
         """Samples per chunk along the sample dim."""
         return int(self.data.chunks[0])

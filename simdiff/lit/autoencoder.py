@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from simdiff.data.patch import crop_shared
 from simdiff.data.store import TrainingStore
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
@@ -79,7 +80,13 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
         x = batch["target"]
         out = self.net(x)
-        terms = self.loss(out.recon.float(), x.float(), self.weights, self.mask, self.net.periodic)
+        # A batch of crops (``origin``) is scored with the crops' own weights and mask; an axis is
+        # periodic in a crop only where the crop spans it whole.
+        origin, size = batch.get("origin"), x.shape[2:]
+        weights = crop_shared(self.weights, origin, size)
+        mask = crop_shared(self.mask, origin, size)
+        periodic = [p and n == m for p, n, m in zip(self.net.periodic, size, self.mask.shape, strict=True)]
+        terms = self.loss(out.recon.float(), x.float(), weights, mask, periodic)
         loss = terms["loss"] + out.reg
         on_step = stage == "train"
         self.log(f"{stage}/loss", terms["mse"] if stage == "val" else loss, prog_bar=True,

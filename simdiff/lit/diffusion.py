@@ -18,9 +18,12 @@ Validation logs, with the EMA weights:
 * ``val/loss``: the training objective on the val split (fixed noise per epoch);
 * ``val/loss_sigma_<lo>_<hi>``: the same loss at the geometric centre of each noise-level bin,
   showing which noise levels the model has learnt (low sigma: fine detail; high: large scale);
-* every ``crps_every`` epochs, ``val/crps`` and ``val/spread_skill`` of a ``crps_members``-member
-  ensemble sampled for the first ``crps_states`` validation states (diffused-variable units
-  mapped back to latent states; CRPS averaged over cells and channels).
+* every ``crps_every`` epochs, from the first, ``val/crps`` and ``val/spread_skill`` of a
+  ``crps_members``-member ensemble sampled for the first ``crps_states`` validation states
+  (diffused-variable units mapped back to latent states; CRPS averaged over cells and channels).
+  The ensemble often costs more than the rest of validation; running it in the first one makes
+  its cost known early to the stage's time budget, which forecasts each epoch end by its
+  :meth:`~DiffusionModule.validation_kind` (:class:`simdiff.lit.budget.TimeBudget`).
 
 On ``fit`` end, each rank's parameter checksum is gathered (``rank_checksums``): under DDP they
 must all agree, which the stage records and checks.
@@ -39,6 +42,7 @@ import lightning as L
 import torch
 import xarray as xr
 
+from simdiff.data.patch import crop_shared
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
@@ -129,7 +133,10 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         if drop:
             drops = self.model.conditioner.sample_drop(x.shape[0], generator=generator, device=x.device)
         cond = self.model.conditions(batch, drops)
-        return self.loss_fn(self.model, y, generator=generator, weight=self.weights, sigma=sigma, **cond)
+        weight = self.weights
+        if batch.get("origin") is not None:  # crops: the crop's cell weights, (B, 1, [d], h, w)
+            weight = crop_shared(weight, batch["origin"], x.shape[2:]).unsqueeze(1)
+        return self.loss_fn(self.model, y, generator=generator, weight=weight, sigma=sigma, **cond)
 
     def on_train_start(self) -> None:
         self.start_step = int(self.global_step)
@@ -166,12 +173,19 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
             sigma = torch.full((n,), math.sqrt(lo * hi), device=self.device)
             per, _ = self._loss(batch, self._val_gen, sigma=sigma, drop=False)
             self.log(f"val/loss_sigma_{lo:g}_{hi:g}", per.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        every = int(self.hparams.crps_every)
-        due = every > 0 and (self.current_epoch + 1) % every == 0
-        if batch_idx == 0 and due and self.sampler is not None:
+        if batch_idx == 0 and self.ensemble_due(self.current_epoch) and self.sampler is not None:
             crps, ratio = self._ensemble_scores(batch)
             self.log("val/crps", crps, on_epoch=True, batch_size=1, sync_dist=True)
             self.log("val/spread_skill", ratio, on_epoch=True, batch_size=1, sync_dist=True)
+
+    def ensemble_due(self, epoch: int) -> bool:
+        """Whether the validation of ``epoch`` samples the CRPS ensemble: epochs 0, every, 2 every ..."""
+        every = int(self.hparams.crps_every)
+        return every > 0 and epoch % every == 0
+
+    def validation_kind(self, epoch: int) -> str:
+        """What the validation of ``epoch`` costs: "ensemble" (with the CRPS ensemble) or "loss"."""
+        return "ensemble" if self.ensemble_due(epoch) and self.sampler is not None else "loss"
 
     def sigmas(self) -> torch.Tensor:
         """The Karras noise levels the validation ensembles use."""

@@ -42,6 +42,11 @@ def stage_factors(factors: Sequence[Sequence[int]], ndim: int) -> list[tuple[int
     return out
 
 
+def total_factors(factors: Sequence[Sequence[int]], ndim: int) -> tuple[int, ...]:
+    """The product of the per-stage factors per axis: how much a net shrinks each of ``ndim`` axes."""
+    return tuple(math.prod(f[a] for f in stage_factors(factors, ndim)) for a in range(ndim))
+
+
 @dataclass
 class AutoencoderOutput:
     """recon: (B, C, [D], H, W); z, mean: (B, c, [d], h, w); reg: scalar regularisation."""
@@ -178,7 +183,7 @@ class Autoencoder(nn.Module):
             )
         self.in_channels = int(in_channels)
         self.latent_channels = int(latent_channels)
-        self.total_factors = tuple(math.prod(f[a] for f in self.factors) for a in range(ndim))
+        self.total_factors = total_factors(factors, ndim)
         kernel = (int(depth_kernel_size),) * (ndim - 2) + (int(kernel_size),) * 2
         self.bottleneck: Bottleneck = bottleneck if bottleneck is not None else KLBottleneck()
         args = (channels, self.factors, self.periodic, kernel, int(blocks), bool(attention), int(groups))

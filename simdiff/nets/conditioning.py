@@ -26,6 +26,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from simdiff.data.patch import crop_shared
+
 DROPPABLE = ("previous", "time_features", "covariates", "label")
 
 
@@ -123,6 +125,8 @@ class Conditioner(nn.Module):
         covariates: torch.Tensor | None = None,
         label: torch.Tensor | None = None,
         drop: Mapping[str, torch.Tensor] | None = None,
+        origin: torch.Tensor | None = None,
+        size: tuple[int, ...] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The net's condition inputs.
 
@@ -132,6 +136,9 @@ class Conditioner(nn.Module):
                 ``self.previous`` are used.
             time_features: (B, F); covariates: (B, K); label: (B,) int64.
             drop: per condition, (B,) bool, True where it is dropped.
+            origin, size: for states that are crops (``simdiff.data.patch``): (B, ndim) crop
+                origins and the crop's spatial ``([D], H, W)``; the static fields are cropped
+                there, so each row sees the static fields under its own crop.
 
         Returns:
             ``{"spatial": (B, C_s, [D], H, W)}`` and/or ``{"vector": (B, E)}`` (absent when empty).
@@ -154,7 +161,12 @@ class Conditioner(nn.Module):
             spatial.append(p)
         if self.static is not None:
             dtype = spatial[0].dtype if spatial else self.static.dtype
-            spatial.append(self.static.to(dtype).expand(batch_size, *self.static.shape))
+            if origin is not None:
+                if size is None:
+                    raise ValueError("Conditioner: cropped states (origin) need the crop's size")
+                spatial.append(crop_shared(self.static.to(dtype), origin, size))
+            else:
+                spatial.append(self.static.to(dtype).expand(batch_size, *self.static.shape))
         spatial += indicator
         if spatial:
             out["spatial"] = torch.cat(spatial, dim=1)

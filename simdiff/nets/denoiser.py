@@ -78,8 +78,19 @@ class ConditionalDenoiser(nn.Module):
     def conditions(
         self, batch: Mapping[str, torch.Tensor], drop: Mapping[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
-        """``{"spatial", "vector"}`` for a loader batch (keys previous/time_features/covariates/label)."""
+        """``{"spatial", "vector"}`` for a loader batch (keys previous/time_features/covariates/label).
+
+        A batch of crops carries ``origin`` (B, ndim) and its ``target`` has the crop's shape;
+        static fields are then cropped at each row's origin.
+        """
         n = next(iter(v for k, v in batch.items() if k in ("target", "previous"))).shape[0]
+        origin = batch.get("origin")
+        size = None
+        if origin is not None:
+            if "target" not in batch:
+                raise ValueError("ConditionalDenoiser: a batch with 'origin' (crops) needs its 'target' "
+                                 "to give the crop's shape")
+            size = tuple(batch["target"].shape[2:])
         return self.conditioner(
             n,
             previous=batch.get("previous"),
@@ -87,6 +98,8 @@ class ConditionalDenoiser(nn.Module):
             covariates=batch.get("covariates"),
             label=batch.get("label"),
             drop=drop,
+            origin=origin,
+            size=size,
         )
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:

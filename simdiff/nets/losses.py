@@ -23,8 +23,18 @@ import torch
 
 
 def masked_mse(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Weighted MSE over valid cells; x, y: (B, C, [D], H, W); weights, mask: ([D], H, W)."""
+    """Weighted MSE over valid cells; x, y: (B, C, [D], H, W).
+
+    ``weights`` and ``mask`` are ([D], H, W), one for every sample, or (B, [D], H, W), one per
+    sample (each sample a crop of the field: simdiff.data.patch); then the sum of ``w m`` runs
+    over the batch too, which is the formula above for equal rows. A batch with no valid cell
+    gives 0.
+    """
     w = weights * mask.to(weights.dtype)
+    if w.ndim == x.ndim - 1:
+        w = w.unsqueeze(1)
+        err = (x - y).square() * w
+        return err.sum() / (w.sum() * x.shape[1]).clamp_min(torch.finfo(w.dtype).tiny)
     err = (x - y).square() * w
     return err.sum() / (w.sum() * x.shape[0] * x.shape[1])
 
@@ -36,7 +46,8 @@ def spectral_loss(
 
     Args:
         x, y: (B, C, [D], H, W) reconstruction and target.
-        mask: ([D], H, W) bool; masked cells are zeroed in both before the transform.
+        mask: ([D], H, W) or per sample (B, [D], H, W) bool; masked cells are zeroed in both
+            before the transform.
         axes: spatial axis indices (0-based over ``([D], H, W)``) to transform along.
 
     Returns:
@@ -45,6 +56,8 @@ def spectral_loss(
     if not axes:
         raise ValueError("spectral_loss needs at least one periodic axis")
     m = mask.to(x.dtype)
+    if m.ndim == x.ndim - 1:
+        m = m.unsqueeze(1)
     dims = tuple(2 + a for a in axes)
     fx = torch.fft.rfftn(x * m, dim=dims, norm="ortho").abs()
     fy = torch.fft.rfftn(y * m, dim=dims, norm="ortho").abs()

@@ -35,14 +35,13 @@ starts as ``D(x; sigma) = c_skip(sigma) x``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simdiff.nets.autoencoder import stage_factors
+from simdiff.nets.autoencoder import stage_factors, total_factors
 from simdiff.nets.blocks import Attention, Downsample, Upsample, group_norm
 from simdiff.nets.conv import GeoConv
 from simdiff.nets.padding import crop_to, pad_to_multiple
@@ -229,7 +228,7 @@ class UNet(nn.Module):
         if blocks < 1:
             raise ValueError(f"UNet: blocks must be >= 1, got {blocks}")
         self.factors = stage_factors(factors, nd)
-        self.total_factors = tuple(math.prod(f[a] for f in self.factors) for a in range(nd))
+        self.total_factors = total_factors(factors, nd)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.cond_channels = int(cond_channels)

@@ -67,6 +67,16 @@ def test_same_config_is_skipped_and_other_config_refused(trained):
     assert "force=true" in other.stderr and "latent_channels" in other.stderr
 
 
+def test_a_patch_the_net_cannot_tile_is_refused_at_startup(trained):
+    run_dir, common = trained
+    before = (run_dir / "autoencoder" / "autoencoder.ckpt").stat().st_mtime_ns
+    out = simdiff("train-autoencoder", *common, "autoencoder.patch=[30,32]", "force=true")
+    assert out.returncode == 2
+    assert "autoencoder.patch=[30, 32]" in out.stderr and "factor 4" in out.stderr
+    assert "use 28 or 32" in out.stderr
+    assert (run_dir / "autoencoder" / "autoencoder.ckpt").stat().st_mtime_ns == before  # nothing discarded
+
+
 def test_encode_writes_unit_variance_latents_with_the_split(trained):
     run_dir, common = trained
     out = simdiff("encode", *common)
