@@ -225,7 +225,8 @@ def test_forecast_attrs_are_never_built(run):
     g = zarr.open_group(str(run_dir / "forecast.zarr"), mode="r+")
     spec = {"_target_": "os.system", "command": f"touch {marker}"}
     g.attrs["transforms"] = {"q": spec}
-    g.attrs["simdiff_decoder_residual_rms_over_std"] = json.dumps(spec)
+    g.attrs["simdiff_spec"] = json.dumps(spec)
+    g["q"].attrs["transform"] = spec
     out = simdiff("evaluate", f"run_dir={run_dir}", *common, *small)
     assert out.returncode == 0, out.stderr[-3000:]
     out = simdiff("generate", f"run_dir={run_dir}", *common, *small)  # complete: reads attrs, skips
