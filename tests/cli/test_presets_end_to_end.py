@@ -83,7 +83,8 @@ def test_era_interim_runs_what_two_climatologies_allow_and_says_why(tmp_path, sh
     run_dir = tmp_path / "era_interim"
     out = simdiff("run", f"run_dir={run_dir}", "data=era_interim", "debug=tiny", f"shared_data={shared_data}")
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "the main job ends after encode" in out.stderr and "not a time series" in out.stderr
+    said = out.stdout + out.stderr
+    assert "the main job ends after encode" in said and "not a time series" in said
     assert (run_dir / "latents.zarr").is_dir() and not (run_dir / "forecast.zarr").exists()
     with xr.open_zarr(run_dir / "latents.zarr", consolidated=False) as lat:
         assert np.isfinite(lat["data"].values).all()
