@@ -28,7 +28,8 @@ from simdiff.cli.generate import output_path
 from simdiff.cli.stage_dir import read_config
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
-from simdiff.data.transforms import domain_of, from_spec
+from simdiff.data.transforms import domain_of
+from simdiff.evaluate.baselines import climatology_needs_care
 from simdiff.generate.output import open_output
 
 log = logging.getLogger("simdiff")
@@ -92,11 +93,10 @@ def evaluate_stage(cfg: DictConfig) -> None:
             weights=ds["weights"], periodic=periodic, sample_dim=sdim, time_features=features,
             seed=int(cfg.seed), persistence_baseline=bool(ev.baselines.persistence),
             window_days=float(ev.climatology_window_days), spectra=bool(ev.spectra),
-            domains={n: domain_of(from_spec(spec, source=str(store.path), key=f"transforms.{n}"))
-                     for n, spec in store.attrs.get("transforms", {}).items()},
+            domains={name: domain_of(t) for name, t in store.transforms.items()},
         )
         clim = metrics["baselines"]["climatology"]
-        if clim is not None and (clim["weak"] or clim["pools"]["any"] or clim["pools"]["season"]):
+        if clim is not None and climatology_needs_care(clim):
             log.warning("evaluate: the climatology baseline is weak on this record (%d training states, "
                         "pools %s, smallest %d for %d members); read crps_climatology with care",
                         clim["training_states"], clim["pools"], clim["smallest_pool"], clim["members"])

@@ -34,7 +34,7 @@ from simdiff.cli.diffusion import FINAL as DM_FINAL
 from simdiff.cli.stage_dir import read_config
 from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
-from simdiff.data.loader import window_targets
+from simdiff.data.loader import contiguous_runs, window_targets
 from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.stats import denormalise
 from simdiff.data.store import SPLITS, TrainingStore
@@ -88,9 +88,7 @@ def init_indices(gen: Any, latents: TrainingStore, window: int) -> list[int]:
 
 def _longest_run(split: np.ndarray, block: np.ndarray, code: int) -> int:
     """The longest run of consecutive samples of one block in split ``code``."""
-    split, block = np.asarray(split), np.asarray(block)
-    run = np.concatenate([[0], np.cumsum((np.diff(block) != 0) | (np.diff(split) != 0))])
-    lengths = np.bincount(run[split == code])
+    lengths = np.bincount(contiguous_runs(split, block)[np.asarray(split) == code])
     return int(lengths.max()) if lengths.size else 0
 
 

@@ -89,6 +89,13 @@ CONDITIONS = ("time_features", "label", "covariates")
 PATCH_STREAM = 0x9A7C4
 
 
+def contiguous_runs(split: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """(S,) run id per sample: constant over consecutive samples of one block and one split."""
+    split, block = np.asarray(split), np.asarray(block)
+    change = (np.diff(block) != 0) | (np.diff(split) != 0)
+    return np.concatenate([[0], np.cumsum(change)])
+
+
 def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window: int) -> np.ndarray:
     """Sample indices ``t`` with ``split[t] == split_code`` whose window lies in one block and split.
 
@@ -102,9 +109,7 @@ def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window
         (N,) sorted int64 target indices.
     """
     split = np.asarray(split)
-    block = np.asarray(block)
-    change = (np.diff(block) != 0) | (np.diff(split) != 0)
-    run = np.concatenate([[0], np.cumsum(change)])  # run id: constant over one block and split
+    run = contiguous_runs(split, block)
     t = np.flatnonzero(split == split_code)
     t = t[t >= window - 1]
     return t[run[t - (window - 1)] == run[t]].astype(np.int64)

@@ -289,3 +289,9 @@ def climatology_ensemble(
         "weak": bool(smallest < 2 * members),
     }}
     return out.assign_coords(valid_time=(valid_times.dims, vt))
+
+
+def climatology_needs_care(info: dict) -> bool:
+    """True when a climatology (its ``simdiff_climatology`` record) is a weak yardstick: a pool
+    under twice the members, or valid times that fell back from their hour and season."""
+    return bool(info["weak"] or info["pools"].get("season") or info["pools"].get("any"))

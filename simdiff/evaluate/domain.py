@@ -10,7 +10,8 @@ For a variable with a lower bound ``lo`` (precipitation, densities: 0), over the
 * ``wet_quantiles`` ``{"q": [..], "members": [..], "truth": [..]}``: quantiles of the values
   above ``lo`` (the intensity of the wet cells), from one weighted histogram per side on
   log-spaced bins (4000 bins spanning the truth's wet range widened 10x each way, so a
-  quantile is resolved to ~0.3 % of its value); out of core, one pass over the members.
+  quantile is resolved to ~0.3 % of its value); out of core: the truth is read first for the
+  bins, then the members once for every figure.
 
 With an upper bound ``hi`` the entry also has ``above_fraction``.
 """
@@ -67,42 +68,50 @@ def domain_checks(
         wm = wm.chunk(dict(zip(fc.dims, fc.chunks, strict=True)))
     fc = fc.where(wm > 0)
     out: dict[str, Any] = {"domain": [lo, hi]}
-    lazy: dict[str, Any] = {"members_total": wm.sum(), "truth_total": w.sum()}
+
+    def computed(lazy: dict[str, Any]) -> dict[str, Any]:
+        return dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
+
+    # the truth first (it alone sets the histogram's bins), then one pass over the members
+    truth: dict[str, Any] = {"total": w.sum()}
     if lo is not None:
-        lazy["below"] = (wm * (fc < lo)).sum()
-        lazy["dry_members"] = (wm * (fc == lo)).sum()
-        lazy["dry_truth"] = (w * (obs == lo)).sum()
         wet = obs.where(obs > lo)
-        lazy["wet_min"], lazy["wet_max"] = wet.min(), wet.max()
-    if hi is not None:
-        lazy["above"] = (wm * (fc > hi)).sum()
-    keys = list(lazy)
-    values = dict(zip(keys, (float(v) for v in dask.compute(*(lazy[k] for k in keys))), strict=True))
-    n_members, n_truth = values["members_total"], values["truth_total"]
-    if not n_members > 0:
-        return out | {"note": "no valid cell to check"}
-    if hi is not None:
-        out["above_fraction"] = values["above"] / n_members
-    if lo is None:
-        return out
-    out["below_fraction"] = values["below"] / n_members
-    dry_m, dry_t = values["dry_members"] / n_members, values["dry_truth"] / n_truth
-    out["dry_fraction"] = {"members": dry_m, "truth": dry_t,
-                           "relative_error": (dry_m - dry_t) / dry_t if dry_t > 0 else None}
-    wmin, wmax = values["wet_min"], values["wet_max"]
-    if not (np.isfinite(wmin) and np.isfinite(wmax)):
-        out["wet_quantiles"] = None
-        return out
-    edges = np.geomspace(wmin / 10.0, wmax * 10.0, _BINS + 1)
-    inner = (edges[0], edges[-1] * (1 - 1e-12))
+        truth |= {"dry": (w * (obs == lo)).sum(), "wet_min": wet.min(), "wet_max": wet.max()}
+    truth = {k: float(v) for k, v in computed(truth).items()}
+    edges = None
+    if lo is not None and np.isfinite(truth["wet_min"]) and np.isfinite(truth["wet_max"]):
+        edges = np.geomspace(truth["wet_min"] / 10.0, truth["wet_max"] * 10.0, _BINS + 1)
 
     def hist(x: xr.DataArray, wx: xr.DataArray) -> Any:
+        assert edges is not None
+        inner = (edges[0], edges[-1] * (1 - 1e-12))
         wet_w = (wx * (x > lo)).data
         vals = da.clip(da.asarray(x.fillna(edges[0]).data), *inner)
         return da.histogram(vals, bins=edges, weights=da.asarray(wet_w).rechunk(vals.chunks))[0]
 
-    counts_m, counts_t = dask.compute(hist(fc, wm), hist(obs, w))
+    lazy: dict[str, Any] = {"total": wm.sum()}
+    if lo is not None:
+        lazy |= {"below": (wm * (fc < lo)).sum(), "dry": (wm * (fc == lo)).sum()}
+    if hi is not None:
+        lazy["above"] = (wm * (fc > hi)).sum()
+    if edges is not None:
+        lazy |= {"hist": hist(fc, wm), "hist_truth": hist(obs, w)}
+    members = computed(lazy)
+    n_members, n_truth = float(members["total"]), truth["total"]
+    if not n_members > 0:
+        return out | {"note": "no valid cell to check"}
+    if hi is not None:
+        out["above_fraction"] = float(members["above"]) / n_members
+    if lo is None:
+        return out
+    out["below_fraction"] = float(members["below"]) / n_members
+    dry_m, dry_t = float(members["dry"]) / n_members, truth["dry"] / n_truth
+    out["dry_fraction"] = {"members": dry_m, "truth": dry_t,
+                           "relative_error": (dry_m - dry_t) / dry_t if dry_t > 0 else None}
+    if edges is None:
+        out["wet_quantiles"] = None
+        return out
     q = [float(p) for p in quantiles]
-    out["wet_quantiles"] = {"q": q, "members": _weighted_quantiles(edges, np.asarray(counts_m), q),
-                            "truth": _weighted_quantiles(edges, np.asarray(counts_t), q)}
+    out["wet_quantiles"] = {"q": q, "members": _weighted_quantiles(edges, np.asarray(members["hist"]), q),
+                            "truth": _weighted_quantiles(edges, np.asarray(members["hist_truth"]), q)}
     return out

@@ -15,6 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from simdiff.data.atomic import atomic_file
+from simdiff.evaluate.baselines import climatology_needs_care
 
 #: The scalar scores of one KEY (and lead) in metrics.json (see simdiff.evaluate.report).
 SCORES = (
@@ -104,7 +105,7 @@ def _baselines_html(info: dict[str, Any]) -> list[str]:
         pools = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in clim["pools"].items() if v)
         text = (f"Climatology: {clim['members']} of {clim['training_states']} training states per valid "
                 f"time, drawn from {pools} (valid times per pool).")
-        if clim["weak"] or clim["pools"].get("any") or clim["pools"].get("season"):
+        if climatology_needs_care(clim):
             text += (f" <b>Weak baseline</b>: the smallest pool held {clim['smallest_pool']} states"
                      f"{', some drawn with replacement' if clim['with_replacement'] else ''}, or the record "
                      "lacks the valid times' hour or season; read crps_climatology with care.")
