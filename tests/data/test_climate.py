@@ -256,6 +256,8 @@ def test_preset_instantiates_and_opens(shared_data: Path, name: str) -> None:
     node = OmegaConf.load(conf / f"{name}.yaml")
     if "_target_" not in node:  # a preset in the _global_ package: its data node, beside the rest
         node = node.data
+    if "defaults" in node:  # a Hydra composition list (bom_radar picks its network presets), not data
+        node = OmegaConf.masked_copy(node, [k for k in node if k != "defaults"])
     root = OmegaConf.create({"shared_data": str(shared_data), "debug": {"max_samples": 3}, "data": node})
     # _convert_: Hydra would otherwise turn the instantiated (dataclass) transforms back
     # into configs when it stores them in the parent node
