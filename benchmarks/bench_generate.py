@@ -37,8 +37,8 @@ finally:
 
 
 def run(run_dir: str, members: int, batch: int, out: Path, batched: bool) -> dict:
-    args = ["generate", f"run_dir={run_dir}", f"generate.members={members}", "generate.max_inits=1",
-            "generate.lead_steps=1", f"generate.batch_size={batch}", f"generate.out={out}",
+    args = ["generate", f"run_dir={run_dir}", f"generate.members={members}", "generate.mode.max_inits=1",
+            "generate.mode.lead_steps=1", f"generate.batch_size={batch}", f"generate.out={out}",
             f"generate.batch_invariant={'false' if batched else 'true'}"]
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True)

@@ -31,13 +31,14 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from simdiff.cli.generate import load_models
 from simdiff.data.atomic import write_json
 from simdiff.data.latents import LatentStore
 from simdiff.data.loader import window_targets
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.evaluate.calibration import spread_skill
 from simdiff.evaluate.crps import crps
+from simdiff.runs.layout import RunDir
+from simdiff.runs.models import load_models
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,8 @@ def main() -> None:
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
     latents = LatentStore(run_dir / "latents.zarr")
-    model, _, dm_cfg = load_models(run_dir, latents, torch.device("cpu"))
+    models = load_models(RunDir(run_dir), latents, torch.device("cpu"))
+    model, dm_cfg = models.model, models.diffusion
     gen_cfg = OmegaConf.load(REPO / "conf" / "generate" / "default.yaml")
     sampler = instantiate(OmegaConf.create(dict(dm_cfg["sampler"])))
     sigmas = karras_sigmas(int(OmegaConf.select(gen_cfg, "steps", default=18)), 0.002, 80.0, 7.0)

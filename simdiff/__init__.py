@@ -11,4 +11,13 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "open_run"]
+
+
+def __getattr__(name: str):
+    """``simdiff.open_run`` without importing torch on ``import simdiff``."""
+    if name == "open_run":
+        from simdiff.runs.api import open_run
+
+        return open_run
+    raise AttributeError(f"module 'simdiff' has no attribute {name!r}")

@@ -34,7 +34,6 @@ log = logging.getLogger("simdiff")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXIT_BAD_INPUT = 2
-EXIT_NOT_BUILT = 3
 
 
 _stage_clock: dict[str, float | None] = {"started": None}

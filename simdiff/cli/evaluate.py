@@ -1,122 +1,96 @@
-"""The ``evaluate`` stage: ``run_dir/forecast.zarr`` + the training store -> ``run_dir/report/``.
+"""``simdiff evaluate``: the forecast and/or the augmented dataset -> ``run_dir/report/``.
 
-Scores the ensemble against the truth of the training store (physical units, cell-weighted,
-mask-aware) and against three baselines on the same cases: a climatological ensemble of
-training states (same season and time of day where the data has seasons), persistence, and the
-autoencoder ceiling (the scores of decode(encode(truth)), the best any latent model can do).
-Writes ``metrics.json``, ``metrics.csv``, the figures and ``index.html`` (simdiff.evaluate.report)
-and prints a summary table. When ``run_dir/augmented.zarr`` (``augment.out``) exists, the report gets
-an ``augment`` section: quantiles, Wasserstein-1 against held-out data, spectrum ratio and the
-memorisation check of the synthetic samples.
+Scores the ensemble against the truth of the training store and its baselines
+(:mod:`simdiff.runs.evaluation`): a climatological ensemble of training states, persistence,
+and the autoencoder ceiling. When ``augmented.zarr`` (``augment.out``) exists, the report gets
+an ``augment`` section. Writes ``metrics.json``, ``metrics.csv``, the figures and ``index.html``
+(:mod:`simdiff.evaluate.report`) and prints a summary table.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import xarray as xr
 from omegaconf import DictConfig
 
 from simdiff.cli.augment import output_path as augment_output_path
-from simdiff.cli.autoencoder import AE_DIR, build_net
-from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.generate import output_path
-from simdiff.cli.stage_dir import read_config
+from simdiff.cli.nodes import build, plain_node
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
-from simdiff.data.transforms import domain_of
-from simdiff.evaluate.baselines import climatology_needs_care
 from simdiff.generate.output import open_output
+from simdiff.runs.completion import Identity
+from simdiff.runs.evaluation import Scoring, score_augmented, score_forecast
+from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
 
-REPORT = "report"
+
+def _inputs(cfg: DictConfig) -> tuple[Path, Path]:
+    """What evaluate scores: forecast mode's output (else run_dir/forecast.zarr) and the augmented set."""
+    mode = build(cfg.generate.mode)
+    forecast = output_path(cfg, mode) if mode.kind == "forecast" else RunDir(cfg.run_dir).output("forecast")
+    return forecast, augment_output_path(cfg)
 
 
-def ae_ceiling(run_dir: Path, store: TrainingStore, indices: np.ndarray) -> xr.Dataset | None:
-    """decode(encode(truth)) at the store's samples ``indices``, physical units; None without an AE."""
-    from simdiff.lit.autoencoder import load_ema_weights
-    from simdiff.lit.encode import reconstruct_store
-
-    final = run_dir / AE_DIR / AE_FINAL
-    if not final.is_file():
-        log.warning("evaluate: no autoencoder at %s; the AE-ceiling baseline is left out", final)
-        return None
-    saved = read_config(run_dir / AE_DIR / "config.yaml")
-    net = load_ema_weights(
-        build_net(saved["autoencoder"], saved["data_signature"]),
-        final,
-        float(saved["autoencoder"]["module"]["ema_decay"]),
-    )
-    recon = reconstruct_store(
-        net, store, indices=indices, batch_size=int(saved["autoencoder"]["encode_batch_size"])
-    )
-    ds = store.dataset().isel({store.layout.sample_dim: indices})
-    return denormalise(ds.assign(data=recon.variable))
+def identity(cfg: DictConfig) -> Identity:
+    """evaluate depends on its node, the seed, the truth, the outputs it scores and the autoencoder."""
+    run = RunDir(cfg.run_dir)
+    forecast, augmented = _inputs(cfg)
+    inputs = {"training store": run.store}
+    if forecast.exists() or not augmented.exists():
+        inputs["forecast"] = forecast
+    if augmented.exists():
+        inputs["augmented"] = augmented
+    if cfg.evaluate.baselines.ae_ceiling and run.final("autoencoder").is_file():
+        inputs["autoencoder"] = run.final("autoencoder")
+    config = {"evaluate": plain_node(cfg.evaluate), "seed": int(cfg.seed)}
+    return Identity(config, inputs, [run.metrics, run.report / "index.html"])
 
 
 def evaluate_stage(cfg: DictConfig) -> None:
-    """Score ``run_dir/forecast.zarr`` and write ``run_dir/report/``."""
+    """Score the run's outputs and write ``run_dir/report/``."""
     from rich.console import Console
 
     from simdiff.evaluate.html import summary_table
-    from simdiff.evaluate.report import evaluate_augmented, evaluate_forecast, report_figures, write_report
+    from simdiff.evaluate.report import report_figures, write_report
 
-    run_dir = Path(cfg.run_dir)
-    store = TrainingStore(run_dir / "data" / "train.zarr")
-    sdim = store.layout.sample_dim
-    ds = store.dataset()
-    truth = denormalise(ds)
-    train_idx = store.indices("train")
-    train = truth.isel({sdim: train_idx})
-    periodic = set(store.attrs["geometry"].get("periodic", []))
-    path = output_path(cfg) if cfg.generate.mode == "forecast" else run_dir / "forecast.zarr"
-    augmented = augment_output_path(cfg)
+    run = RunDir(cfg.run_dir)
+    ev = cfg.evaluate
+    scoring = Scoring(
+        climatology=bool(ev.baselines.climatology),
+        persistence=bool(ev.baselines.persistence),
+        ae_ceiling=bool(ev.baselines.ae_ceiling),
+        climatology_window_days=float(ev.climatology_window_days),
+        spectra=bool(ev.spectra),
+    )
+    path, augmented = _inputs(cfg)
+    store = TrainingStore(run.store)
+    truth = denormalise(store.dataset())  # the truth first: a store with a foreign transform stops here
     metrics: dict[str, Any] = {}
     forecast = None
     if path.exists() or not augmented.exists():
         forecast = open_output(path)
-        leads = forecast.sizes["lead_time"]
-        valid = (np.asarray(forecast["init_index"].values)[:, None] + np.arange(1, leads + 1)).ravel()
-        valid = np.unique(valid[valid < store.n_samples])
-        ev = cfg.evaluate
-        ceiling = ae_ceiling(run_dir, store, valid) if ev.baselines.ae_ceiling else None
-        features = ds["time_features"].isel({sdim: train_idx}) if "time_features" in ds else None
-        log.info("evaluate: %s, %d members x %d inits x %d leads", path, forecast.sizes["realization"],
-                 forecast.sizes["init_time"], leads)
-        metrics = evaluate_forecast(
-            forecast, truth, train=train if ev.baselines.climatology else None, ae_ceiling=ceiling,
-            weights=ds["weights"], periodic=periodic, sample_dim=sdim, time_features=features,
-            seed=int(cfg.seed), persistence_baseline=bool(ev.baselines.persistence),
-            window_days=float(ev.climatology_window_days), spectra=bool(ev.spectra),
-            domains={name: domain_of(t) for name, t in store.transforms.items()},
+        log.info(
+            "evaluate: %s, %d members x %d inits x %d leads",
+            path,
+            forecast.sizes["realization"],
+            forecast.sizes["init_time"],
+            forecast.sizes["lead_time"],
         )
-        clim = metrics["baselines"]["climatology"]
-        if clim is not None and climatology_needs_care(clim):
-            log.warning("evaluate: the climatology baseline is weak on this record (%d training states, "
-                        "pools %s, smallest %d for %d members); read crps_climatology with care",
-                        clim["training_states"], clim["pools"], clim["smallest_pool"], clim["members"])
-        rms = forecast.attrs.get("simdiff_decoder_residual_rms_over_std")
-        metrics["source"] = {"forecast": str(path), "store": str(store.path),
-                             "decoder_residual_rms_over_std": json.loads(rms) if rms else None}
+        metrics = score_forecast(run, forecast, scoring, seed=int(cfg.seed))
+        metrics["source"]["forecast"] = str(path)
     if augmented.exists():
         synthetic = open_output(augmented)
-        synthetic = synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)})
-        test_idx = store.indices("test")
-        if not len(test_idx):
-            test_idx = store.indices("val")
-        log.info("evaluate: %s, %d synthetic samples", augmented, synthetic.sizes[sdim])
-        metrics["augment"] = evaluate_augmented(
-            synthetic[list(truth.data_vars)], train, truth.isel({sdim: test_idx}), weights=ds["weights"],
-            periodic=periodic, sample_dim=sdim,
-        )
+        log.info("evaluate: %s, %d synthetic samples", augmented, int(synthetic["synthetic"].sum()))
+        metrics["augment"] = score_augmented(run, synthetic)
         metrics["augment"]["source"] = str(augmented)
-    figures = report_figures(metrics, forecast=forecast, truth=truth, sample_dim=sdim) if forecast else None
-    out = write_report(metrics, run_dir / REPORT, figures)
+    figures = None
+    if forecast is not None:
+        figures = report_figures(metrics, forecast=forecast, truth=truth, sample_dim=store.layout.sample_dim)
+    out = write_report(metrics, run.report, figures)
     if forecast is not None:
         Console(stderr=True, width=160).print(summary_table(metrics))
     log.info("evaluate: report in %s (open index.html)", out)

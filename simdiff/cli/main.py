@@ -7,7 +7,7 @@ import sys
 
 from simdiff import __version__
 from simdiff.cli.app import run_app
-from simdiff.cli.stages import STAGES, not_built, run_all
+from simdiff.cli.stages import STAGES, run_all
 
 SUBCOMMAND_ENV = "SIMDIFF_SUBCOMMAND"
 USAGE = """usage: simdiff SUB-COMMAND run_dir=DIR [key=value ...] [-m]
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"simdiff: unknown sub-command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     stage = stages[name]
-    run_app(name, stage.task or not_built(stage), rest)
+    run_app(name, stage.run, rest)
 
 
 if __name__ == "__main__":

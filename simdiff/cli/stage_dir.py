@@ -4,70 +4,28 @@ Each training stage writes ``run_dir/<stage>/config.yaml`` first and its final c
 (atomically). Re-running with the same config resumes from ``checkpoints/last.ckpt``, or does
 nothing once the final checkpoint exists; a different config is refused unless ``force``, which
 discards the folder (or unless the folder holds no checkpoint yet). Later stages read the
-saved config back with :func:`read_config`, which refuses a network spec whose ``_target_`` is
-not in :mod:`simdiff.data.registry`'s allowlist before anything is instantiated.
+saved config back with :func:`simdiff.runs.models.read_config`, which refuses a network spec
+whose ``_target_`` is not in :mod:`simdiff.data.registry`'s allowlist before anything is built.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
 
 from simdiff.data.atomic import atomic_file
 from simdiff.data.errors import DataError
 from simdiff.data.provenance import config_differences, config_yaml
-from simdiff.data.registry import check_stored
+from simdiff.runs.completion import is_primary_process
 
 log = logging.getLogger("simdiff")
 
 CONFIG = "config.yaml"
-#: The nodes of a saved config.yaml that later stages instantiate (encode, generate, augment,
-#: evaluate rebuild the networks from them).
-REBUILT = (("autoencoder", "net"), ("diffusion", "net"))
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A stage's saved ``config.yaml``, its rebuilt nodes (:data:`REBUILT`) checked against the registry.
-
-    Raises:
-        DataError: the file is missing or not a YAML mapping, or a rebuilt node names a
-            ``_target_`` outside the allowlist (nothing is imported or run).
-    """
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: missing; re-run the stage that writes {path.parent.name}/") from err
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: not valid YAML ({err}); re-run the stage that wrote it with "
-                        "force=true") from err
-    if not isinstance(saved, dict):
-        raise DataError(f"{path}: not a simdiff stage config (a mapping); re-run the stage that wrote it")
-    for top, node in REBUILT:
-        if isinstance(saved.get(top), dict) and node in saved[top]:
-            check_stored(saved[top][node], source=str(path), key=f"{top}.{node}")
-    return saved
-
-
-def check_rebuilt(node: Any, *, source: str, key: str) -> None:
-    """:func:`simdiff.data.registry.check_stored` on a plain or OmegaConf network spec about to be built."""
-    check_stored(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node,
-                 source=source, key=key)
-
-
-def is_primary_process() -> bool:
-    """False in the extra processes of a multi-process launch (DDP workers, SLURM tasks > 0).
-
-    Read from the launchers' environment (Lightning: LOCAL_RANK, NODE_RANK; SLURM:
-    SLURM_PROCID), since it is needed before torch.distributed starts.
-    """
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def whole_field_identity(plain: dict[str, Any], stage: str) -> dict[str, Any]:

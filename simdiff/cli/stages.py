@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,15 +14,32 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from simdiff.cli.app import EXIT_NOT_BUILT, restart_stage_clock, to_plain
+from simdiff.cli import augment, autoencoder, diffusion, evaluate, generate
+from simdiff.cli.app import restart_stage_clock, to_plain
 from simdiff.cli.augment import augment_stage
 from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
 from simdiff.cli.generate import generate_stage
 from simdiff.data.errors import DataError
+from simdiff.runs import completion
+from simdiff.runs.completion import Identity
+from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
+
+
+def source_inputs(data: DictConfig) -> dict[str, Path]:
+    """The files a data preset reads (``data.source``: a path, a glob, or a list of them), by name."""
+    spec = data.get("source")
+    patterns = [] if spec is None else [spec] if isinstance(spec, str) else [str(p) for p in spec]
+    files = sorted({Path(f) for pattern in patterns for f in (glob.glob(pattern) or [pattern])
+                    if Path(f).exists()})
+    return {f"source {f.name}" if len(files) < 50 else f"source {f}": f for f in files}
+
+
+def prepare_identity(cfg: DictConfig) -> Identity:
+    return Identity(to_plain(cfg, "data", "prepare"), source_inputs(cfg.data), [RunDir(cfg.run_dir).store])
 
 
 def prepare_stage(cfg: DictConfig) -> None:
@@ -39,45 +56,43 @@ def prepare_stage(cfg: DictConfig) -> None:
 
 @dataclass(frozen=True)
 class Stage:
-    """A sub-command: its name, one line of help, and its task (None until it is built)."""
+    """A sub-command: its name, one line of help, its task, and its identity (what its outputs
+    depend on: :class:`simdiff.runs.completion.Identity`)."""
 
     name: str
     help: str
-    task: Callable[[DictConfig], None] | None = None
-    issue: str = ""
+    task: Callable[[DictConfig], None]
+    identity: Callable[[DictConfig], Identity]
+
+    def run(self, cfg: DictConfig) -> None:
+        """The task, once: skipped when done with the same config and inputs, under the stage's lock."""
+        run = RunDir(cfg.run_dir)
+        with completion.stage(run, self.name, self.identity(cfg), force=bool(cfg.force)) as todo:
+            if todo:
+                self.task(cfg)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "source files or a built-in simulator -> run_dir/data/train.zarr", prepare_stage),
-    Stage("train-autoencoder", "train the autoencoder -> run_dir/autoencoder/", train_autoencoder_stage),
-    Stage("encode", "encode the training store -> run_dir/latents.zarr", encode_stage),
-    Stage("train-diffusion", "train the latent diffusion model -> run_dir/diffusion/", train_diffusion_stage),
-    Stage("generate", "ensembles and samples -> run_dir/forecast.zarr", generate_stage),
-    Stage("augment", "synthetic samples in the source schema -> run_dir/augmented.zarr", augment_stage),
-    Stage("evaluate", "metrics, plots and report -> run_dir/report/", evaluate_stage),
+    Stage("prepare", "source files or a built-in simulator -> run_dir/data/train.zarr", prepare_stage,
+          prepare_identity),
+    Stage("train-autoencoder", "train the autoencoder -> run_dir/autoencoder/", train_autoencoder_stage,
+          autoencoder.identity),
+    Stage("encode", "encode the training store -> run_dir/latents.zarr", encode_stage,
+          autoencoder.encode_identity),
+    Stage("train-diffusion", "train the latent diffusion model -> run_dir/diffusion/", train_diffusion_stage,
+          diffusion.identity),
+    Stage("generate", "ensembles and samples -> run_dir/forecast.zarr", generate_stage, generate.identity),
+    Stage("augment", "synthetic samples in the source schema -> run_dir/augmented.zarr", augment_stage,
+          augment.identity),
+    Stage("evaluate", "metrics, plots and report -> run_dir/report/", evaluate_stage, evaluate.identity),
 )
 MAIN_JOB = ("prepare", "train-autoencoder", "encode", "train-diffusion", "generate", "evaluate")
-
-
-def not_built(stage: Stage) -> Callable[[DictConfig], None]:
-    """A task that says clearly that ``stage`` is not built yet and exits non-zero."""
-
-    def task(cfg: DictConfig) -> None:
-        print(
-            f"simdiff {stage.name}: this stage is not built yet (planned in {stage.issue}). "
-            f"Stages available now: {', '.join(s.name for s in STAGES if s.task)}.",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_NOT_BUILT)
-
-    return task
 
 
 def run_all(cfg: DictConfig) -> None:
     """The main job: every stage in turn (each skips itself when its outputs exist with the same
     config), with the wall time of each, then a closing summary of the report."""
     by_name = {s.name: s for s in STAGES}
-    pending = []
     times: list[tuple[str, float]] = []
     chain = [str(n) for n in cfg.main_job.stages]
     unknown = [n for n in chain if n not in by_name]
@@ -85,14 +100,11 @@ def run_all(cfg: DictConfig) -> None:
         raise DataError(f"main_job.stages={chain}: {unknown} are not stages; use some of {list(MAIN_JOB)}")
     for k, name in enumerate(chain, 1):
         stage = by_name[name]
-        if stage.task is None:
-            pending.append(stage)
-            continue
         log.info("== stage %d/%d: %s ==", k, len(chain), name)
         t0 = time.perf_counter()
         if times:
             restart_stage_clock()  # the first stage's budget counts from the process start
-        stage.task(cfg)
+        stage.run(cfg)
         times.append((name, time.perf_counter() - t0))
         log.info("== stage %s done in %.1f s ==", name, times[-1][1])
     log.info("stages: %s", ", ".join(f"{n} {t:.0f} s" for n, t in times))
@@ -104,8 +116,6 @@ def run_all(cfg: DictConfig) -> None:
     log.info("run_dir: %s", cfg.run_dir)
     if cfg.main_job.get("why"):
         log.warning("the main job ends after %s: %s", chain[-1], cfg.main_job.why)
-    if pending:
-        log.warning("stages not built yet, skipped: %s", ", ".join(f"{s.name} ({s.issue})" for s in pending))
 
 
 def report_summary(metrics: dict[str, Any]) -> list[str]:

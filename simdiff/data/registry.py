@@ -31,6 +31,7 @@ passed the string check.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
@@ -204,6 +205,40 @@ def build_stored(spec: Mapping[str, Any], *, source: str, key: str) -> Any:
     except (ImportError, AttributeError, TypeError, ValueError) as err:
         raise DataError(f"{source}: {key} = {dict(spec)!r} cannot be rebuilt: {err}. Regenerate the "
                         "file with the simdiff stage that writes it") from err
+
+
+def build_spec(spec: Mapping[str, Any], *, source: str, key: str, **extra: Any) -> Any:
+    """Check a stored spec (``_target_`` nodes, nested) against the allowlist, then build it.
+
+    Nested nodes are built first, as Hydra's ``instantiate`` does; a node with ``_partial_:
+    true`` becomes a :func:`functools.partial`. ``extra`` keyword arguments go to the top node
+    (the data-dependent ones a stage passes, e.g. ``in_channels``). No Hydra: the Python API
+    rebuilds a trained run's networks with this.
+
+    Raises:
+        DataError: a ``_target_`` outside the allowlist (nothing imported or called), or a
+            spec that does not fit its class.
+    """
+    check_stored(spec, source=source, key=key)
+
+    def build(node: Any, top: bool) -> Any:
+        if isinstance(node, Mapping):
+            if "_target_" not in node:
+                return {k: build(v, False) for k, v in node.items()}
+            kwargs = {k: build(v, False) for k, v in node.items() if k not in ("_target_", "_partial_")}
+            if top:
+                kwargs.update(extra)
+            target = locate(str(node["_target_"]))
+            return functools.partial(target, **kwargs) if node.get("_partial_") else target(**kwargs)
+        if isinstance(node, (list, tuple)):
+            return [build(v, False) for v in node]
+        return node
+
+    try:
+        return build(spec, True)
+    except (ImportError, AttributeError, TypeError) as err:
+        raise DataError(f"{source}: {key} cannot be rebuilt: {err}. Regenerate the file with the "
+                        "simdiff stage that writes it") from err
 
 
 def _defined_under(obj: Any, prefixes: Iterable[str]) -> bool:

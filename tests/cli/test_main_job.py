@@ -95,8 +95,9 @@ def test_decoder_noise_draws_around_the_same_latent_trajectory(main_job, tmp_pat
     """Members are draws of p(x | D(z)): with decoder_noise=false the latent trajectory is the
     same (the draw comes after the sampler), so a member minus its decoded mean is the fitted
     filter's correction of that mean plus noise whose rms is what the output records."""
-    from simdiff.cli.generate import load_models
     from simdiff.data.latents import LatentStore
+    from simdiff.runs.layout import RunDir
+    from simdiff.runs.models import load_models
 
     run_dir, common, _ = main_job
     out = simdiff("generate", *common, "generate.members=[2]", "generate.decoder_noise=false",
@@ -106,7 +107,8 @@ def test_decoder_noise_draws_around_the_same_latent_trajectory(main_job, tmp_pat
     mean = xr.open_zarr(tmp_path / "mean.zarr")
     assert "simdiff_decoder_residual_rms_over_std" not in mean.attrs
     fitted = json.loads(noisy.attrs["simdiff_decoder_residual_rms_over_std"])
-    model = load_models(run_dir, LatentStore(run_dir / "latents.zarr"), torch.device("cpu"), 8)[1].residual
+    run = RunDir(run_dir)
+    model = load_models(run, LatentStore(run.latents), torch.device("cpu"), 8).decoder.residual
     store = xr.open_zarr(run_dir / "data" / "train.zarr", consolidated=False)
 
     def normalised(ds: xr.Dataset) -> np.ndarray:
@@ -125,6 +127,107 @@ def test_decoder_noise_draws_around_the_same_latent_trajectory(main_job, tmp_pat
         for j, level in enumerate(store["level"].values):
             rms = float(np.sqrt(np.mean(noise[:, :, c, j] ** 2)))
             assert rms == pytest.approx(fitted[f"{var}@{level}"], rel=0.15), (var, level)
+
+
+API_SCRIPT = r"""
+import json, sys
+import numpy as np, xarray as xr
+import simdiff
+from simdiff.data.errors import DataError
+
+run_dir = sys.argv[1]
+run = simdiff.open_run(run_dir)
+cli = xr.open_zarr(f"{run_dir}/forecast.zarr")
+out = {}
+col = 1
+init = int(cli["init_index"].values[col])
+fc = run.forecast(init_index=init, members=[2, 0], lead_steps=2, steps=4, decoder_noise_samples=8)
+ref = cli.sel(realization=[2, 0]).isel(init_time=[col])
+out["same"] = {v: bool(np.array_equal(fc[v].values, ref[v].values, equal_nan=True)) for v in cli.data_vars}
+out["labels"] = bool(fc["valid_time"].equals(cli["valid_time"].isel(init_time=[col])))
+out["time"] = init in run.inits(lead_steps=2)
+latents = xr.open_zarr(f"{run_dir}/latents.zarr", consolidated=False)["data"]
+truth = xr.open_zarr(f"{run_dir}/data/train.zarr", consolidated=False)
+from simdiff.data.stats import denormalise
+phys = denormalise(truth.isel(time=[init]))
+z = run.encode(phys)
+out["encode_err"] = float(np.abs(z.values - latents.isel(time=[init]).values).max())
+back = run.decode(z)
+out["decode_dims"] = list(back["q"].dims)
+m = run.evaluate(fc, spectra=False)
+out["crps_finite"] = all(np.isfinite(e["crps"]) for e in m["variables"].values())
+out["residual"] = m["source"]["decoder_residual_rms_over_std"] is not None
+try:
+    run.sample(2)
+except DataError as err:
+    out["sample_error"] = str(err)
+out["hydra"] = [k for k in sys.modules if k.split(".")[0] in ("hydra", "omegaconf")]
+print(json.dumps(out))
+"""
+
+
+def test_python_api_reproduces_the_cli_members_without_hydra(main_job, tmp_path):
+    """simdiff.open_run(...).forecast(...) gives generate's members bit for bit, in physical units
+    and labelled as forecast.zarr; encode/decode/evaluate work; Hydra is never imported."""
+    import subprocess
+    import sys
+
+    run_dir, _, _ = main_job
+    script = tmp_path / "api.py"
+    script.write_text(API_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(run_dir)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["same"] == {"q": True, "psi": True}
+    assert result["labels"] and result["time"]
+    assert result["encode_err"] < 1e-4  # the stored latents, up to batch-size rounding
+    assert result["decode_dims"] == ["time", "level", "y", "x"]
+    assert result["crps_finite"] and result["residual"]
+    assert "previous state" in result["sample_error"]
+    assert result["hydra"] == []
+
+
+def test_readme_python_example_runs_on_a_tiny_run(main_job, tmp_path):
+    """The README's Python API example, verbatim but for the run path."""
+    import re
+    import subprocess
+    import sys
+
+    run_dir, _, _ = main_job
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"## Python API.*?```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its Python API example"
+    code = block.group(1).replace('"runs/qg"', repr(str(run_dir)))
+    code += "\nassert fc['q'].dims == ('realization', 'init_time', 'lead_time', 'level', 'y', 'x')\n"
+    code += "assert means['q'].dims == ('time', 'level', 'y', 'x') and z.sizes['time'] == 4\n"
+    script = tmp_path / "readme_example.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "('realization', 'init_time', 'lead_time', 'level', 'y', 'x')" in out.stdout
+
+
+def test_tiny_main_job_matches_the_outputs_recorded_before_the_library_move(main_job):
+    """Issue 12 moved the stages' code into simdiff.runs: the tiny main job's forecast arrays are
+    the same bytes and its scores the same numbers as before the move (recorded on this CPU
+    kind and torch build: other builds take other kernel paths and legitimately differ)."""
+    import hashlib
+
+    run_dir, _, _ = main_job
+    ref = json.loads((Path(__file__).parent / "reference" / "tiny_main_job.json").read_text())
+    here = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "numpy": np.__version__}
+    if here != ref["fingerprint"]:
+        pytest.skip(f"reference recorded with {ref['fingerprint']}, this machine is {here}")
+    ds = xr.open_zarr(run_dir / "forecast.zarr")
+    sha = {n: hashlib.sha256(np.ascontiguousarray(ds[n].values).tobytes()).hexdigest() for n in ds.data_vars}
+    assert sha == ref["forecast_sha256"]
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())["variables"]
+    for key, scores in ref["metrics"].items():
+        for name, value in scores.items():  # evaluate's dask reductions vary in the last bit
+            assert metrics[key][name] == pytest.approx(value, rel=1e-12), (key, name)
 
 
 def test_same_generate_config_is_skipped(main_job):

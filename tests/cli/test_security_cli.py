@@ -210,7 +210,7 @@ def test_allowed_targets_lets_a_trusted_target_through(run):
     out = simdiff("encode", f"run_dir={run_dir}", *common, "+extra={_target_: collections.OrderedDict}",
                   "allowed_targets=[collections.]")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "up to date" in out.stderr + out.stdout
+    assert "complete with the same config and inputs; skipping" in out.stderr + out.stdout
 
 
 # -- outputs of generate: nothing is rebuilt from their attributes ---------------------------
@@ -219,7 +219,7 @@ def test_allowed_targets_lets_a_trusted_target_through(run):
 def test_forecast_attrs_are_never_built(run):
     """generate's and evaluate's reads of a forecast store's attrs are JSON/text only."""
     run_dir, common, marker = run
-    small = ("generate.members=2", "generate.lead_steps=1", "generate.decoder_noise=false")
+    small = ("generate.members=2", "generate.mode.lead_steps=1", "generate.decoder_noise=false")
     out = simdiff("generate", f"run_dir={run_dir}", *common, *small)
     assert out.returncode == 0, out.stderr[-3000:]
     g = zarr.open_group(str(run_dir / "forecast.zarr"), mode="r+")

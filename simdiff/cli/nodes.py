@@ -1,0 +1,64 @@
+"""Config nodes -> the plain values and library objects the stages pass to :mod:`simdiff.runs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from simdiff.data.errors import DataError
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, with a DataError raised inside (a bad value a class checks)
+    passed on as itself, so the user gets its one-line message and exit code 2."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__
+        if isinstance(cause, DataError):
+            raise cause from None
+        raise
+
+
+def plain_node(node: DictConfig, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The resolved node as plain dicts and lists, without the keys ``drop``."""
+    plain = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(plain, dict)
+    for key in drop:
+        plain.pop(key, None)
+    return plain
+
+
+def ranks(node: DictConfig) -> Any:
+    """The launched Lightning Fabric of a generating stage's ``accelerator/devices/num_nodes/strategy``."""
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(
+        accelerator=node.accelerator,
+        devices=node.devices,
+        num_nodes=node.num_nodes,
+        strategy=node.strategy,
+        precision="32-true",
+    )
+    fabric.launch()
+    return fabric
+
+
+def sampler_spec(node: DictConfig) -> Any:
+    """The :class:`~simdiff.generate.rollout.SamplerSpec` of a generating stage's node."""
+    from simdiff.diffusion.schedules import karras_sigmas
+    from simdiff.generate.rollout import SamplerSpec
+
+    sigmas = karras_sigmas(int(node.steps), float(node.sigma_min), float(node.sigma_max), float(node.rho))
+    return SamplerSpec(
+        instantiate(node.sampler),
+        sigmas,
+        float(node.guidance),
+        tuple(node.guided),
+        bool(node.batch_invariant),
+    )

@@ -1,0 +1,141 @@
+"""Scoring a run's outputs: the forecast against the training store's truth and its baselines,
+and an augmented dataset against held-out data. The ``evaluate`` stage writes what these return
+into the report; the Python API returns it as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from simdiff.data.stats import denormalise
+from simdiff.data.store import TrainingStore
+from simdiff.data.transforms import domain_of
+from simdiff.evaluate.baselines import climatology_needs_care
+from simdiff.runs.layout import RunDir
+
+log = logging.getLogger("simdiff")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What the forecast is scored against (``conf/evaluate/``)."""
+
+    climatology: bool = True
+    persistence: bool = True
+    ae_ceiling: bool = True
+    climatology_window_days: float = 15.0
+    spectra: bool = True
+
+
+def ae_ceiling(run: RunDir, store: TrainingStore, indices: np.ndarray) -> xr.Dataset | None:
+    """decode(encode(truth)) at the store's samples ``indices``, physical units; None without an AE."""
+    from simdiff.lit.encode import reconstruct_store
+    from simdiff.runs.models import load_autoencoder
+
+    if not run.final("autoencoder").is_file():
+        log.warning(
+            "evaluate: no autoencoder at %s; the AE-ceiling baseline is left out", run.final("autoencoder")
+        )
+        return None
+    net, saved = load_autoencoder(run)
+    recon = reconstruct_store(
+        net, store, indices=indices, batch_size=int(saved["autoencoder"]["encode_batch_size"])
+    )
+    ds = store.dataset().isel({store.layout.sample_dim: indices})
+    return denormalise(ds.assign(data=recon.variable))
+
+
+def score_forecast(run: RunDir, forecast: xr.Dataset, scoring: Scoring, seed: int = 0) -> dict[str, Any]:
+    """metrics.json's forecast part: CRPS, spread-skill, ranks, spectra, domain checks, baselines."""
+    from simdiff.evaluate.report import evaluate_forecast
+
+    store = TrainingStore(run.store)
+    sdim = store.layout.sample_dim
+    ds = store.dataset()
+    truth = denormalise(ds)
+    train_idx = store.indices("train")
+    leads = forecast.sizes["lead_time"]
+    valid = (np.asarray(forecast["init_index"].values)[:, None] + np.arange(1, leads + 1)).ravel()
+    valid = np.unique(valid[valid < store.n_samples])
+    ceiling = ae_ceiling(run, store, valid) if scoring.ae_ceiling else None
+    features = ds["time_features"].isel({sdim: train_idx}) if "time_features" in ds else None
+    metrics = evaluate_forecast(
+        forecast,
+        truth,
+        train=truth.isel({sdim: train_idx}) if scoring.climatology else None,
+        ae_ceiling=ceiling,
+        weights=ds["weights"],
+        periodic=set(store.attrs["geometry"].get("periodic", [])),
+        sample_dim=sdim,
+        time_features=features,
+        seed=int(seed),
+        persistence_baseline=scoring.persistence,
+        window_days=float(scoring.climatology_window_days),
+        spectra=scoring.spectra,
+        domains={name: domain_of(t) for name, t in store.transforms.items()},
+    )
+    clim = metrics["baselines"]["climatology"]
+    if clim is not None and climatology_needs_care(clim):
+        log.warning(
+            "evaluate: the climatology baseline is weak on this record (%d training states, "
+            "pools %s, smallest %d for %d members); read crps_climatology with care",
+            clim["training_states"],
+            clim["pools"],
+            clim["smallest_pool"],
+            clim["members"],
+        )
+    metrics["source"] = {"store": str(store.path), "decoder_residual_rms_over_std": residual_attr(forecast)}
+    return metrics
+
+
+def residual_attr(forecast: xr.Dataset) -> dict[str, float] | None:
+    """The forecast's ``simdiff_decoder_residual_rms_over_std`` attribute; None when absent or
+    unreadable."""
+    text = forecast.attrs.get("simdiff_decoder_residual_rms_over_std")
+    if text is None:
+        return None
+    try:
+        value = json.loads(text) if text else None
+    except (TypeError, ValueError):
+        log.warning(
+            "evaluate: the forecast's simdiff_decoder_residual_rms_over_std attribute is not JSON "
+            "(%r); left out of the report",
+            text,
+        )
+        return None
+    if not (isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values())):
+        log.warning(
+            "evaluate: the forecast's simdiff_decoder_residual_rms_over_std attribute is not a "
+            "mapping of numbers (%r); left out of the report",
+            text,
+        )
+        return None
+    return value
+
+
+def score_augmented(run: RunDir, synthetic: xr.Dataset) -> dict[str, Any]:
+    """metrics.json's ``augment`` part for a published augmented dataset (its synthetic rows)."""
+    from simdiff.evaluate.report import evaluate_augmented
+
+    store = TrainingStore(run.store)
+    sdim = store.layout.sample_dim
+    ds = store.dataset()
+    truth = denormalise(ds)
+    synthetic = synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)})
+    test_idx = store.indices("test")
+    if not len(test_idx):
+        test_idx = store.indices("val")
+    return evaluate_augmented(
+        synthetic[list(truth.data_vars)],
+        truth.isel({sdim: store.indices("train")}),
+        truth.isel({sdim: test_idx}),
+        weights=ds["weights"],
+        periodic=set(store.attrs["geometry"].get("periodic", [])),
+        sample_dim=sdim,
+    )

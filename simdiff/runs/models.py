@@ -1,0 +1,357 @@
+"""A trained run's models, rebuilt without Hydra: the autoencoder, the diffusion model, the decoder.
+
+Networks are rebuilt from the ``config.yaml`` each training stage saved beside its checkpoint,
+through :func:`simdiff.data.registry.build_spec` (allow-listed classes only, checked before
+anything is imported), and loaded with ``weights_only`` checkpoints (:mod:`simdiff.lit.checkpoint`).
+The same builders serve the training stages, so a trained model and a rebuilt one are the same
+network.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from simdiff.data.errors import DataError
+from simdiff.data.latents import LatentStore
+from simdiff.data.provenance import sha256_path
+from simdiff.data.registry import build_spec, check_stored
+from simdiff.data.store import TrainingStore
+from simdiff.generate.residual import ResidualModel
+from simdiff.generate.rollout import LatentDecoder
+from simdiff.runs.layout import RunDir
+
+log = logging.getLogger("simdiff")
+
+#: The training stage that writes each model.
+WRITER = {"autoencoder": "train-autoencoder", "diffusion": "train-diffusion"}
+#: The nodes of a saved config.yaml that later stages rebuild (encode, generate, augment, evaluate).
+REBUILT = (("autoencoder", "net"), ("diffusion", "net"))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A stage's saved ``config.yaml``, its rebuilt nodes (:data:`REBUILT`) checked against the registry.
+
+    Raises:
+        DataError: the file is missing or not a YAML mapping, or a rebuilt node names a
+            ``_target_`` outside the allowlist (nothing is imported or run).
+    """
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: missing; re-run the stage that writes {path.parent.name}/") from err
+    except yaml.YAMLError as err:
+        raise DataError(
+            f"{path}: not valid YAML ({err}); re-run the stage that wrote it with force=true"
+        ) from err
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a simdiff stage config (a mapping); re-run the stage that wrote it")
+    for top, node in REBUILT:
+        if isinstance(saved.get(top), dict) and node in saved[top]:
+            check_stored(saved[top][node], source=str(path), key=f"{top}.{node}")
+    return saved
+
+
+def build_net(
+    ae_cfg: dict[str, Any], signature: dict[str, Any], source: str = "the autoencoder config"
+) -> Any:
+    """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it).
+
+    ``ae_cfg["net"]`` is a plain spec; it must be one :mod:`simdiff.data.registry` allows
+    (DataError naming ``source`` otherwise).
+    """
+    return build_spec(
+        ae_cfg["net"],
+        source=source,
+        key="autoencoder.net",
+        in_channels=len(signature["variables"]),
+        periodic=list(signature["periodic"]),
+    )
+
+
+def check_fits(saved: dict[str, Any], store: TrainingStore, where: Path) -> None:
+    """Refuse (DataError) when ``store`` is not the data the autoencoder saved in ``where`` was built for."""
+    from simdiff.lit.autoencoder import data_signature, signature_differences
+
+    diff = signature_differences(saved["data_signature"], data_signature(store))
+    if diff:
+        raise DataError(
+            f"{store.path}: the autoencoder in {where} was trained on other data (channels, variables or "
+            f"grid differ):\n  "
+            + "\n  ".join(diff)
+            + "\nFix: re-run `simdiff train-autoencoder` with force=true for this store, or point "
+            "run_dir at the store it was trained on"
+        )
+
+
+def latent_signature(store: TrainingStore) -> dict[str, Any]:
+    """What a diffusion model is built for: the latents' shape, channels, periodicity and autoencoder."""
+    layout = dict(store.attrs["layout"])
+    dims = [d for d in (layout.get("depth_dim"), layout["y_dim"], layout["x_dim"]) if d]
+    periodic = set(store.attrs["geometry"].get("periodic", []))
+    return {
+        "channels": [str(c) for c in store.group["channel"][...]],
+        "latent_shape": [int(n) for n in store.data.shape[2:]],
+        "periodic": [d in periodic for d in dims],
+        "autoencoder_sha256": str(store.attrs.get("autoencoder", {}).get("checkpoint_sha256", "")),
+    }
+
+
+def residual_scale(store: TrainingStore) -> torch.Tensor:
+    """(C,) std of the one-step tendency ``x_{t+1} - x_t`` per channel over train pairs in one block.
+
+    Read chunk by chunk (a few MB at a time) in float64.
+    """
+    split, block = store.array("split"), store.array("block")
+    ok = (split[1:] == 0) & (split[:-1] == 0) & (block[1:] == block[:-1])
+    data = store.data
+    c = data.shape[1]
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    step = max(store.chunk_samples, 64)
+    for lo in range(0, data.shape[0] - 1, step):
+        hi = min(lo + step + 1, data.shape[0])
+        x = np.asarray(data[lo:hi], dtype=np.float64)
+        d = np.moveaxis((x[1:] - x[:-1])[ok[lo : hi - 1]], 1, 0).reshape(c, -1)
+        s1 += d.sum(axis=1)
+        s2 += (d**2).sum(axis=1)
+        n += d.shape[1]
+    if n == 0:
+        raise DataError(
+            f"{store.path}: no consecutive train pairs inside one block, so the residual "
+            "scale is undefined; use diffusion.residual=false or a store with longer blocks"
+        )
+    var = s2 / n - (s1 / n) ** 2
+    return torch.tensor(np.sqrt(np.maximum(var, 1e-12)), dtype=torch.float32)
+
+
+def static_fields(store: TrainingStore, names: list[str]) -> torch.Tensor | None:
+    """(n, [d], h, w) the named store arrays, each standardised (a constant one becomes zeros)."""
+    if not names:
+        return None
+    fields = []
+    for name in names:
+        if not store.has(name):
+            raise DataError(
+                f"{store.path}: diffusion.conditioning.static names {name!r}, which the store "
+                f"does not have; use arrays of shape ([d], h, w) such as 'weights' or 'mask'"
+            )
+        a = store.array(name).astype(np.float64)
+        sd = a.std()
+        fields.append((a - a.mean()) / sd if sd > 0 else np.zeros_like(a))
+    return torch.tensor(np.stack(fields), dtype=torch.float32)
+
+
+def build_model(
+    dm_cfg: dict[str, Any],
+    signature: dict[str, Any],
+    sizes: dict[str, int],
+    static: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    source: str = "the diffusion config",
+) -> Any:
+    """The ConditionalDenoiser for latents with ``signature`` and the store's condition ``sizes``.
+
+    ``dm_cfg["net"]`` is a plain spec :mod:`simdiff.data.registry` allows (DataError naming
+    ``source`` otherwise).
+    """
+    from simdiff.nets.conditioning import Conditioner
+    from simdiff.nets.denoiser import ConditionalDenoiser
+    from simdiff.nets.fold import DepthAsChannels
+
+    check_stored(dm_cfg["net"], source=source, key="diffusion.net")
+    cond = dm_cfg["conditioning"]
+    n_channels = len(signature["channels"])
+    conditioner = Conditioner(
+        int(dm_cfg["net"]["emb_dim"]),
+        n_channels,
+        previous=int(cond["previous"]),
+        static=static,
+        time_features=sizes.get("time_features", 0) if cond["time_features"] else 0,
+        covariates=sizes.get("covariates", 0) if cond["covariates"] else 0,
+        labels=sizes.get("label", 0) if cond["label"] else 0,
+        dropout=dict(cond.get("dropout") or {}),
+    )
+    periodic = list(signature["periodic"])
+    fold = bool(dm_cfg.get("fold_depth")) and len(periodic) == 3
+    depth = int(signature["latent_shape"][0]) if fold else 1
+    net = build_spec(
+        dm_cfg["net"],
+        source=source,
+        key="diffusion.net",
+        in_channels=n_channels * depth,
+        out_channels=n_channels * depth,
+        periodic=periodic[1:] if fold else periodic,
+        cond_channels=conditioner.spatial_channels * depth,
+    )
+    if fold:
+        net = DepthAsChannels(net, depth)
+    if dm_cfg.get("compile"):
+        net.compile()
+    return ConditionalDenoiser(
+        net,
+        conditioner,
+        sigma_data=float(dm_cfg["sigma_data"]),
+        residual=bool(dm_cfg["residual"]),
+        residual_scale=scale,
+    )
+
+
+def open_latents(run: RunDir) -> LatentStore:
+    """The run's latent store, or a DataError that says to run ``simdiff encode`` first."""
+    if not (run.latents / "zarr.json").is_file():
+        raise DataError(f"{run.latents}: no latent store here; run `simdiff encode run_dir={run.root}` first")
+    return LatentStore(run.latents)
+
+
+def require_checkpoints(run: RunDir, *stages: str) -> None:
+    """Fail with the stage to run when a model (default: both) is not trained."""
+    for stage in stages or tuple(WRITER):
+        if not run.final(stage).is_file():
+            raise DataError(
+                f"{run.final(stage)}: missing; run `simdiff {WRITER[stage]} run_dir={run.root}` first"
+            )
+
+
+def checkpoint_checksums(run: RunDir) -> dict[str, str]:
+    """sha256 of the autoencoder's and the diffusion model's final checkpoints (provenance)."""
+    return {stage: sha256_path(run.final(stage))[0] for stage in WRITER}
+
+
+def load_autoencoder(run: RunDir) -> tuple[Any, dict[str, Any]]:
+    """The trained autoencoder (EMA weights, eval mode) and the config it was trained with."""
+    from simdiff.lit.autoencoder import load_ema_weights
+
+    require_checkpoints(run, "autoencoder")
+    saved = read_config(run.config("autoencoder"))
+    net = build_net(saved["autoencoder"], saved["data_signature"], str(run.config("autoencoder")))
+    net = load_ema_weights(net, run.final("autoencoder"), float(saved["autoencoder"]["module"]["ema_decay"]))
+    return net, saved
+
+
+def load_diffusion(run: RunDir, latents: LatentStore) -> tuple[Any, dict[str, Any]]:
+    """The trained diffusion model (EMA weights, eval mode) and its diffusion config."""
+    from simdiff.data.datamodule import SimdiffDataModule
+    from simdiff.lit.diffusion import load_ema_model
+
+    require_checkpoints(run, "diffusion")
+    saved = read_config(run.config("diffusion"))
+    dm_cfg = saved["diffusion"]
+    sizes = SimdiffDataModule(latents.path).condition_sizes
+    n = len(saved["latent_signature"]["channels"])
+    static = static_fields(latents, list(dm_cfg["conditioning"].get("static") or []))
+    model = build_model(
+        dm_cfg,
+        saved["latent_signature"],
+        sizes,
+        static,
+        torch.ones(n) if dm_cfg["residual"] else None,
+        str(run.config("diffusion")),
+    )
+    return load_ema_model(model, run.final("diffusion"), float(dm_cfg["module"]["ema_decay"])), dm_cfg
+
+
+@dataclass
+class Models:
+    """What generation needs from a trained run: the diffusion model, the latent decoder and the
+    diffusion config they were trained with."""
+
+    model: Any
+    decoder: LatentDecoder
+    diffusion: dict[str, Any]
+
+    @property
+    def previous(self) -> int:
+        """Previous states the model conditions on (0: unconditional)."""
+        return int(self.diffusion["conditioning"]["previous"])
+
+
+def load_models(
+    run: RunDir, latents: LatentStore, device: torch.device | str = "cpu", residual_samples: int = 0
+) -> Models:
+    """The EMA diffusion model and the latent decoder of ``run``, on ``device``.
+
+    ``residual_samples > 0`` gives the decoder a residual model fitted on that many held-out
+    samples (:func:`fit_decoder_residual`), so decoded members are samples of p(x | z).
+    """
+    require_checkpoints(run)
+    ae, saved = load_autoencoder(run)
+    model, dm_cfg = load_diffusion(run, latents)
+    decoder = LatentDecoder(
+        ae.to(device),
+        torch.as_tensor(np.asarray(latents.shift, dtype=np.float32)),
+        torch.as_tensor(np.asarray(latents.scale, dtype=np.float32)),
+        tuple(saved["data_signature"]["spatial_shape"]),
+    )
+    if residual_samples > 0:
+        decoder.residual = fit_decoder_residual(decoder, latents, TrainingStore(run.store), residual_samples)
+    return Models(model.to(device), decoder, dm_cfg)
+
+
+def fit_decoder_residual(
+    decoder: LatentDecoder, latents: LatentStore, store: TrainingStore, samples: int, batch_size: int = 16
+) -> ResidualModel:
+    """The residual model of ``decoder`` fitted on ``x`` and ``D(E(x))`` of held-out samples.
+
+    Uses up to ``samples`` samples of the val split, evenly spaced (the train split, with a
+    warning, when val is empty), decoded from their stored latents exactly as members are. The
+    spectral axes are y/x, plus the depth axis on voxel grids (a store with a lattice).
+    """
+    from simdiff.generate.residual import ResidualFit
+
+    split, idx = "val", store.indices("val")
+    if not len(idx):
+        split, idx = "train", store.indices("train")
+        log.warning(
+            "the val split of %s is empty; the decoder residual model is fitted on train "
+            "samples, which underestimates it",
+            store.path,
+        )
+    if len(idx) < 2:
+        raise DataError(
+            f"{store.path}: {len(idx)} {split} sample(s); the decoder residual model needs at "
+            "least 2: set generate.decoder_noise=false"
+        )
+    idx = np.unique(idx[np.linspace(0, len(idx) - 1, min(int(samples), len(idx))).round().astype(int)])
+    geometry = store.geometry()
+    dims = [store.layout.y_dim, store.layout.x_dim]
+    if geometry.lattice is not None and store.layout.depth_dim:
+        dims.insert(0, store.layout.depth_dim)  # a voxel grid: depth is a spatial axis too
+    fit = ResidualFit(store.array("mask"), [geometry.is_periodic(d) for d in dims])
+    device = next(decoder.net.parameters()).device
+    for start in range(0, len(idx), batch_size):
+        rows = idx[start : start + batch_size]
+        z = torch.from_numpy(np.asarray(latents.data.oindex[rows], dtype=np.float32)).to(device)
+        x = np.asarray(store.data.oindex[rows], dtype=np.float32)
+        d = decoder(z).float().cpu().numpy()
+        fit.add(x - d, d)
+    model = fit.finish()
+    log.info(
+        "decoder residual model fitted on %d %s samples, noise rms/std %s",
+        len(idx),
+        split,
+        residual_summary(model, store),
+    )
+    return model
+
+
+def residual_summary(model: ResidualModel, store: TrainingStore) -> dict[str, float]:
+    """``VAR[@LEVEL]`` (the report's keys) -> the modelled residual rms in units of the variable's std."""
+    from simdiff.evaluate.plots import format_level
+
+    rms = model.rms()
+    depth = store.layout.depth_dim
+    levels = store.array(depth) if depth and rms.ndim > 1 else None
+    out: dict[str, float] = {}
+    for c, name in enumerate(store.variables):
+        if levels is None:
+            out[name] = round(float(np.mean(rms[c])), 4)
+        else:
+            for j, lev in enumerate(levels):
+                out[f"{name}@{format_level(lev)}"] = round(float(rms[c][j]), 4)
+    return out

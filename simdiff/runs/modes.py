@@ -1,0 +1,269 @@
+"""Generation modes: what ``simdiff generate`` makes from a trained run, as swappable objects.
+
+A mode is chosen in the config by its ``_target_`` (``conf/generate/mode/``):
+
+* :class:`Forecast`: for each init time of a split, members rolled out ``lead_steps`` steps
+  autoregressively in latent space, decoded per step -> ``forecast.zarr``;
+* :class:`Sample`: independent draws (unconditional, or with the labels/covariates of real
+  samples of a split) -> ``samples.zarr``.
+
+Both compute blocks of members (:meth:`compute`) that the output runner
+(:mod:`simdiff.runs.outputs`) writes, or the Python API (:mod:`simdiff.runs.api`) returns; a
+new mode (e.g. conditional molecular densities) is one more class with the same methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from simdiff.data.errors import DataError
+from simdiff.data.latents import LatentStore
+from simdiff.data.loader import contiguous_runs, window_targets
+from simdiff.data.stats import denormalise
+from simdiff.data.store import SPLITS, TrainingStore
+from simdiff.generate.output import missing, write_block
+from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches, rollout
+from simdiff.generate.template import forecast_template, sample_template
+from simdiff.runs.models import Models
+
+#: The store arrays a model may be conditioned on, per sample.
+CONDITIONS = ("time_features", "covariates", "label")
+
+
+@dataclass
+class Generation:
+    """One generation: the trained run's stores and models, how to sample, and which members."""
+
+    store: TrainingStore
+    latents: LatentStore
+    models: Models
+    spec: SamplerSpec
+    members: list[int]
+    seed: int
+    batch_size: int = 16
+    chunks: dict[str, int] = field(default_factory=dict)
+
+    @cached_property
+    def conditions(self) -> dict[str, np.ndarray]:
+        """The store's conditions the model uses (time features, covariates, label), read once."""
+        cond = self.models.diffusion["conditioning"]
+        return {n: self.latents.array(n) for n in CONDITIONS if self.latents.has(n) and cond.get(n)}
+
+    @cached_property
+    def source(self) -> xr.Dataset:
+        return self.store.dataset()
+
+    def physical(self, fields: np.ndarray, members: Sequence[int], dims: tuple[str, ...]) -> xr.Dataset:
+        """Normalised fields (B, [L,] C, [D], Y, X) -> physical Dataset per variable, masked cells NaN."""
+        src = self.source
+        data = xr.DataArray(fields, dims=dims, coords={"channel": src["channel"]})
+        ds = xr.Dataset(
+            {"data": data, "mean": src["mean"], "std": src["std"], "mask": src["mask"]}, attrs=src.attrs
+        )
+        realization = np.asarray(members, dtype=np.int32)
+        return denormalise(ds).assign_coords(realization=("realization", realization))
+
+
+def longest_run(split: np.ndarray, block: np.ndarray, code: int) -> int:
+    """The longest run of consecutive samples of one block in split ``code``."""
+    lengths = np.bincount(contiguous_runs(split, block)[np.asarray(split) == code])
+    return int(lengths.max()) if lengths.size else 0
+
+
+@dataclass
+class Forecast:
+    """Ensemble forecasts: ``lead_steps`` autoregressive steps from each init of ``split``.
+
+    The inits are ``init_indices`` if given, else every ``init_every``-th valid init of the
+    split, at most ``max_inits``. A valid init ``t`` has its conditioning states and its
+    ``lead_steps`` verifying states in one contiguous block of the split, so every lead has its
+    conditions (time features) and a truth to be scored against.
+    """
+
+    split: str = "test"
+    init_every: int = 10
+    max_inits: int = 30
+    init_indices: list[int] | None = None
+    lead_steps: int = 4
+
+    kind = "forecast"  # the output's name (forecast.zarr)
+
+    def __post_init__(self) -> None:
+        if int(self.lead_steps) < 1:
+            raise DataError(
+                f"generate.mode.lead_steps={self.lead_steps}: forecasts need at least 1 lead step"
+            )
+        if self.init_indices is None and self.split not in SPLITS:
+            raise DataError(f"generate.mode.split={self.split!r} is not one of {sorted(SPLITS)}")
+        if int(self.init_every) < 1 or int(self.max_inits) < 1:
+            raise DataError(
+                f"generate.mode.init_every={self.init_every}, max_inits={self.max_inits}: both must be >= 1"
+            )
+
+    def inits(self, latents: LatentStore, window: int) -> list[int]:
+        """The forecast inits in ``latents`` for a model that conditions on ``window - 1`` states."""
+        leads = int(self.lead_steps)
+        if self.init_indices:
+            return [int(i) for i in self.init_indices]
+        context = max(window - 1, 1)
+        valid = (
+            window_targets(
+                latents.array("split"), latents.array("block"), SPLITS[self.split], context + leads
+            )
+            - leads
+        )
+        chosen = valid[:: int(self.init_every)][: int(self.max_inits)]
+        if not len(chosen):
+            longest = longest_run(latents.array("split"), latents.array("block"), SPLITS[self.split])
+            raise DataError(
+                f"{latents.path}: the {self.split!r} split has no init with {context} state(s) and "
+                f"generate.mode.lead_steps={leads} later states in one contiguous block (its longest run "
+                f"is {longest} samples); set generate.mode.lead_steps <= {max(longest - context, 0)}, "
+                "choose another generate.mode.split, or pass generate.mode.init_indices"
+            )
+        return [int(i) for i in chosen]
+
+    def template(self, gen: Generation) -> xr.Dataset:
+        inits = self.inits(gen.latents, gen.models.previous + 1)
+        return forecast_template(
+            gen.store, gen.members, inits, list(range(1, int(self.lead_steps) + 1)), chunks=gen.chunks
+        )
+
+    def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+        """``(init, members)`` blocks of at most ``gen.batch_size`` members, init by init."""
+        by_init: dict[int, list[int]] = {}
+        for m, i in pending:
+            by_init.setdefault(i, []).append(m)
+        return [(i, b) for i, ms in sorted(by_init.items()) for b in member_batches(ms, gen.batch_size)]
+
+    def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
+        """Members ``members`` from init ``init``: ``(realization, lead_time, [D], Y, X)`` per variable."""
+        previous, lat = gen.models.previous, gen.latents.data
+        window = (
+            torch.from_numpy(np.asarray(lat[init - previous + 1 : init + 1]))
+            if previous
+            else torch.zeros((0, *lat.shape[1:]))
+        )
+        fields, _ = rollout(
+            gen.models.model,
+            gen.models.decoder,
+            gen.spec,
+            window=window,
+            conditions=self._conditions(gen, init),
+            members=members,
+            init=init,
+            leads=int(self.lead_steps),
+            seed=gen.seed,
+        )
+        return gen.physical(
+            fields, members, ("realization", "lead_time", "channel", *gen.store.layout.spatial_dims)
+        )
+
+    def _conditions(self, gen: Generation, init: int) -> dict[str, torch.Tensor]:
+        """Per lead, the conditions of the valid sample ``init + k`` (time features, covariates, label)."""
+        idx = np.arange(init + 1, init + int(self.lead_steps) + 1)
+        out = {}
+        for name, values in gen.conditions.items():
+            if idx[-1] >= len(values):
+                raise DataError(
+                    f"{gen.latents.path}: condition {name!r} is needed at sample {int(idx[-1])} "
+                    f"(init {init} + {self.lead_steps} leads) but the store ends at "
+                    f"{len(values) - 1}; choose earlier inits or fewer generate.mode.lead_steps"
+                )
+            out[name] = torch.from_numpy(np.asarray(values[idx]))
+        return out
+
+    @staticmethod
+    def write(target: Path, block: xr.Dataset, init: int) -> None:
+        write_block(target, block, init=init)
+
+
+@dataclass
+class Sample:
+    """Independent draws of an unconditional model; a conditioned one takes the labels,
+    covariates and time features of the real samples of ``split``, cycled by draw id."""
+
+    split: str = "test"
+
+    kind = "samples"  # the output's name (samples.zarr)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise DataError(f"generate.mode.split={self.split!r} is not one of {sorted(SPLITS)}")
+
+    def template(self, gen: Generation) -> xr.Dataset:
+        if gen.models.previous:
+            raise DataError(
+                f"the model forecasts from {gen.models.previous} previous state(s), so it cannot draw "
+                "samples without an initial state; use generate/mode=forecast, or train an unconditional "
+                "model (diffusion.conditioning.previous=0)"
+            )
+        return sample_template(gen.store, gen.members, chunks=gen.chunks)
+
+    def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+        return [(-1, b) for b in member_batches([m for m, _ in pending], gen.batch_size)]
+
+    def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
+        """Draws ``members``: ``(realization, [D], Y, X)`` per variable (``init`` is unused, -1)."""
+        pool = gen.latents.indices(self.split)
+        rows = pool[np.asarray(members) % len(pool)] if len(pool) else np.zeros(0, np.int64)
+        conds = {n: torch.from_numpy(np.asarray(v[rows])) for n, v in gen.conditions.items()}
+        fields = draw_samples(
+            gen.models.model,
+            gen.models.decoder,
+            gen.spec,
+            latent_shape=tuple(gen.latents.data.shape[1:]),
+            conditions=conds,
+            members=members,
+            seed=gen.seed,
+        )
+        return gen.physical(fields, members, ("realization", "channel", *gen.store.layout.spatial_dims))
+
+    @staticmethod
+    def write(target: Path, block: xr.Dataset, init: int) -> None:
+        write_block(target, block)
+
+
+Mode = Forecast | Sample
+
+
+@dataclass
+class GenerateJob:
+    """A mode's output as a :class:`simdiff.runs.outputs.Job`."""
+
+    mode: Any
+    gen: Generation
+    attributes: Any  # () -> the output attrs (rank 0 only: it hashes the training store)
+    stage: str = "generate"
+    unit: str = "members"
+
+    def template(self) -> xr.Dataset:
+        return self.mode.template(self.gen)
+
+    def attrs(self) -> dict[str, Any]:
+        return self.attributes()
+
+    def pending(self, target: Path) -> list[tuple[int, int]]:
+        return missing(target)
+
+    def blocks(self, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+        return self.mode.blocks(self.gen, pending)
+
+    def size(self, block: tuple[int, list[int]]) -> int:
+        return len(block[1])
+
+    def run(self, block: tuple[int, list[int]], target: Path):
+        init, members = block
+        self.mode.write(target, self.mode.compute(self.gen, init, members), init)
+        yield len(members)
+
+    def finish(self, target: Path) -> None:
+        return None

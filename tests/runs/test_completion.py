@@ -1,0 +1,126 @@
+"""The one stage-completion mechanism and the per-stage lock (simdiff.runs.completion)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simdiff.data.errors import DataError
+from simdiff.runs.completion import Identity, fingerprint, lock, record_path, stage
+from simdiff.runs.layout import RunDir
+
+
+def _identity(tmp_path: Path, **config) -> Identity:
+    out = tmp_path / "out.txt"
+    return Identity({"a": 1, **config}, {"source": tmp_path / "in.txt"}, [out])
+
+
+def _run(run: RunDir, ident: Identity, force: bool = False) -> bool:
+    with stage(run, "encode", ident, force=force) as todo:
+        if todo:
+            ident.outputs[0].write_text("made")
+    return todo
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunDir:
+    (tmp_path / "in.txt").write_text("input v1")
+    return RunDir(tmp_path)
+
+
+def test_a_stage_runs_once_then_is_skipped(run, tmp_path):
+    ident = _identity(tmp_path)
+    assert _run(run, ident) is True
+    record = json.loads(record_path(run, "encode", ident.outputs).read_text())
+    assert record["inputs"]["source"]["sha256"] == fingerprint(tmp_path / "in.txt")["sha256"]
+    assert _run(run, ident) is False
+
+
+def test_a_changed_config_is_refused_with_the_key_unless_forced(run, tmp_path):
+    _run(run, _identity(tmp_path))
+    with pytest.raises(DataError, match=r"(?s)config: a: 1 -> 2.*force=true"):
+        _run(run, _identity(tmp_path, a=2))
+    assert _run(run, _identity(tmp_path, a=2), force=True) is True
+    assert _run(run, _identity(tmp_path, a=2)) is False
+
+
+def test_a_changed_input_is_refused_with_its_name(run, tmp_path):
+    _run(run, _identity(tmp_path))
+    (tmp_path / "in.txt").write_text("input v2")
+    with pytest.raises(DataError, match=r"input source .*in.txt.*sha256"):
+        _run(run, _identity(tmp_path))
+
+
+def test_a_touched_but_unchanged_input_is_rehashed_and_still_skipped(run, tmp_path):
+    _run(run, _identity(tmp_path))
+    os.utime(tmp_path / "in.txt", ns=(1, 1))
+    assert _run(run, _identity(tmp_path)) is False
+
+
+def test_a_missing_output_runs_the_stage_again(run, tmp_path):
+    ident = _identity(tmp_path)
+    _run(run, ident)
+    ident.outputs[0].unlink()
+    assert _run(run, ident) is True
+
+
+def test_a_stage_that_fails_leaves_no_record_and_no_lock(run, tmp_path):
+    ident = _identity(tmp_path)
+    with pytest.raises(RuntimeError), stage(run, "encode", ident) as todo:
+        assert todo
+        raise RuntimeError("killed")
+    assert not record_path(run, "encode", ident.outputs).exists()
+    assert not (tmp_path / ".simdiff" / "locks" / "encode.lock").exists()
+
+
+def test_a_second_writer_is_refused_naming_the_first(run):
+    with (
+        lock(run, "generate"),
+        pytest.raises(DataError, match=rf"PID {os.getpid()} on {socket.gethostname()}"),
+    ):
+        with lock(run, "generate"):
+            pass
+    with lock(run, "generate"):  # released
+        pass
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(run):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    path = run.root / ".simdiff" / "locks" / "generate.lock"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": 0}))
+    with lock(run, "generate") as held:
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_held_on_another_host_is_never_broken(run):
+    path = run.root / ".simdiff" / "locks" / "generate.lock"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "node-that-is-not-here", "pid": 1, "started": 0}))
+    with pytest.raises(DataError, match=r"(?s)node-that-is-not-here.*remove the lock"):
+        with lock(run, "generate"):
+            pass
+
+
+def test_worker_processes_neither_lock_nor_record(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ident = _identity(tmp_path)
+    with lock(RunDir(tmp_path), "encode"):  # held by "rank 0": a worker does not wait for it
+        assert _run(run, ident) is True
+    assert not record_path(run, "encode", ident.outputs).exists()
+
+
+def test_a_stage_that_fails_on_a_fresh_run_dir_leaves_nothing_behind(tmp_path):
+    run = RunDir(tmp_path / "new")
+    ident = Identity({}, {}, [run.store])
+    with pytest.raises(DataError), stage(run, "prepare", ident):
+        raise DataError("bad input")
+    assert not run.root.exists()
