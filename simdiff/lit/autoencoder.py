@@ -27,8 +27,8 @@ from simdiff.data.patch import crop_shared
 from simdiff.data.store import TrainingStore
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
+from simdiff.lit.optim import OptimizerFactory, adamw, check_factory, describe, optimizer_with_schedule
 from simdiff.lit.resume import SavedGenerator, global_rng_from
-from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss
 
@@ -41,8 +41,9 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
         loss: reconstruction loss (masked weighted MSE, optional spectral term).
         weights: ([D], H, W) cell weights; normalised to mean 1 over valid cells.
         mask: ([D], H, W) bool, True where valid.
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay.
+        optimizer: ``params -> Optimizer`` (:mod:`simdiff.lit.optim`), called with the net's
+            parameters; its learning rate is the peak of the schedule. Default: AdamW, lr 1e-3,
+            no weight decay.
         warmup_steps: linear learning-rate warm-up steps.
         cosine: cosine decay to ``min_lr_ratio * lr`` over the trainer's estimated steps.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
@@ -58,8 +59,7 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
         loss: ReconstructionLoss,
         weights: torch.Tensor,
         mask: torch.Tensor,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
         warmup_steps: int = 100,
         cosine: bool = True,
         min_lr_ratio: float = 0.05,
@@ -68,7 +68,10 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
         signature: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "weights", "mask"])
+        self.save_hyperparameters(ignore=["net", "loss", "weights", "mask", "optimizer"])
+        self.optimizer_factory = (adamw() if optimizer is None
+                                  else check_factory(optimizer, "AutoencoderModule"))
+        self.hparams["optimizer"] = describe(self.optimizer_factory)  # plain values: weights_only checkpoints
         self.net = net
         self.loss = loss
         mask = mask.to(torch.bool)
@@ -119,11 +122,8 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = total_steps(self._trainer)
-        sched = warmup_cosine(opt, warmup=hp.warmup_steps, total=total, cosine=hp.cosine,
-                              min_ratio=hp.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return optimizer_with_schedule(self.optimizer_factory, self.net.parameters(), self._trainer,
+                                       warmup=hp.warmup_steps, cosine=hp.cosine, min_ratio=hp.min_lr_ratio)
 
 
 def data_signature(store: TrainingStore) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Training (Karras et al. 2022): ``ln sigma ~ N(P_mean, P_std^2)``, the loss
 ``lambda(sigma) ||D(y + sigma n; sigma, c) - y||^2`` weighted over latent cells by the cell
-weights, AdamW with linear warm-up (and optional cosine decay), gradient clipping and
-accumulation from the Trainer, an EMA of the weights for validation and sampling.
+weights, the optimiser it receives (AdamW in the shipped config, :mod:`simdiff.lit.optim`) with
+linear warm-up (and optional cosine decay), gradient clipping and accumulation from the Trainer,
+an EMA of the weights for validation and sampling.
 
 Determinism and resume. Every random draw of training (noise levels, noise, condition drops)
 comes from the module's own generator, seeded by ``(seed, rank)`` and saved in each checkpoint
@@ -47,8 +48,8 @@ from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
+from simdiff.lit.optim import OptimizerFactory, adamw, check_factory, describe, optimizer_with_schedule
 from simdiff.lit.resume import SavedGenerator
-from simdiff.lit.schedule import total_steps, warmup_cosine
 from simdiff.nets.denoiser import ConditionalDenoiser
 
 DEFAULT_BINS = (0.002, 0.02, 0.1, 0.5, 2.0, 10.0, 80.0)
@@ -71,7 +72,9 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         weights: ([d], h, w) latent cell weights (the loss averages cells with them).
         sampler: ``sampler(denoiser, x, sigmas, generator=...)`` for the validation ensembles.
         p_mean, p_std: the log-normal training noise distribution.
-        lr, weight_decay, betas: AdamW.
+        optimizer: ``params -> Optimizer`` (:mod:`simdiff.lit.optim`), called with the model's
+            parameters; its learning rate is the peak of the schedule. Default: AdamW, lr 2e-4,
+            betas (0.9, 0.99), no weight decay.
         warmup_steps, cosine, min_lr_ratio: the schedule (:mod:`simdiff.lit.schedule`).
         ema_decay: weight EMA decay.
         seed: seeds the training generator (with the rank) and the validation generator.
@@ -90,9 +93,7 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         *,
         p_mean: float = -1.2,
         p_std: float = 1.2,
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.99),
+        optimizer: OptimizerFactory | None = None,
         warmup_steps: int = 200,
         cosine: bool = False,
         min_lr_ratio: float = 0.1,
@@ -109,7 +110,10 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         signature: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "weights", "sampler"])
+        self.save_hyperparameters(ignore=["model", "weights", "sampler", "optimizer"])
+        self.optimizer_factory = (adamw(lr=2e-4, betas=(0.9, 0.99)) if optimizer is None
+                          else check_factory(optimizer, "DiffusionModule"))
+        self.hparams["optimizer"] = describe(self.optimizer_factory)  # plain values: weights_only checkpoints
         self.model = model
         self.sampler = sampler
         w = weights.to(torch.float32)
@@ -225,12 +229,8 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                betas=tuple(hp.betas))
-        total = total_steps(self._trainer)
-        sched = warmup_cosine(opt, warmup=hp.warmup_steps, total=total, cosine=hp.cosine,
-                              min_ratio=hp.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return optimizer_with_schedule(self.optimizer_factory, self.model.parameters(), self._trainer,
+                                       warmup=hp.warmup_steps, cosine=hp.cosine, min_ratio=hp.min_lr_ratio)
 
 
 def load_ema_model(

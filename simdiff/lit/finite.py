@@ -19,8 +19,8 @@ from simdiff.data.errors import DataError
 
 def _fix(stage: str) -> str:
     return (f"checkpoints/last.ckpt keeps the last good weights. Fix: look for NaN/Inf in the data, lower "
-            f"the learning rate ({stage}.module.lr) or clip gradients (trainer.gradient_clip_val), then "
-            f"re-run `simdiff train-{stage}` (force=true if you changed the config)")
+            f"the learning rate ({stage}.module.optimizer.lr) or clip gradients (trainer.gradient_clip_val), "
+            f"then re-run `simdiff train-{stage}` (force=true if you changed the config)")
 
 
 def require_finite_loss(loss: torch.Tensor, *, step: int, epoch: int, batch: int, stage: str) -> None:

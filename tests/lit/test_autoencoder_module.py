@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from simdiff.lit.autoencoder import AutoencoderModule, load_ema_weights
+from simdiff.lit.optim import adamw
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.bottleneck import BoundedBottleneck, KLBottleneck
 from simdiff.nets.losses import ReconstructionLoss
@@ -39,7 +40,7 @@ def test_module_learns_and_checkpoints_weights_only(tmp_path, bottleneck):
     mask = torch.ones(8, 16, dtype=torch.bool)
     mask[:2, :2] = False
     module = AutoencoderModule(net, ReconstructionLoss(spectral_weight=0.1), torch.rand(8, 16) + 0.5, mask,
-                               lr=3e-3, warmup_steps=2, ema_decay=0.9,
+                               optimizer=adamw(lr=3e-3), warmup_steps=2, ema_decay=0.9,
                                signature={"variables": ["a", "b"], "spatial_shape": [8, 16]})
     loader = DataLoader(Fixed(25), batch_size=None)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -54,6 +55,8 @@ def test_module_learns_and_checkpoints_weights_only(tmp_path, bottleneck):
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=True)  # tensors and primitives only
     assert ckpt["hyper_parameters"]["signature"]["variables"] == ["a", "b"]
+    assert ckpt["hyper_parameters"]["optimizer"] == {"class": "torch.optim.adamw.AdamW", "lr": 3e-3,
+                                                     "weight_decay": 0.0}
     fresh = Autoencoder(2, (False, True), latent_channels=2, channels=(8, 16), factors=[[2, 2]],
                         bottleneck=bottleneck, groups=4)
     ema_net = load_ema_weights(fresh, path, 0.9)

@@ -21,6 +21,7 @@ from simdiff.data.prepare import PrepareOptions, prepare
 from simdiff.data.simulators.qg_source import QGSource
 from simdiff.data.store import TrainingStore
 from simdiff.lit.autoencoder import AutoencoderModule, data_signature
+from simdiff.lit.optim import adamw
 from simdiff.lit.resume import KeepStopped, resume_checkpoints
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.bottleneck import KLBottleneck
@@ -95,8 +96,8 @@ def fit(run: Path, ckpt_dir: Path, every: int, kill: int | L.Callback | None = N
     sig = data_signature(TrainingStore(dm.path))
     net = Autoencoder(2, sig["periodic"], latent_channels=2, channels=(8, 8), factors=[[2, 2]],
                       bottleneck=KLBottleneck(weight=1e-3), depth_kernel_size=1, groups=4)
-    module = AutoencoderModule(net, ReconstructionLoss(), dm.weights, dm.mask, lr=3e-3, warmup_steps=2,
-                               ema_decay=0.9, seed=0, signature=sig)
+    module = AutoencoderModule(net, ReconstructionLoss(), dm.weights, dm.mask, optimizer=adamw(lr=3e-3),
+                               warmup_steps=2, ema_decay=0.9, seed=0, signature=sig)
     last, best = resume_checkpoints(ckpt_dir, every)
     stopping = EarlyStopping(monitor="val/loss", mode="min", patience=20, stopping_threshold=stop_below)
     killer = KillAt(kill) if isinstance(kill, int) else kill

@@ -40,8 +40,8 @@ def module() -> AutoencoderModule:
     torch.manual_seed(0)
     net = Autoencoder(2, (False, True), latent_channels=2, channels=(8, 16), factors=[[2, 2]], groups=4)
     mask = torch.ones(8, 16, dtype=torch.bool)
-    return AutoencoderModule(net, ReconstructionLoss(), torch.ones(8, 16), mask, lr=1e-3, warmup_steps=1,
-                             ema_decay=0.9)
+    return AutoencoderModule(net, ReconstructionLoss(), torch.ones(8, 16), mask, warmup_steps=1,
+                             ema_decay=0.9)  # the default optimiser: AdamW, lr 1e-3
 
 
 def fit(tmp_path, callbacks) -> AutoencoderModule:
