@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.nets.conditioning import Conditioner
 from simdiff.nets.denoiser import ConditionalDenoiser

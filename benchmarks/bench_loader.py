@@ -52,7 +52,7 @@ import xarray as xr
 import zarr
 from torch.utils.data import DataLoader
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
 from simdiff.data.loader import ChunkedSampleDataset

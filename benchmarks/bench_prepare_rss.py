@@ -191,7 +191,7 @@ def main() -> None:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     out = Path(args.out)
-    from simdiff.data.atomic import write_json
+    from simdiff.base.atomic import write_json
 
     write_json(record, out, allow_nan=True)
     print(f"\nwrote {out}")

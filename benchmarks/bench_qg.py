@@ -33,7 +33,7 @@ import xarray as xr
 from rich.console import Console
 from rich.table import Table
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
 from simdiff.data.simulators.qg import (
     QGModel,
     QGParams,

@@ -31,8 +31,8 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from simdiff.base.atomic import write_json
 from simdiff.cli.generate import load_models
-from simdiff.data.atomic import write_json
 from simdiff.data.latents import LatentStore
 from simdiff.data.loader import window_targets
 from simdiff.diffusion.schedules import karras_sigmas

@@ -31,6 +31,8 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.diffusion import open_latents
 from simdiff.cli.generate import (
     CONDITIONS,
@@ -40,10 +42,8 @@ from simdiff.cli.generate import (
     member_ids,
     require_checkpoints,
 )
-from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
 from simdiff.data.loader import window_targets
-from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.store import SPLITS, TrainingStore
 from simdiff.generate.augment import (
     REASONS,

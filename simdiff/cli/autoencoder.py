@@ -32,10 +32,10 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.app import stage_started
 from simdiff.cli.stage_dir import CONFIG, check_rebuilt, claim, read_config, whole_field_identity
-from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.store import TrainingStore
 
 log = logging.getLogger("simdiff")
@@ -63,7 +63,7 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
 def build_net(ae_cfg: Any, signature: dict[str, Any], source: str = "the autoencoder config") -> Any:
     """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it).
 
-    ``ae_cfg["net"]`` must be a spec :mod:`simdiff.data.registry` allows (DataError naming
+    ``ae_cfg["net"]`` must be a spec :mod:`simdiff.base.registry` allows (DataError naming
     ``source`` otherwise); read saved configs with :func:`simdiff.cli.stage_dir.read_config`.
     """
     check_rebuilt(ae_cfg["net"], source=source, key="autoencoder.net")

@@ -29,12 +29,12 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.base.atomic import write_json
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.stage_dir import check_rebuilt, claim, whole_field_identity
-from simdiff.data.atomic import write_json
-from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
-from simdiff.data.provenance import config_yaml
 from simdiff.data.store import TrainingStore
 
 log = logging.getLogger("simdiff")
@@ -112,7 +112,7 @@ def build_model(dm_cfg: Any, signature: dict[str, Any], sizes: dict[str, int],
                 source: str = "the diffusion config") -> Any:
     """The ConditionalDenoiser for latents with ``signature`` and the store's condition ``sizes``.
 
-    ``dm_cfg["net"]`` must be a spec :mod:`simdiff.data.registry` allows (DataError naming
+    ``dm_cfg["net"]`` must be a spec :mod:`simdiff.base.registry` allows (DataError naming
     ``source`` otherwise); read saved configs with :func:`simdiff.cli.stage_dir.read_config`.
     """
     from simdiff.nets.conditioning import Conditioner

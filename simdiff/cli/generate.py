@@ -27,15 +27,15 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.diffusion import DM_DIR, build_model, open_latents, static_fields
 from simdiff.cli.diffusion import FINAL as DM_FINAL
 from simdiff.cli.stage_dir import read_config
-from simdiff.data.errors import DataError
 from simdiff.data.latents import LatentStore
 from simdiff.data.loader import contiguous_runs, window_targets
-from simdiff.data.provenance import config_yaml, sha256_path
 from simdiff.data.stats import denormalise
 from simdiff.data.store import SPLITS, TrainingStore
 from simdiff.generate.residual import ResidualModel

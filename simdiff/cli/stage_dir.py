@@ -5,7 +5,7 @@ Each training stage writes ``run_dir/<stage>/config.yaml`` first and its final c
 nothing once the final checkpoint exists; a different config is refused unless ``force``, which
 discards the folder (or unless the folder holds no checkpoint yet). Later stages read the
 saved config back with :func:`read_config`, which refuses a network spec whose ``_target_`` is
-not in :mod:`simdiff.data.registry`'s allowlist before anything is instantiated.
+not in :mod:`simdiff.base.registry`'s allowlist before anything is instantiated.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from simdiff.data.atomic import atomic_file
-from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_differences, config_yaml
-from simdiff.data.registry import check_stored
+from simdiff.base.atomic import atomic_file
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_differences, config_yaml
+from simdiff.base.registry import check_stored
 
 log = logging.getLogger("simdiff")
 
@@ -56,7 +56,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def check_rebuilt(node: Any, *, source: str, key: str) -> None:
-    """:func:`simdiff.data.registry.check_stored` on a plain or OmegaConf network spec about to be built."""
+    """:func:`simdiff.base.registry.check_stored` on a plain or OmegaConf network spec about to be built."""
     check_stored(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node,
                  source=source, key=key)
 

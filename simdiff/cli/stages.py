@@ -14,13 +14,13 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from simdiff.base.errors import DataError
 from simdiff.cli.app import EXIT_NOT_BUILT, restart_stage_clock, to_plain
 from simdiff.cli.augment import augment_stage
 from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
 from simdiff.cli.generate import generate_stage
-from simdiff.data.errors import DataError
 
 log = logging.getLogger("simdiff")
 

@@ -12,7 +12,7 @@ from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.buffer.cpu import NDBuffer
 from zarr.storage import LocalStore
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 
 class ChunkDecoder:

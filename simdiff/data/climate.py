@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.formats import open_file, supported_types
 from simdiff.data.latlon import (

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simdiff.data.atomic import atomic_file
-from simdiff.data.errors import DataError
+from simdiff.base.atomic import atomic_file
+from simdiff.base.errors import DataError
 
 ANGSTROM_PER_BOHR = 0.529177210903
 """CODATA 2018 Bohr radius in angstrom."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ import xarray as xr
 from zarr.codecs import BloscCodec
 
 import simdiff
+from simdiff.base.errors import DataError
 from simdiff.data.chunking import samples_per_chunk
-from simdiff.data.errors import DataError
 from simdiff.data.store import FORMAT_VERSION, TrainingStore
 
 LATENT_KIND = "latents"

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.geometry import Geometry
 
 LAT, LON = "lat", "lon"

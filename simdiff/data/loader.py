@@ -79,8 +79,8 @@ import torch.distributed as dist
 import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
+from simdiff.base.errors import DataError
 from simdiff.data.chunk_decoder import ChunkDecoder
-from simdiff.data.errors import DataError
 from simdiff.data.patch import crop, full_patch, patch_origins
 from simdiff.data.store import SPLITS, TrainingStore
 

@@ -40,9 +40,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from simdiff.base.errors import DataError
 from simdiff.data.cube import CubeHeader, read_cube
 from simdiff.data.cube import read_cube_header as _read_header
-from simdiff.data.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry, lattice_array
 from simdiff.data.paths import expand_source

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 
 def full_patch(patch: Sequence[int] | None, shape: Sequence[int]) -> tuple[int, ...] | None:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 

@@ -33,10 +33,10 @@ import yaml
 from dask.diagnostics import ProgressBar
 from zarr.codecs import BloscCodec
 
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_differences, config_yaml, provenance
 from simdiff.data.chunking import samples_per_chunk, work_samples
-from simdiff.data.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
-from simdiff.data.provenance import config_differences, config_yaml, provenance
 from simdiff.data.split import block_ids, split_labels
 from simdiff.data.stats import compute_statistics, normalise
 from simdiff.data.store import FORMAT_VERSION, SPLITS, STORE_KIND, StoreLayout
@@ -168,7 +168,7 @@ def write_training_store(
         path: where the store goes; must not exist yet.
         transforms: variable -> Transform applied before normalisation (Identity if absent).
         options: split fractions, chunking, compression.
-        provenance: the ``provenance`` attr (see :func:`simdiff.data.provenance.provenance`).
+        provenance: the ``provenance`` attr (see :func:`simdiff.base.provenance.provenance`).
 
     Returns:
         ``path``. The store holds ``data`` ``(S, channel, [D], Y, X)`` float32 and the arrays

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.store import SPLITS
 
 #: A step counts as a gap when it is longer than this multiple of the median step. 1.5 tolerates

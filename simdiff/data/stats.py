@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.transforms import Bounded, Identity, Transform, from_spec
 
 #: A variable whose std is below this fraction of |mean| is constant up to float32 rounding.

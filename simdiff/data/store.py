@@ -44,9 +44,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
+from simdiff.base.registry import check_stored
 from simdiff.data.geometry import Geometry
-from simdiff.data.registry import check_stored
 from simdiff.data.transforms import Transform, from_spec
 
 STORE_KIND = "training"

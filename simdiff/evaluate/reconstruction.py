@@ -28,8 +28,8 @@ import dask
 import numpy as np
 import xarray as xr
 
-from simdiff.data.atomic import write_json
-from simdiff.data.errors import DataError
+from simdiff.base.atomic import write_json
+from simdiff.base.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.evaluate.plots import format_level, reconstruction_figure, save_figure
 from simdiff.evaluate.spectra import field_spectrum, spectrum_ratio_low

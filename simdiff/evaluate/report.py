@@ -64,8 +64,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from simdiff.data.atomic import atomic_file, write_json
-from simdiff.data.errors import DataError
+from simdiff.base.atomic import atomic_file, write_json
+from simdiff.base.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.evaluate.baselines import (
     INIT_DIM,

@@ -60,7 +60,7 @@ import torch
 import xarray as xr
 import zarr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
 from simdiff.data.transforms import Bounded, Transform

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from simdiff.base.errors import DataError
 from simdiff.data.climate import ClimateSource
-from simdiff.data.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.time_features import TIME_FEATURES
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.latlon import (
     align_longitude,
     contiguous_longitude,

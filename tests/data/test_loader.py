@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
 from simdiff.data.loader import (

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simdiff.base.errors import DataError
 from simdiff.data.cube import Cube, read_cube, write_cube
-from simdiff.data.errors import DataError
 from simdiff.data.field import Field, FieldSource
 from simdiff.data.molecular import CubeSource
 from simdiff.data.transforms import Log1p

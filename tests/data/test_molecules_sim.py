@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.field import FieldSource
 from simdiff.data.simulators.molecules import (
     MoleculeDensities,

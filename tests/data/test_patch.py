@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_loader import write_test_store
 
+from simdiff.base.errors import DataError
 from simdiff.data.datamodule import SimdiffDataModule
-from simdiff.data.errors import DataError
 from simdiff.data.loader import ChunkedSampleDataset
 from simdiff.data.patch import check_patch, crop, crop_shared, full_patch, patch_origins
 from simdiff.data.store import TrainingStore

@@ -13,11 +13,11 @@ import xarray as xr
 import yaml
 from zarr.codecs import BloscCodec
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import sha256_path
 from simdiff.data.field import Field, FieldSource
 from simdiff.data.geometry import Geometry
 from simdiff.data.prepare import PrepareOptions, prepare, write_training_store
-from simdiff.data.provenance import sha256_path
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
 from simdiff.data.transforms import Log1p, Transform

@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.field import Field, FieldSource
 from simdiff.data.simulators.qg import (
     QGModel,

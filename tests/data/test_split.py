@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.split import block_ids, split_labels, split_sizes
 
 

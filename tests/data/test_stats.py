@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.stats import compute_statistics, denormalise, normalise
 from simdiff.data.transforms import Log1p
 

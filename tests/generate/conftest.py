@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from simdiff.base.provenance import provenance
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
 from simdiff.data.prepare import PrepareOptions, write_training_store
-from simdiff.data.provenance import provenance
 from simdiff.data.store import TrainingStore
 
 N = 24

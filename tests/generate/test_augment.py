@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.store import TrainingStore
 from simdiff.data.transforms import Identity, Log1p
 from simdiff.generate.augment import (

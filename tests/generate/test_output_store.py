@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.store import TrainingStore
 from simdiff.generate.output import (
     create_partial,

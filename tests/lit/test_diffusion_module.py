@@ -123,7 +123,7 @@ def test_checkpoint_loads_ema_weights_for_sampling(qg_run: Path, tmp_path: Path)
 
 
 def test_non_finite_loss_stops_training_at_its_step(qg_run: Path, tmp_path: Path) -> None:
-    from simdiff.data.errors import DataError
+    from simdiff.base.errors import DataError
 
     class PoisonAt(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

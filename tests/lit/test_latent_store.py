@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.latents import footprint_weights, latent_scale
 
 

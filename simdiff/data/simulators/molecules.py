@@ -47,8 +47,8 @@ from ase.build import molecule as ase_molecule
 from ase.collections import g2
 from rich.progress import Progress
 
+from simdiff.base.errors import DataError
 from simdiff.data.cube import ANGSTROM_PER_BOHR
-from simdiff.data.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry, lattice_array
 from simdiff.data.molecular import checked_transforms

@@ -31,7 +31,7 @@ import xarray as xr
 import zarr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
 from simdiff.data.simulators.qg import SECONDS_PER_DAY, QGModel, QGParams, QGState, torch_threads

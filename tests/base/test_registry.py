@@ -1,4 +1,4 @@
-"""The allowlist of ``_target_``s (simdiff.data.registry): stored specs and config targets.
+"""The allowlist of ``_target_``s (simdiff.base.registry): stored specs and config targets.
 
 Every payload here is live: ``test_payloads_are_live`` runs each one the way an unguarded
 importer would (import the dotted path and call it; Hydra's instantiate) and sees its marker
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import zarr
 
-from simdiff.data import registry
-from simdiff.data.errors import DataError
+from simdiff.base import registry
+from simdiff.base.errors import DataError
 from simdiff.data.store import TrainingStore
 from simdiff.data.transforms import Identity, Log1p, from_spec
 
@@ -155,7 +155,7 @@ REFUSED = [
     "lightning.pytorch.LightningModule.load_from_checkpoint",  # a method: unpickles
     "lightning.fabric.plugins.io.torch_io.TorchCheckpointIO.load_checkpoint",
     "torch.nn.Module.load_state_dict", "simdiff.nets.unet.UNet.__init__",
-    "simdiff.cli.main.main", "simdiff.data.registry.register",  # would run commands / widen the allowlist
+    "simdiff.cli.main.main", "simdiff.base.registry.register",  # would run commands / widen the allowlist
     "simdiff.nets.unet.UNetTypo",
 ]
 

@@ -22,7 +22,7 @@ Two kinds of spec reach an importer:
 
 Whole ``torch.`` and ``lightning.`` are not allowed: ``torch.hub.load`` runs a repository's
 ``hubconf.py``, ``torch.load`` unpickles, ``torch.utils.cpp_extension.load_inline`` compiles
-and runs C++. Everything refused raises :class:`~simdiff.data.errors.DataError` (exit code 2
+and runs C++. Everything refused raises :class:`~simdiff.base.errors.DataError` (exit code 2
 from the CLI) naming the file, the key and the value, and how to allow a class on purpose.
 
 This module is Hydra-free and imports nothing but the standard library until a target has
@@ -36,7 +36,7 @@ import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 #: Classes (and functions) simdiff ships whose specs it stores and rebuilds from files:
 #: transforms (store attrs), the autoencoder, its bottlenecks and loss, the denoiser and the
@@ -77,12 +77,12 @@ CONFIG_PREFIXES: tuple[str, ...] = (
 
 #: Never from a config, although under an allowed prefix: the CLI (it would run other
 #: commands) and this module (it would widen the allowlist).
-CONFIG_DENIED: tuple[str, ...] = ("simdiff.cli.", "simdiff.data.registry.")
+CONFIG_DENIED: tuple[str, ...] = ("simdiff.cli.", "simdiff.base.registry.")
 
 _registered: set[str] = set()
 
 _FIX = ("If you wrote this class and trust it, allow it on purpose: in Python "
-        "`simdiff.data.registry.register({value!r})`, on the command line or in your config "
+        "`simdiff.base.registry.register({value!r})`, on the command line or in your config "
         "`allowed_targets=[{value}]` (a prefix ending in '.' allows a whole package)")
 
 
@@ -247,7 +247,7 @@ def check_config(config: Mapping[str, Any], *, source: str, allowed: Iterable[st
                 "not exist: check the spelling); nothing was instantiated or written. Allowed: simdiff's "
                 "classes and functions, torch.optim and torch.nn classes, Lightning's Trainer, callbacks, "
                 "loggers, strategies, plugins, profilers and accelerators (not methods, private names, "
-                "or names reached through an import; see simdiff/data/registry.py). "
+                "or names reached through an import; see simdiff/base/registry.py). "
                 + _FIX.format(value=value)
             )
     _refuse_interpolations(config, source, "", "an escaped interpolation (\\${...}) survives resolving")

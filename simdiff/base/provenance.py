@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 import simdiff
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 _BLOCK = 1 << 20
 
