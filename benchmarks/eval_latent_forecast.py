@@ -36,8 +36,8 @@ from simdiff.cli.generate import load_models
 from simdiff.data.latents import LatentStore
 from simdiff.data.loader import window_targets
 from simdiff.diffusion.schedules import karras_sigmas
-from simdiff.evaluate.calibration import spread_skill
-from simdiff.evaluate.crps import crps
+from simdiff.metrics.calibration import spread_skill
+from simdiff.metrics.crps import crps
 
 REPO = Path(__file__).resolve().parents[1]
 

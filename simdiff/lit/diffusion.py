@@ -194,8 +194,8 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
 
     def _ensemble_scores(self, batch: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         """CRPS and corrected spread-skill of a small ensemble on the first states of ``batch``."""
-        from simdiff.evaluate.calibration import spread_skill
-        from simdiff.evaluate.crps import crps
+        from simdiff.metrics.calibration import spread_skill
+        from simdiff.metrics.crps import crps
 
         k = min(int(self.hparams.crps_states), batch["target"].shape[0])
         m = int(self.hparams.crps_members)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.evaluate.crps import crps
+from simdiff.metrics.crps import crps
 
 NAN = np.nan
 

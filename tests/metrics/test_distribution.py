@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.evaluate.distribution import quantiles, wasserstein1, wasserstein1_values
-from simdiff.evaluate.memorisation import memorisation
+from simdiff.metrics.distribution import quantiles, wasserstein1, wasserstein1_values
+from simdiff.metrics.memorisation import memorisation
 
 
 def test_w1_of_a_shift_is_the_shift_and_of_identical_samples_zero():

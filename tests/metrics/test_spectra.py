@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.evaluate.spectra import (
+from simdiff.metrics.spectra import (
     field_spectrum,
     isotropic_spectrum,
     spectrum_ratio_low,

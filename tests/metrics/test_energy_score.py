@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.evaluate.crps import crps
-from simdiff.evaluate.energy_score import energy_score
+from simdiff.metrics.crps import crps
+from simdiff.metrics.energy_score import energy_score
 
 
 def test_one_dimensional_energy_score_is_crps():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.evaluate.calibration import rank_histogram, spread_skill
+from simdiff.metrics.calibration import rank_histogram, spread_skill
 
 
 def calibrated(m: int, n: int, seed: int = 0) -> tuple[xr.DataArray, xr.DataArray]:
