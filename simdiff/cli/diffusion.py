@@ -115,8 +115,8 @@ def build_model(dm_cfg: Any, signature: dict[str, Any], sizes: dict[str, int],
     ``dm_cfg["net"]`` must be a spec :mod:`simdiff.base.registry` allows (DataError naming
     ``source`` otherwise); read saved configs with :func:`simdiff.cli.stage_dir.read_config`.
     """
+    from simdiff.diffusion.denoiser import ConditionalDenoiser
     from simdiff.nets.conditioning import Conditioner
-    from simdiff.nets.denoiser import ConditionalDenoiser
     from simdiff.nets.fold import DepthAsChannels
 
     check_rebuilt(dm_cfg["net"], source=source, key="diffusion.net")

@@ -64,11 +64,11 @@ from simdiff.base.errors import DataError
 from simdiff.data.stats import denormalise
 from simdiff.data.store import TrainingStore
 from simdiff.data.transforms import Bounded, Transform
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.generate.noise import SAMPLE_INIT, member_generators, member_seed
 from simdiff.generate.output import partial_path
 from simdiff.generate.rollout import LatentDecoder, SamplerSpec
 from simdiff.generate.template import WRITTEN
-from simdiff.nets.denoiser import ConditionalDenoiser
 
 #: Why a candidate is rejected, in the order of the ``reject_reason`` axis.
 REASONS = ("nonfinite", "negative", "domain", "range")

@@ -43,13 +43,13 @@ import torch
 import xarray as xr
 
 from simdiff.data.patch import crop_shared
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
 from simdiff.lit.resume import SavedGenerator
 from simdiff.lit.schedule import total_steps, warmup_cosine
-from simdiff.nets.denoiser import ConditionalDenoiser
 
 DEFAULT_BINS = (0.002, 0.02, 0.1, 0.5, 2.0, 10.0, 80.0)
 

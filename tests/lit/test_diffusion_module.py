@@ -12,10 +12,10 @@ import torch
 from simdiff.data.datamodule import SimdiffDataModule
 from simdiff.data.prepare import PrepareOptions, prepare
 from simdiff.data.simulators.qg_source import QGSource
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.samplers import sample_euler
 from simdiff.lit.diffusion import DiffusionModule, load_ema_model, parameter_checksum
 from simdiff.nets.conditioning import Conditioner
-from simdiff.nets.denoiser import ConditionalDenoiser
 from simdiff.nets.unet import UNet
 
 
