@@ -108,7 +108,7 @@ class SyntheticZarrSource:
 
 def child(source: str, run_dir: str, chunk_mb: float, work_mb: float) -> None:
     """Run prepare (what `simdiff prepare` calls) in this process."""
-    from simdiff.data.prepare import PrepareOptions, prepare
+    from simdiff.data.stores.prepare import PrepareOptions, prepare
 
     options = PrepareOptions(chunk_mb=chunk_mb, work_mb=work_mb, progress=False)
     config = {"data": {"source": source}, "prepare": {"chunk_mb": chunk_mb, "work_mb": work_mb}}

@@ -34,14 +34,14 @@ from rich.console import Console
 from rich.table import Table
 
 from simdiff.base.atomic import write_json
-from simdiff.data.simulators.qg import (
+from simdiff.data.sources.simulators.qg import (
     QGModel,
     QGParams,
     kinetic_energy_spectrum,
     spectral_slope,
     torch_threads,
 )
-from simdiff.data.simulators.qg_source import INITIAL_AMPLITUDE, QGSource
+from simdiff.data.sources.simulators.qg_source import INITIAL_AMPLITUDE, QGSource
 
 OUT = Path(__file__).resolve().parents[1] / "bench_results" / "qg.json"
 

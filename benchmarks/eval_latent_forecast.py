@@ -33,8 +33,8 @@ from omegaconf import OmegaConf
 
 from simdiff.base.atomic import write_json
 from simdiff.cli.generate import load_models
-from simdiff.data.latents import LatentStore
-from simdiff.data.loader import window_targets
+from simdiff.data.loading.loader import window_targets
+from simdiff.data.stores.latents import LatentStore
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.metrics.calibration import spread_skill
 from simdiff.metrics.crps import crps

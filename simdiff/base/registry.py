@@ -16,7 +16,7 @@ Two kinds of spec reach an importer:
   of torch and Lightning a config builds: optimisers, layers, the Trainer, callbacks, loggers,
   strategies, plugins), or be listed in the config's ``allowed_targets``. A target under a
   prefix is then resolved and must be a class, or a module-level function, defined under an
-  allowed prefix: ``simdiff.data.prepare.os.system`` names ``os.system`` through an import and
+  allowed prefix: ``simdiff.data.stores.prepare.os.system`` names ``os.system`` through an import and
   is refused, as are methods (``TorchCheckpointIO.load_checkpoint`` with ``self`` passed as a
   keyword would unpickle any file) and private names.
 

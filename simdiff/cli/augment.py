@@ -42,9 +42,9 @@ from simdiff.cli.generate import (
     member_ids,
     require_checkpoints,
 )
-from simdiff.data.latents import LatentStore
-from simdiff.data.loader import window_targets
-from simdiff.data.store import SPLITS, TrainingStore
+from simdiff.data.loading.loader import window_targets
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.augment import (
     REASONS,
     augment_template,

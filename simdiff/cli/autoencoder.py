@@ -13,7 +13,7 @@ Re-running with the same config resumes from ``last.ckpt`` (mid-epoch included) 
 the weights an uninterrupted run ends with (:mod:`simdiff.lit.resume`), or does nothing once
 ``autoencoder.ckpt`` exists; a different config (or a store the net does not fit) is refused
 unless ``force=true``. The checkpoint cadence is not part of the config: changing it changes no
-weights. ``encode`` writes ``run_dir/latents.zarr`` (simdiff.data.latents) with the
+weights. ``encode`` writes ``run_dir/latents.zarr`` (simdiff.data.stores.latents) with the
 EMA weights of ``autoencoder.ckpt``.
 """
 
@@ -36,7 +36,7 @@ from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.app import stage_started
 from simdiff.cli.stage_dir import CONFIG, check_rebuilt, claim, read_config, whole_field_identity
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 
 log = logging.getLogger("simdiff")
 
@@ -87,7 +87,7 @@ def check_fits(saved: dict[str, Any], store: TrainingStore) -> None:
 
 def train_patch(ae: Any, signature: dict[str, Any]) -> list[int] | None:
     """``autoencoder.patch``, checked against the field and the net's factors (else a DataError)."""
-    from simdiff.data.patch import check_patch
+    from simdiff.data.loading.patch import check_patch
     from simdiff.nets.autoencoder import total_factors
 
     shape = signature["spatial_shape"]
@@ -119,7 +119,7 @@ def report_seconds(net: Any, store: TrainingStore, shape: list[int]) -> float:
 
 def _report(net: Any, store: TrainingStore, out_dir: Path, compression: float, batch_size: int) -> None:
     """Reconstruct the test split and write reconstruction.json/.png into ``out_dir`` atomically."""
-    from simdiff.data.stats import denormalise
+    from simdiff.data.stores.stats import denormalise
     from simdiff.lit.encode import reconstruct_store
 
     try:
@@ -208,7 +208,7 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
 
 def encode_stage(cfg: DictConfig) -> None:
     """``run_dir/autoencoder/autoencoder.ckpt`` + the training store -> ``run_dir/latents.zarr``."""
-    from simdiff.data.latents import LatentStore, write_latent_store
+    from simdiff.data.stores.latents import LatentStore, write_latent_store
     from simdiff.lit.autoencoder import load_ema_weights
     from simdiff.lit.encode import encode_store
 

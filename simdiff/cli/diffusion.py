@@ -34,8 +34,8 @@ from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.stage_dir import check_rebuilt, claim, whole_field_identity
-from simdiff.data.latents import LatentStore
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.training import TrainingStore
 
 log = logging.getLogger("simdiff")
 
@@ -159,7 +159,7 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from simdiff.data.patch import check_patch
+    from simdiff.data.loading.patch import check_patch
     from simdiff.lit.budget import TimeBudget
     from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog

@@ -26,8 +26,8 @@ from simdiff.cli.autoencoder import AE_DIR, build_net
 from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.generate import output_path
 from simdiff.cli.stage_dir import read_config
-from simdiff.data.stats import denormalise
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import domain_of
 from simdiff.evaluate.baselines import climatology_needs_care
 from simdiff.generate.output import open_output

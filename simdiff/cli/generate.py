@@ -34,10 +34,10 @@ from simdiff.cli.autoencoder import FINAL as AE_FINAL
 from simdiff.cli.diffusion import DM_DIR, build_model, open_latents, static_fields
 from simdiff.cli.diffusion import FINAL as DM_FINAL
 from simdiff.cli.stage_dir import read_config
-from simdiff.data.latents import LatentStore
-from simdiff.data.loader import contiguous_runs, window_targets
-from simdiff.data.stats import denormalise
-from simdiff.data.store import SPLITS, TrainingStore
+from simdiff.data.loading.loader import contiguous_runs, window_targets
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.residual import ResidualModel
 
 log = logging.getLogger("simdiff")
@@ -131,7 +131,7 @@ def load_models(
     )
     dm_saved = read_config(run_dir / DM_DIR / "config.yaml")
     dm_cfg = dm_saved["diffusion"]
-    from simdiff.data.datamodule import SimdiffDataModule
+    from simdiff.data.loading.datamodule import SimdiffDataModule
 
     sizes = SimdiffDataModule(latents.path).condition_sizes
     n = len(dm_saved["latent_signature"]["channels"])

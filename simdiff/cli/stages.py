@@ -27,7 +27,7 @@ log = logging.getLogger("simdiff")
 
 def prepare_stage(cfg: DictConfig) -> None:
     """Adapter -> ``run_dir/data/train.zarr``."""
-    from simdiff.data.prepare import prepare
+    from simdiff.data.stores.prepare import prepare
 
     source = instantiate(cfg.data, _convert_="object")
     options = instantiate(cfg.prepare)

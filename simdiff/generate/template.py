@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from simdiff.base.errors import DataError
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 
 WRITTEN = "written"
 #: Variable attrs carried from the source onto generated data.

@@ -8,7 +8,7 @@ accumulation from the Trainer, an EMA of the weights for validation and sampling
 Determinism and resume. Every random draw of training (noise levels, noise, condition drops)
 comes from the module's own generator, seeded by ``(seed, rank)`` and saved in each checkpoint
 (:class:`simdiff.lit.resume.SavedGenerator`), and the loader skips the batches an interrupted
-epoch had already used (:class:`simdiff.data.datamodule.EpochDataLoader`), so a run resumed from
+epoch had already used (:class:`simdiff.data.loading.datamodule.EpochDataLoader`), so a run resumed from
 a mid-epoch or epoch-end checkpoint ends with the same weights as one that never stopped (CPU,
 same seed). Validation draws from a
 generator reset every epoch, so it never disturbs training.
@@ -42,7 +42,7 @@ import lightning as L
 import torch
 import xarray as xr
 
-from simdiff.data.patch import crop_shared
+from simdiff.data.loading.patch import crop_shared
 from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas

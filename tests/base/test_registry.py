@@ -16,7 +16,7 @@ import zarr
 
 from simdiff.base import registry
 from simdiff.base.errors import DataError
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Identity, Log1p, from_spec
 
 
@@ -26,7 +26,7 @@ def payloads(marker: Path) -> dict[str, dict]:
         "os.system": {"_target_": "os.system", "command": f"touch {marker}"},
         "subprocess.call": {"_target_": "subprocess.call", "args": f"touch {marker}", "shell": True},
         "builtins.exec": {"_target_": "builtins.exec", "_args_": [f"open({str(marker)!r}, 'w').close()"]},
-        "via-import": {"_target_": "simdiff.data.prepare.os.system", "command": f"touch {marker}"},
+        "via-import": {"_target_": "simdiff.data.stores.prepare.os.system", "command": f"touch {marker}"},
         "oc.create": {"_target_": "simdiff.data.transforms.Log1p",
                       "scale": f'${{oc.create:"{{_target_: builtins.open, file: {marker}, mode: w}}"}}'},
     }
@@ -142,15 +142,16 @@ def test_check_stored_walks_nested_specs():
 
 
 ALLOWED = [
-    "simdiff.data.climate.ClimateSource", "simdiff.diffusion.samplers.sample_heun", "lightning.Trainer",
+    "simdiff.data.sources.climate.ClimateSource", "simdiff.diffusion.samplers.sample_heun",
+    "lightning.Trainer",
     "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.loggers.CSVLogger",
     "lightning.pytorch.strategies.DDPStrategy", "lightning.pytorch.plugins.environments.SLURMEnvironment",
     "pytorch_lightning.callbacks.EarlyStopping", "torch.optim.AdamW", "torch.nn.GELU",
 ]
 REFUSED = [
     "builtins.open", "os.system", "subprocess.call", "posix.system",
-    "simdiff.data.prepare.os.system",  # a foreign function reached through an import
-    "simdiff.data.formats.importlib.import_module",
+    "simdiff.data.stores.prepare.os.system",  # a foreign function reached through an import
+    "simdiff.data.sources.formats.importlib.import_module",
     "torch.load", "torch.hub.load", "torch.nn.functional.torch.load",  # unpickles / runs hubconf.py
     "lightning.pytorch.LightningModule.load_from_checkpoint",  # a method: unpickles
     "lightning.fabric.plugins.io.torch_io.TorchCheckpointIO.load_checkpoint",

@@ -96,7 +96,7 @@ def test_decoder_noise_draws_around_the_same_latent_trajectory(main_job, tmp_pat
     same (the draw comes after the sampler), so a member minus its decoded mean is the fitted
     filter's correction of that mean plus noise whose rms is what the output records."""
     from simdiff.cli.generate import load_models
-    from simdiff.data.latents import LatentStore
+    from simdiff.data.stores.latents import LatentStore
 
     run_dir, common, _ = main_job
     out = simdiff("generate", *common, "generate.members=[2]", "generate.decoder_noise=false",

@@ -178,8 +178,8 @@ CONFIG_PAYLOADS = {
                       "+trainer.callbacks=[{{_target_: builtins.open, file: '{m}', mode: w}}]",
                       "trainer.callbacks[0]._target_ = 'builtins.open'"),
     # a foreign function reached through an import inside simdiff
-    "via-import": ("prepare", "+x={{_target_: simdiff.data.prepare.os.system, command: 'touch {m}'}}",
-                   "x._target_ = 'simdiff.data.prepare.os.system'"),
+    "via-import": ("prepare", "+x={{_target_: simdiff.data.stores.prepare.os.system, command: 'touch {m}'}}",
+                   "x._target_ = 'simdiff.data.stores.prepare.os.system'"),
     # inside torch, but it unpickles (Hydra's own blocklist lets this one through)
     "torch.load": ("train-diffusion",
                    "+trainer.callbacks=[{{_target_: torch.load, f: '{ckpt}', weights_only: false}}]",

@@ -10,7 +10,7 @@ import xarray as xr
 import zarr
 
 from simdiff.base.errors import DataError
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Identity, Log1p
 from simdiff.generate.augment import (
     REASONS,

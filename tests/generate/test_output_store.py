@@ -15,7 +15,7 @@ import xarray as xr
 import zarr
 
 from simdiff.base.errors import DataError
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import (
     create_partial,
     finalize,

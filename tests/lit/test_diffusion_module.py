@@ -9,9 +9,9 @@ import lightning as L
 import pytest
 import torch
 
-from simdiff.data.datamodule import SimdiffDataModule
-from simdiff.data.prepare import PrepareOptions, prepare
-from simdiff.data.simulators.qg_source import QGSource
+from simdiff.data.loading.datamodule import SimdiffDataModule
+from simdiff.data.sources.simulators.qg_source import QGSource
+from simdiff.data.stores.prepare import PrepareOptions, prepare
 from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.samplers import sample_euler
 from simdiff.lit.diffusion import DiffusionModule, load_ema_model, parameter_checksum

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simdiff.base.errors import DataError
-from simdiff.data.latents import footprint_weights, latent_scale
+from simdiff.data.stores.latents import footprint_weights, latent_scale
 
 
 def test_footprint_weights_average_each_patch():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from simdiff.base.errors import DataError
-from simdiff.data.cube import Cube, read_cube, write_cube
 from simdiff.data.field import Field, FieldSource
-from simdiff.data.molecular import CubeSource
+from simdiff.data.sources.cube import Cube, read_cube, write_cube
+from simdiff.data.sources.molecular import CubeSource
 from simdiff.data.transforms import Log1p
 
 
@@ -150,7 +150,7 @@ def _preset(name: str, **root: object) -> object:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = Path(__file__).resolve().parents[3] / "conf"
     cfg = OmegaConf.merge(
         OmegaConf.create({k: str(v) for k, v in root.items()}),
         OmegaConf.load(conf / "debug" / "tiny.yaml"),
@@ -176,7 +176,7 @@ def test_cubes_preset_takes_a_glob(shared_data: Path, tmp_path: Path) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = Path(__file__).resolve().parents[3] / "conf"
     cfg = OmegaConf.merge(
         {"shared_data": str(shared_data), "cache_dir": str(tmp_path)},
         {"data": OmegaConf.load(conf / "data" / "cubes.yaml")},

@@ -1,9 +1,9 @@
 """The ``prepare`` stage: Field -> ``run_dir/data/train.zarr`` (DESIGN.md section 4).
 
 Two passes over the source, both out of core with dask: (1) statistics and checks
-(:mod:`simdiff.data.stats`) on the transformed, masked variables, (2) transform, normalise,
+(:mod:`simdiff.data.stores.stats`) on the transformed, masked variables, (2) transform, normalise,
 stack the variables into channels and stream the result into zarr v3 in whole-sample chunks
-(:mod:`simdiff.data.chunking`). Everything is written into ``run_dir/data.tmp-*`` and published
+(:mod:`simdiff.data.stores.chunking`). Everything is written into ``run_dir/data.tmp-*`` and published
 by an atomic rename to ``run_dir/data``; on any error the temporary directory is removed, so a
 failed prepare leaves nothing behind.
 
@@ -35,11 +35,11 @@ from zarr.codecs import BloscCodec
 
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml, provenance
-from simdiff.data.chunking import samples_per_chunk, work_samples
 from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
-from simdiff.data.split import block_ids, split_labels
-from simdiff.data.stats import compute_statistics, normalise
-from simdiff.data.store import FORMAT_VERSION, SPLITS, STORE_KIND, StoreLayout
+from simdiff.data.stores.chunking import samples_per_chunk, work_samples
+from simdiff.data.stores.split import block_ids, split_labels
+from simdiff.data.stores.stats import compute_statistics, normalise
+from simdiff.data.stores.training import FORMAT_VERSION, SPLITS, STORE_KIND, StoreLayout
 from simdiff.data.transforms import Transform
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def write_training_store(
 
     Returns:
         ``path``. The store holds ``data`` ``(S, channel, [D], Y, X)`` float32 and the arrays
-        and attrs listed in :mod:`simdiff.data.store`.
+        and attrs listed in :mod:`simdiff.data.stores.training`.
     """
     path = Path(path)
     if path.exists():

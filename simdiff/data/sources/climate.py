@@ -3,7 +3,7 @@
 ``ClimateSource(source=...).open()`` opens one file, a glob, or a list of either, lazily
 with xarray + dask, and returns variables with dims ``(time, [level], lat, lon)`` or
 ``(time, [level], y, x)``, their units and standard names kept, plus the derived
-Geometry (:mod:`simdiff.data.latlon`) and time features (:mod:`simdiff.data.time_features`).
+Geometry (:mod:`simdiff.data.sources.latlon`) and time features (:mod:`simdiff.data.time_features`).
 
 How source dims map to canonical dims (decided from CF attributes first, names second;
 the same rules for every file, no special cases for file names):
@@ -25,7 +25,7 @@ the same rules for every file, no special cases for file names):
   per file) becomes one time step at that value; a file with neither (``basin_mask.nc``)
   is one sample labelled by its position in the source list.
 * Horizontal coordinates are made ascending and longitude contiguous; see
-  :mod:`simdiff.data.latlon` for the longitude rule and for combining conventions.
+  :mod:`simdiff.data.sources.latlon` for the longitude rule and for combining conventions.
 
 Variables by default: every data variable that has both horizontal dims (bounds, ``proj``,
 scalar times are left out; a ``grid_mapping`` variable stays as a scalar coordinate).
@@ -53,8 +53,8 @@ import xarray as xr
 
 from simdiff.base.errors import DataError
 from simdiff.data.field import Field
-from simdiff.data.formats import open_file, supported_types
-from simdiff.data.latlon import (
+from simdiff.data.sources.formats import open_file, supported_types
+from simdiff.data.sources.latlon import (
     LAT,
     LON,
     align_longitude,
@@ -62,7 +62,7 @@ from simdiff.data.latlon import (
     derive_geometry,
     orient_ascending,
 )
-from simdiff.data.paths import expand_source
+from simdiff.data.sources.paths import expand_source
 from simdiff.data.time_features import is_datetime, time_features
 from simdiff.data.transforms import Transform
 

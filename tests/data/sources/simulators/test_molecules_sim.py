@@ -10,7 +10,7 @@ import zarr
 
 from simdiff.base.errors import DataError
 from simdiff.data.field import FieldSource
-from simdiff.data.simulators.molecules import (
+from simdiff.data.sources.simulators.molecules import (
     MoleculeDensities,
     density_on_grid,
     g2_molecule,
@@ -138,7 +138,7 @@ def test_preset_with_debug_tiny(tmp_path: Path) -> None:
 
     from simdiff.data.transforms import Log1p
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = Path(__file__).resolve().parents[4] / "conf"
     cfg = OmegaConf.merge(
         {"cache_dir": str(tmp_path)},
         OmegaConf.load(conf / "debug" / "tiny.yaml"),

@@ -48,10 +48,10 @@ from ase.collections import g2
 from rich.progress import Progress
 
 from simdiff.base.errors import DataError
-from simdiff.data.cube import ANGSTROM_PER_BOHR
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry, lattice_array
-from simdiff.data.molecular import checked_transforms
+from simdiff.data.sources.cube import ANGSTROM_PER_BOHR
+from simdiff.data.sources.molecular import checked_transforms
 from simdiff.data.transforms import Transform
 
 DEFAULT_MOLECULES = ("H2O", "NH3", "CH4", "HF", "CO", "N2", "HCN", "C2H2", "H2CO", "CH3OH", "C2H4", "LiH")

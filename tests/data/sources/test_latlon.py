@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from simdiff.base.errors import DataError
-from simdiff.data.latlon import (
+from simdiff.data.sources.latlon import (
     align_longitude,
     contiguous_longitude,
     cos_lat_weights,

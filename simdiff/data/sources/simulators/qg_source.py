@@ -1,6 +1,6 @@
 """QGSource: the built-in two-layer QG turbulence dataset as a FieldSource (datasets/qg/README.md).
 
-The source spins the model of :mod:`simdiff.data.simulators.qg` up from small random PV to
+The source spins the model of :mod:`simdiff.data.sources.simulators.qg` up from small random PV to
 statistically steady turbulence, then keeps ``n_snapshots`` snapshots, one every
 ``snapshot_every`` steps, of the eddy PV ``q`` and streamfunction ``psi`` on both layers.
 
@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from simdiff.base.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
-from simdiff.data.simulators.qg import SECONDS_PER_DAY, QGModel, QGParams, QGState, torch_threads
+from simdiff.data.sources.simulators.qg import SECONDS_PER_DAY, QGModel, QGParams, QGState, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class QGSource:
             attrs={
                 "title": "two-layer quasi-geostrophic turbulence (simdiff built-in simulator)",
                 "Conventions": "CF-1.10",
-                "source": "simdiff.data.simulators.qg (pseudo-spectral, AB3, 2/3 de-aliasing)",
+                "source": "simdiff.data.sources.simulators.qg (pseudo-spectral, AB3, 2/3 de-aliasing)",
                 "references": "Phillips 1954; Flierl 1978; Arbic & Flierl 2004; datasets/qg/README.md",
                 "qg_key": self.key,
                 "complete": False,

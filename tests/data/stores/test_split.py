@@ -1,4 +1,4 @@
-"""Contiguous train/val/test splits and block ids (simdiff.data.split)."""
+"""Contiguous train/val/test splits and block ids (simdiff.data.stores.split)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from simdiff.base.errors import DataError
-from simdiff.data.split import block_ids, split_labels, split_sizes
+from simdiff.data.stores.split import block_ids, split_labels, split_sizes
 
 
 def _time(n: int, freq: str = "6h") -> xr.DataArray:

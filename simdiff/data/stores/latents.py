@@ -1,6 +1,6 @@
 """The latent store ``run_dir/latents.zarr``: its schema, its atomic writer and its reader.
 
-The latent store has the training store's schema (:mod:`simdiff.data.store`), so the same
+The latent store has the training store's schema (:mod:`simdiff.data.stores.training`), so the same
 loader and DataModule serve the diffusion model (``loader.store=${run_dir}/latents.zarr``)::
 
   data         float32 (S, channel, [latent_depth], latent_y, latent_x)
@@ -44,8 +44,8 @@ from zarr.codecs import BloscCodec
 
 import simdiff
 from simdiff.base.errors import DataError
-from simdiff.data.chunking import samples_per_chunk
-from simdiff.data.store import FORMAT_VERSION, TrainingStore
+from simdiff.data.stores.chunking import samples_per_chunk
+from simdiff.data.stores.training import FORMAT_VERSION, TrainingStore
 
 LATENT_KIND = "latents"
 CONDITION_NAMES = ("time_features", "label", "covariates")

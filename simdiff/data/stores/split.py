@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 
 from simdiff.base.errors import DataError
-from simdiff.data.store import SPLITS
+from simdiff.data.stores.training import SPLITS
 
 #: A step counts as a gap when it is longer than this multiple of the median step. 1.5 tolerates
 #: calendar months (28-31 days) and clock jitter, and catches every missing step (>= 2 x median).

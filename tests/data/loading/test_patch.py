@@ -8,10 +8,10 @@ import torch
 from test_loader import write_test_store
 
 from simdiff.base.errors import DataError
-from simdiff.data.datamodule import SimdiffDataModule
-from simdiff.data.loader import ChunkedSampleDataset
-from simdiff.data.patch import check_patch, crop, crop_shared, full_patch, patch_origins
-from simdiff.data.store import TrainingStore
+from simdiff.data.loading.datamodule import SimdiffDataModule
+from simdiff.data.loading.loader import ChunkedSampleDataset
+from simdiff.data.loading.patch import check_patch, crop, crop_shared, full_patch, patch_origins
+from simdiff.data.stores.training import TrainingStore
 
 
 @pytest.fixture(scope="module")

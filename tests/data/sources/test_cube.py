@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simdiff.base.errors import DataError
-from simdiff.data.cube import ANGSTROM_PER_BOHR, Cube, read_cube, read_cube_header, write_cube
+from simdiff.data.sources.cube import ANGSTROM_PER_BOHR, Cube, read_cube, read_cube_header, write_cube
 
 GOOD = [
     "cclib_nh3.cube",

@@ -17,15 +17,15 @@ from torch.utils.data import DataLoader
 from simdiff.base.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
-from simdiff.data.loader import (
+from simdiff.data.loading.loader import (
     ChunkDecoder,
     ChunkedSampleDataset,
     epoch_order,
     rank_positions,
     window_targets,
 )
-from simdiff.data.prepare import PrepareOptions, write_training_store
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.prepare import PrepareOptions, write_training_store
+from simdiff.data.stores.training import TrainingStore
 
 N_SAMPLES = 40
 CHUNK_MB = 6 * 2 * 8 * 8 * 4 / 1e6  # 6 samples of 2x8x8 float32 per chunk (3D: 2 samples of 2x3x8x8)
@@ -392,7 +392,7 @@ def test_a_failed_read_raises_and_stops_the_reader_threads(store_k1: Path, tmp_p
 def test_interpreter_exits_with_a_suspended_reader(store_k1: Path) -> None:
     code = (
         "import sys\n"
-        "from simdiff.data.loader import ChunkedSampleDataset\n"
+        "from simdiff.data.loading.loader import ChunkedSampleDataset\n"
         f"it = iter(ChunkedSampleDataset({str(store_k1)!r}, batch_size=2, reader_threads=3))\n"
         "next(it)\n"
         "print('read one batch')\n"

@@ -1,4 +1,4 @@
-"""The prepare stage: Field -> run_dir/data/train.zarr (simdiff.data.prepare)."""
+"""The prepare stage: Field -> run_dir/data/train.zarr (simdiff.data.stores.prepare)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from simdiff.base.errors import DataError
 from simdiff.base.provenance import sha256_path
 from simdiff.data.field import Field, FieldSource
 from simdiff.data.geometry import Geometry
-from simdiff.data.prepare import PrepareOptions, prepare, write_training_store
-from simdiff.data.stats import denormalise
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.prepare import PrepareOptions, prepare, write_training_store
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Log1p, Transform
 
 N, NY, NX = 40, 6, 8

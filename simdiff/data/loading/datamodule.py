@@ -1,6 +1,6 @@
 """The LightningDataModule over a training store: loaders plus what models need to know.
 
-``SimdiffDataModule`` wraps :class:`simdiff.data.loader.ChunkedSampleDataset` for the
+``SimdiffDataModule`` wraps :class:`simdiff.data.loading.loader.ChunkedSampleDataset` for the
 train/val/test splits. The datasets yield whole batches, so the loaders use
 ``DataLoader(batch_size=None)``. Each time the train loader is iterated it first calls
 ``dataset.set_epoch(trainer.current_epoch)`` (or its own epoch count without a trainer):
@@ -27,7 +27,7 @@ of each sample (the same every epoch), so the validation loss is comparable acro
 what the training crops cost and sees the same crop size as training; the stages score whole
 fields after training (the autoencoder's reconstruction report). ``val_patch=False`` validates on
 whole fields. Batches then carry ``origin`` and the modules crop the mask, weights and static
-fields there (``simdiff.data.patch``).
+fields there (``simdiff.data.loading.patch``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from simdiff.data.geometry import Geometry
-from simdiff.data.loader import ChunkedSampleDataset
-from simdiff.data.store import TrainingStore
+from simdiff.data.loading.loader import ChunkedSampleDataset
+from simdiff.data.stores.training import TrainingStore
 
 
 class EpochDataLoader(DataLoader):

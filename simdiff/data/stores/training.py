@@ -50,7 +50,7 @@ from simdiff.data.geometry import Geometry
 from simdiff.data.transforms import Transform, from_spec
 
 STORE_KIND = "training"
-#: Store kinds this reader opens: the latent store (simdiff.data.latents) shares the schema.
+#: Store kinds this reader opens: the latent store (simdiff.data.stores.latents) shares the schema.
 READABLE_KINDS = (STORE_KIND, "latents")
 FORMAT_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}

@@ -41,11 +41,11 @@ import numpy as np
 import xarray as xr
 
 from simdiff.base.errors import DataError
-from simdiff.data.cube import CubeHeader, read_cube
-from simdiff.data.cube import read_cube_header as _read_header
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry, lattice_array
-from simdiff.data.paths import expand_source
+from simdiff.data.sources.cube import CubeHeader, read_cube
+from simdiff.data.sources.cube import read_cube_header as _read_header
+from simdiff.data.sources.paths import expand_source
 from simdiff.data.transforms import Transform
 
 AXES = ("x", "y", "z")

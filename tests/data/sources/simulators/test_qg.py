@@ -12,7 +12,7 @@ import xarray as xr
 
 from simdiff.base.errors import DataError
 from simdiff.data.field import Field, FieldSource
-from simdiff.data.simulators.qg import (
+from simdiff.data.sources.simulators.qg import (
     QGModel,
     QGParams,
     QGState,
@@ -20,7 +20,7 @@ from simdiff.data.simulators.qg import (
     spectral_slope,
     torch_threads,
 )
-from simdiff.data.simulators.qg_source import QGSource
+from simdiff.data.sources.simulators.qg_source import QGSource
 
 INVISCID = {"u1": 0.0, "u2": 0.0, "bottom_drag": 0.0, "hyperviscous_time": 1e300}
 

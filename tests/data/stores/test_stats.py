@@ -1,4 +1,4 @@
-"""Out-of-core statistics and their checks (simdiff.data.stats)."""
+"""Out-of-core statistics and their checks (simdiff.data.stores.stats)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from simdiff.base.errors import DataError
-from simdiff.data.stats import compute_statistics, denormalise, normalise
+from simdiff.data.stores.stats import compute_statistics, denormalise, normalise
 from simdiff.data.transforms import Log1p
 
 S, D, Y, X = 30, 3, 5, 7

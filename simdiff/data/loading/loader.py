@@ -1,7 +1,7 @@
 """The fast loader: ready batches from a training store, read chunk by chunk.
 
 ``ChunkedSampleDataset`` is a torch ``IterableDataset`` over one split of a training store
-(``simdiff.data.store``). It reads whole zarr chunks, never sample by sample, shuffles at
+(``simdiff.data.stores.training``). It reads whole zarr chunks, never sample by sample, shuffles at
 two levels (the order of chunks, then samples within a buffer of several chunks), shards
 across DDP ranks and DataLoader workers, and yields batches already collated inside the
 worker, so there is no per-sample Python work and no ``collate_fn``. Use it with
@@ -35,7 +35,7 @@ Each batch is a dict of tensors (``B`` = batch, ``W`` = window)::
   covariates     float32 (B, covariate)                when the store has them
   origin         int64   (B, ndim)                     with ``patch``: each crop's start per axis
 
-With ``patch`` (``simdiff.data.patch``) every sample is a crop of ``patch`` cells of the trailing
+With ``patch`` (``simdiff.data.loading.patch``) every sample is a crop of ``patch`` cells of the trailing
 axes instead of the whole field; ``target`` and ``previous`` then have the patch's spatial shape,
 and the previous states are cropped where their target is. Crop origins are drawn per position of
 the epoch order from ``default_rng((seed, epoch, PATCH_STREAM))`` (a stream of its own: the
@@ -80,9 +80,9 @@ import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
 from simdiff.base.errors import DataError
-from simdiff.data.chunk_decoder import ChunkDecoder
-from simdiff.data.patch import crop, full_patch, patch_origins
-from simdiff.data.store import SPLITS, TrainingStore
+from simdiff.data.loading.chunk_decoder import ChunkDecoder
+from simdiff.data.loading.patch import crop, full_patch, patch_origins
+from simdiff.data.stores.training import SPLITS, TrainingStore
 
 CONDITIONS = ("time_features", "label", "covariates")
 #: Seeds the crop origins' streams, apart from the shuffle's ``(seed, epoch)``.

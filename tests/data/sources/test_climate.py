@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 
 from simdiff.base.errors import DataError
-from simdiff.data.climate import ClimateSource
 from simdiff.data.field import Field
+from simdiff.data.sources.climate import ClimateSource
 from simdiff.data.time_features import TIME_FEATURES
 
 # Two known defects of the source files, reported by xarray while decoding (see the shared
@@ -252,7 +252,7 @@ def test_preset_instantiates_and_opens(shared_data: Path, name: str) -> None:
 
     from simdiff.data.transforms import Log1p
 
-    conf = Path(__file__).resolve().parents[2] / "conf" / "data"
+    conf = Path(__file__).resolve().parents[3] / "conf" / "data"
     node = OmegaConf.load(conf / f"{name}.yaml")
     if "_target_" not in node:  # a preset in the _global_ package: its data node, beside the rest
         node = node.data
@@ -271,7 +271,7 @@ def test_preset_instantiates_and_opens(shared_data: Path, name: str) -> None:
 def test_custom_preset_requires_a_source() -> None:
     from omegaconf import OmegaConf
 
-    custom = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "data" / "custom.yaml")
+    custom = OmegaConf.load(Path(__file__).resolve().parents[3] / "conf" / "data" / "custom.yaml")
     assert OmegaConf.is_missing(custom, "source") and custom.variables is None
 
 

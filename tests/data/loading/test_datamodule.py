@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_loader import BLOCK, SPLIT, write_test_store
 
-from simdiff.data.datamodule import SimdiffDataModule
-from simdiff.data.loader import window_targets
+from simdiff.data.loading.datamodule import SimdiffDataModule
+from simdiff.data.loading.loader import window_targets
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
