@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 help:
 	@echo "make run      set up .venv, then run the main job (simdiff run) on the built-in QG data"
-	@echo "make test     set up .venv, then ruff + the default test suite (CPU, minutes)"
+	@echo "make test     set up .venv, then ruff + lint-imports + the default test suite (CPU, minutes)"
 	@echo "make test-all the default suite plus the slow tests"
 	@echo "make bench    QG, loader, prepare-RSS and latent-vs-pixel benchmarks -> bench_results/*.json"
 
@@ -30,8 +30,10 @@ $(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 run: setup
 	$(BIN)/simdiff run run_dir=$(RUN_DIR) $(ARGS)
 
+# lint-imports: the layer contracts in pyproject.toml ([tool.importlinter], DESIGN.md section 3).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Two xdist workers on a 2-core machine: one torch/BLAS thread each, or they oversubscribe the
 # cores (measured: tiny nets ran several times slower with torch's default threads per worker).

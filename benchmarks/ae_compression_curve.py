@@ -28,7 +28,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simdiff.data.atomic import write_json  # noqa: E402
+from simdiff.base.atomic import write_json  # noqa: E402
 
 DEFAULT_POINTS = "none:1,2x2:4,2x2:2,2x2+2x2:4,2x2+2x2:2"
 

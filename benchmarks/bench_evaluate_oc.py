@@ -41,7 +41,7 @@ import pandas as pd
 import psutil
 import xarray as xr
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
 from simdiff.evaluate.report import evaluate_forecast
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
 
 WRAPPER = """
 import resource, sys

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.nets.conditioning import Conditioner
-from simdiff.nets.denoiser import ConditionalDenoiser
 from simdiff.nets.fold import DepthAsChannels
 from simdiff.nets.unet import UNet
 

@@ -1,6 +1,6 @@
 """Loader throughput (samples/s) from a training store: ours vs xbatcher vs a raw zarr read.
 
-Two synthetic stores are written with ``simdiff.data.prepare.write_training_store`` (so they
+Two synthetic stores are written with ``simdiff.data.stores.prepare.write_training_store`` (so they
 have exactly the chunking and compression ``prepare`` uses: whole-sample chunks of about
 ``PrepareOptions.chunk_mb``, Blosc-LZ4 + byte shuffle), holding smooth fields:
 
@@ -52,12 +52,12 @@ import xarray as xr
 import zarr
 from torch.utils.data import DataLoader
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
-from simdiff.data.loader import ChunkedSampleDataset
-from simdiff.data.prepare import PrepareOptions, write_training_store
-from simdiff.data.store import TrainingStore
+from simdiff.data.loading.loader import ChunkedSampleDataset
+from simdiff.data.stores.prepare import PrepareOptions, write_training_store
+from simdiff.data.stores.training import TrainingStore
 from simdiff.data.time_features import time_features
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -108,7 +108,7 @@ class SyntheticZarrSource:
 
 def child(source: str, run_dir: str, chunk_mb: float, work_mb: float) -> None:
     """Run prepare (what `simdiff prepare` calls) in this process."""
-    from simdiff.data.prepare import PrepareOptions, prepare
+    from simdiff.data.stores.prepare import PrepareOptions, prepare
 
     options = PrepareOptions(chunk_mb=chunk_mb, work_mb=work_mb, progress=False)
     config = {"data": {"source": source}, "prepare": {"chunk_mb": chunk_mb, "work_mb": work_mb}}
@@ -191,7 +191,7 @@ def main() -> None:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     out = Path(args.out)
-    from simdiff.data.atomic import write_json
+    from simdiff.base.atomic import write_json
 
     write_json(record, out, allow_nan=True)
     print(f"\nwrote {out}")

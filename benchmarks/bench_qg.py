@@ -33,15 +33,15 @@ import xarray as xr
 from rich.console import Console
 from rich.table import Table
 
-from simdiff.data.atomic import write_json
-from simdiff.data.simulators.qg import (
+from simdiff.base.atomic import write_json
+from simdiff.data.sources.simulators.qg import (
     QGModel,
     QGParams,
     kinetic_energy_spectrum,
     spectral_slope,
     torch_threads,
 )
-from simdiff.data.simulators.qg_source import INITIAL_AMPLITUDE, QGSource
+from simdiff.data.sources.simulators.qg_source import INITIAL_AMPLITUDE, QGSource
 
 OUT = Path(__file__).resolve().parents[1] / "bench_results" / "qg.json"
 

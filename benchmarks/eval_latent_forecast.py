@@ -31,12 +31,12 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from simdiff.data.atomic import write_json
-from simdiff.data.latents import LatentStore
-from simdiff.data.loader import window_targets
+from simdiff.base.atomic import write_json
+from simdiff.data.loading.loader import window_targets
+from simdiff.data.stores.latents import LatentStore
 from simdiff.diffusion.schedules import karras_sigmas
-from simdiff.evaluate.calibration import spread_skill
-from simdiff.evaluate.crps import crps
+from simdiff.metrics.calibration import spread_skill
+from simdiff.metrics.crps import crps
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import load_models
 

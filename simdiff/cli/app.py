@@ -3,7 +3,7 @@
 Every sub-command is a task function ``(cfg) -> None`` run by :func:`run_app`, which
 registers simdiff's OmegaConf resolvers, points Hydra at the config tree, refuses a config
 whose ``_target_``s are not allowed (:func:`check_targets`, before the task instantiates
-anything) and turns bad input (:class:`~simdiff.data.errors.DataError`) into one clear line and
+anything) and turns bad input (:class:`~simdiff.base.errors.DataError`) into one clear line and
 exit code 2.
 
 It also keeps the clock that stage time budgets count from (:func:`stage_started`): the
@@ -27,8 +27,8 @@ import hydra
 import psutil
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.data.errors import DataError
-from simdiff.data.registry import check_config, register
+from simdiff.base.errors import DataError
+from simdiff.base.registry import check_config, register
 
 log = logging.getLogger("simdiff")
 
@@ -75,7 +75,7 @@ def check_targets(cfg: DictConfig) -> None:
     """Refuse (DataError) a composed config that names a ``_target_`` simdiff does not instantiate.
 
     Walks the whole resolved config (presets, experiment files, overrides) with
-    :func:`simdiff.data.registry.check_config`, extended by the config's ``allowed_targets``,
+    :func:`simdiff.base.registry.check_config`, extended by the config's ``allowed_targets``,
     which are then registered so that stages may also rebuild them from stored specs.
     """
     from omegaconf.errors import OmegaConfBaseException

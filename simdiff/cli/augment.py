@@ -13,10 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from simdiff.base.errors import DataError
 from simdiff.cli.generate import launch, member_ids, model_inputs
 from simdiff.cli.nodes import build, plain_node, sampler_spec
-from simdiff.data.errors import DataError
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.augment import training_range
 from simdiff.runs.augment import AugmentJob
 from simdiff.runs.completion import Identity

@@ -13,7 +13,7 @@ Re-running with the same config resumes from ``last.ckpt`` (mid-epoch included) 
 the weights an uninterrupted run ends with (:mod:`simdiff.lit.resume`), or does nothing once
 ``autoencoder.ckpt`` exists; a different config (or a store the net does not fit) is refused
 unless ``force=true``. The checkpoint cadence is not part of the config: changing it changes no
-weights. ``encode`` writes ``run_dir/latents.zarr`` (simdiff.data.latents) with the
+weights. ``encode`` writes ``run_dir/latents.zarr`` (simdiff.data.stores.latents) with the
 EMA weights of ``autoencoder.ckpt``.
 """
 
@@ -28,12 +28,12 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.nodes import plain_node
 from simdiff.cli.stage_dir import claim, whole_field_identity
-from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_yaml
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.runs.autoencoder import encode_run, publish_checkpoint, reconstruction_report
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
@@ -69,7 +69,7 @@ def encode_identity(cfg: DictConfig) -> Identity:
 
 def train_patch(ae: Any, signature: dict[str, Any]) -> list[int] | None:
     """``autoencoder.patch``, checked against the field and the net's factors (else a DataError)."""
-    from simdiff.data.patch import check_patch
+    from simdiff.data.loading.patch import check_patch
     from simdiff.nets.autoencoder import total_factors
 
     shape = signature["spatial_shape"]

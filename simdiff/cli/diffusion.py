@@ -24,9 +24,9 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.stage_dir import claim, whole_field_identity
-from simdiff.data.provenance import config_yaml
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_model, latent_signature, open_latents, residual_scale, static_fields
@@ -56,7 +56,7 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from simdiff.data.patch import check_patch
+    from simdiff.data.loading.patch import check_patch
     from simdiff.lit.budget import TimeBudget
     from simdiff.lit.checkpoint import load_checkpoint
     from simdiff.lit.epoch_log import EpochLog

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from simdiff.cli.augment import output_path as augment_output_path
 from simdiff.cli.generate import output_path
 from simdiff.cli.nodes import build, plain_node
-from simdiff.data.stats import denormalise
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import open_output
 from simdiff.runs.completion import Identity
 from simdiff.runs.evaluation import Scoring, score_augmented, score_forecast

@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.nodes import build, plain_node, ranks, sampler_spec
-from simdiff.data.provenance import config_yaml, sha256_path
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import output_attrs
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir

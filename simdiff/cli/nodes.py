@@ -8,7 +8,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 
 def build(node: Any, **kwargs: Any) -> Any:

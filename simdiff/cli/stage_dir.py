@@ -5,7 +5,7 @@ Each training stage writes ``run_dir/<stage>/config.yaml`` first and its final c
 nothing once the final checkpoint exists; a different config is refused unless ``force``, which
 discards the folder (or unless the folder holds no checkpoint yet). Later stages read the
 saved config back with :func:`simdiff.runs.models.read_config`, which refuses a network spec
-whose ``_target_`` is not in :mod:`simdiff.data.registry`'s allowlist before anything is built.
+whose ``_target_`` is not in :mod:`simdiff.base.registry`'s allowlist before anything is built.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from simdiff.data.atomic import atomic_file
-from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_differences, config_yaml
+from simdiff.base.atomic import atomic_file
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_differences, config_yaml
 from simdiff.runs.completion import is_primary_process
 
 log = logging.getLogger("simdiff")

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from simdiff.base.errors import DataError
 from simdiff.cli import augment, autoencoder, diffusion, evaluate, generate
 from simdiff.cli.app import restart_stage_clock, to_plain
 from simdiff.cli.augment import augment_stage
@@ -21,7 +22,6 @@ from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
 from simdiff.cli.generate import generate_stage
-from simdiff.data.errors import DataError
 from simdiff.runs import completion
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
@@ -44,7 +44,7 @@ def prepare_identity(cfg: DictConfig) -> Identity:
 
 def prepare_stage(cfg: DictConfig) -> None:
     """Adapter -> ``run_dir/data/train.zarr``."""
-    from simdiff.data.prepare import prepare
+    from simdiff.data.stores.prepare import prepare
 
     source = instantiate(cfg.data, _convert_="object")
     options = instantiate(cfg.prepare)

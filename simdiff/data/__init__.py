@@ -1,4 +1,8 @@
-"""Data layer: adapters, simulators, Geometry, normalisation, stores and loaders.
+"""Data layer: the one bridge between labelled xarray and tensors.
 
-The one bridge between labelled xarray and tensors lives here.
+* ``field``, ``geometry``, ``transforms``, ``time_features``: the vocabulary every part of
+  the layer shares (what an adapter returns, and the invertible maps stored with a store);
+* ``sources``: adapters and simulators that return a Field;
+* ``stores``: a Field written to ``train.zarr`` and read back, and the latent store;
+* ``loading``: stores to tensors (samplers, patches, the DataModule).
 """

@@ -4,7 +4,7 @@ Transforms act on anything numpy ufuncs accept (numpy, dask, xarray), so the sam
 serves out-of-core statistics in ``prepare`` and de-normalisation at the output boundary.
 Each transform describes itself with :meth:`spec` (``_target_`` + keyword arguments), which
 is what the training store records and :func:`from_spec` rebuilds without Hydra, for the
-classes in :mod:`simdiff.data.registry`'s allowlist only (checked before any import).
+classes in :mod:`simdiff.base.registry`'s allowlist only (checked before any import).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from simdiff.data.errors import DataError
-from simdiff.data.registry import build_stored
+from simdiff.base.errors import DataError
+from simdiff.base.registry import build_stored
 
 A = TypeVar("A")
 
@@ -165,7 +165,7 @@ def from_spec(
 ) -> Transform:
     """Rebuild a transform from its :meth:`Transform.spec` (``_target_`` + kwargs).
 
-    The ``_target_`` must be allowed by :mod:`simdiff.data.registry` (checked before anything
+    The ``_target_`` must be allowed by :mod:`simdiff.base.registry` (checked before anything
     is imported); ``source`` (the file) and ``key`` (e.g. ``transforms.pr``) name it in the
     DataError otherwise.
     """

@@ -2,7 +2,8 @@
 
 No Lightning, no Hydra. Samplers are pure functions ``(denoiser, x, sigmas, *, generator)
 -> x`` where ``denoiser(x, sigma)`` returns the denoised estimate D(x; sigma) and ``x``
-starts as noise scaled by ``sigmas[0]``.
+starts as noise scaled by ``sigmas[0]``. :mod:`simdiff.diffusion.denoiser` wraps a network from
+``simdiff.nets`` into the conditional denoiser D(x; sigma, c) (diffusion sits above nets).
 """
 
 from simdiff.diffusion.edm import EDMLoss, EDMPrecond, edm_coefficients, edm_loss_weight

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.time_features import TIME_FEATURES, is_datetime, time_features
 
 INIT_DIM = "init_time"

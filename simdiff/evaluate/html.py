@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from simdiff.data.atomic import atomic_file
+from simdiff.base.atomic import atomic_file
 from simdiff.evaluate.baselines import climatology_needs_care
 
 #: The scalar scores of one KEY (and lead) in metrics.json (see simdiff.evaluate.report).

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from simdiff.data.atomic import atomic_file
+from simdiff.base.atomic import atomic_file
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 
 PANEL_WIDTH_IN = 3.4

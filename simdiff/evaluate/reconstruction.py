@@ -15,7 +15,7 @@ weights restricted to valid cells ``V`` and all samples::
     rmse_over_std = rmse / sqrt( sum_V w (truth - mu)^2 / sum_V w ),  mu = sum_V w truth / sum_V w
     spectrum_ratio_low = mean over the lower half of the resolved wavenumbers (k > 0) of
                          E_recon(k) / E_truth(k), E averaged over samples
-                         (see simdiff.evaluate.spectra.field_spectrum for the method per grid)
+                         (see simdiff.metrics.spectra.field_spectrum for the method per grid)
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import dask
 import numpy as np
 import xarray as xr
 
-from simdiff.data.atomic import write_json
-from simdiff.data.errors import DataError
+from simdiff.base.atomic import write_json
+from simdiff.base.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.evaluate.plots import format_level, reconstruction_figure, save_figure
-from simdiff.evaluate.spectra import field_spectrum, spectrum_ratio_low
+from simdiff.metrics.spectra import field_spectrum, spectrum_ratio_low
 
 JSON_NAME = "reconstruction.json"
 PNG_NAME = "reconstruction.png"

@@ -22,10 +22,10 @@ level pools all leads. A score with nothing to score (no baseline given, no vali
 ``null``. With ``w`` the weights and ``<.>`` that weighted mean:
 
 * ``crps``, ``crps_fair``: ``<CRPS>`` of the members, ecdf and fair (Ferro 2014) estimators
-  (:mod:`simdiff.evaluate.crps`).
+  (:mod:`simdiff.metrics.crps`).
 * ``rmse = sqrt(<(mean_m x_m - y)^2>)``, ``spread = sqrt(<var_m x_m>)`` (ddof = 1), and
   ``spread_skill = sqrt((M + 1)/M) spread / rmse``: the finite-ensemble correction of Fortin
-  et al. (2014) (:mod:`simdiff.evaluate.calibration`), so a calibrated ensemble scores 1 for any M.
+  et al. (2014) (:mod:`simdiff.metrics.calibration`), so a calibrated ensemble scores 1 for any M.
 * ``crps_climatology``: the CRPS of :func:`~simdiff.evaluate.baselines.climatology_ensemble`
   (M training states of the valid time's season; needs ``train``); ``crps_persistence`` and
   ``crps_ae_ceiling``: the CRPS of a one-member forecast, i.e. ``<|x - y|>``, of persistence
@@ -35,7 +35,7 @@ level pools all leads. A score with nothing to score (no baseline given, no vali
   share their bins), weighted by the cell weights, so on a lat/lon grid each bin counts area.
 * ``spectrum_ratio``: mean of ``E_members(k) / E_truth(k)`` over the lower half of the
   resolved wavenumbers (k > 0), as ``spectrum_ratio_low`` of the reconstruction report; the
-  spectra follow the grid (:func:`simdiff.evaluate.spectra.field_spectrum`) and are averaged
+  spectra follow the grid (:func:`simdiff.metrics.spectra.field_spectrum`) and are averaged
   over members and cases. The small scales are left out on purpose: there the ratio measures
   the autoencoder's smoothing, which ``crps_ae_ceiling`` and the spectra figure already show.
 
@@ -64,8 +64,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from simdiff.data.atomic import atomic_file, write_json
-from simdiff.data.errors import DataError
+from simdiff.base.atomic import atomic_file, write_json
+from simdiff.base.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.evaluate.baselines import (
     INIT_DIM,
@@ -75,12 +75,8 @@ from simdiff.evaluate.baselines import (
     persistence,
     truth_at,
 )
-from simdiff.evaluate.calibration import spread_skill
-from simdiff.evaluate.crps import crps
-from simdiff.evaluate.distribution import quantiles, wasserstein1
 from simdiff.evaluate.domain import domain_checks
 from simdiff.evaluate.html import SCORES, index_html, write_csv
-from simdiff.evaluate.memorisation import memorisation
 from simdiff.evaluate.plots import (
     ensemble_figure,
     format_level,
@@ -90,7 +86,11 @@ from simdiff.evaluate.plots import (
     spectra_figure,
 )
 from simdiff.evaluate.reconstruction import _same_coords
-from simdiff.evaluate.spectra import WAVENUMBER, field_spectrum, spectrum_ratio_low
+from simdiff.metrics.calibration import spread_skill
+from simdiff.metrics.crps import crps
+from simdiff.metrics.distribution import quantiles, wasserstein1
+from simdiff.metrics.memorisation import memorisation
+from simdiff.metrics.spectra import WAVENUMBER, field_spectrum, spectrum_ratio_low
 
 RANK = "rank"
 JSON_NAME = "metrics.json"

@@ -60,15 +60,15 @@ import torch
 import xarray as xr
 import zarr
 
-from simdiff.data.errors import DataError
-from simdiff.data.stats import denormalise
-from simdiff.data.store import TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Bounded, Transform
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.generate.noise import SAMPLE_INIT, member_generators, member_seed
 from simdiff.generate.output import partial_path
 from simdiff.generate.rollout import LatentDecoder, SamplerSpec
 from simdiff.generate.template import WRITTEN
-from simdiff.nets.denoiser import ConditionalDenoiser
 
 #: Why a candidate is rejected, in the order of the ``reject_reason`` axis.
 REASONS = ("nonfinite", "negative", "domain", "range")
@@ -82,7 +82,7 @@ def training_range(store: TrainingStore, split: str = "train") -> xr.Dataset:
     """Per variable, the min and max over the valid cells of ``split`` in physical units.
 
     One dask pass over the store (out of core): the stored fields de-normalised
-    (:func:`simdiff.data.stats.denormalise`), masked cells NaN and skipped.
+    (:func:`simdiff.data.stores.stats.denormalise`), masked cells NaN and skipped.
 
     Returns:
         Dataset with ``minimum`` and ``maximum`` over ``channel`` (float64).

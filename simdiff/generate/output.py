@@ -71,7 +71,7 @@ import xarray as xr
 import zarr
 
 import simdiff
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.generate.template import WRITTEN
 
 OUTPUT_KIND = "generated"
@@ -115,7 +115,7 @@ def output_attrs(
     """Global attrs of an output store (strings and numbers only, so netCDF takes them).
 
     Args:
-        config: the resolved config as YAML text (:func:`simdiff.data.provenance.config_yaml`).
+        config: the resolved config as YAML text (:func:`simdiff.base.provenance.config_yaml`).
         checksums: name -> sha256 hex, e.g. the checkpoints and the training store.
         seed: the run's seed (the noise keys' first counter).
         title: a one-line description.

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.generate.noise import SAMPLE_INIT, member_generators
 from simdiff.generate.residual import ResidualModel
 from simdiff.nets.autoencoder import Autoencoder
-from simdiff.nets.denoiser import ConditionalDenoiser
 
 
 @dataclass

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from simdiff.data.errors import DataError
-from simdiff.data.store import TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.data.stores.training import TrainingStore
 
 WRITTEN = "written"
 #: Variable attrs carried from the source onto generated data.

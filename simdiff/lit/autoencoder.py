@@ -23,8 +23,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from simdiff.data.patch import crop_shared
-from simdiff.data.store import TrainingStore
+from simdiff.data.loading.patch import crop_shared
+from simdiff.data.stores.training import TrainingStore
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
 from simdiff.lit.optim import OptimizerFactory, adamw, check_factory, describe, optimizer_with_schedule

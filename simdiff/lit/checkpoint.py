@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 #: Lines of torch's message that advise loading with ``weights_only=False``: never our advice.
 _ADVICE = ("weights_only", "Weights only load failed", "trusted source", "Check the documentation",

@@ -9,7 +9,7 @@ an EMA of the weights for validation and sampling.
 Determinism and resume. Every random draw of training (noise levels, noise, condition drops)
 comes from the module's own generator, seeded by ``(seed, rank)`` and saved in each checkpoint
 (:class:`simdiff.lit.resume.SavedGenerator`), and the loader skips the batches an interrupted
-epoch had already used (:class:`simdiff.data.datamodule.EpochDataLoader`), so a run resumed from
+epoch had already used (:class:`simdiff.data.loading.datamodule.EpochDataLoader`), so a run resumed from
 a mid-epoch or epoch-end checkpoint ends with the same weights as one that never stopped (CPU,
 same seed). Validation draws from a
 generator reset every epoch, so it never disturbs training.
@@ -43,14 +43,14 @@ import lightning as L
 import torch
 import xarray as xr
 
-from simdiff.data.patch import crop_shared
+from simdiff.data.loading.patch import crop_shared
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.edm import EDMLoss
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
 from simdiff.lit.optim import OptimizerFactory, adamw, check_factory, describe, optimizer_with_schedule
 from simdiff.lit.resume import SavedGenerator
-from simdiff.nets.denoiser import ConditionalDenoiser
 
 DEFAULT_BINS = (0.002, 0.02, 0.1, 0.5, 2.0, 10.0, 80.0)
 
@@ -198,8 +198,8 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
 
     def _ensemble_scores(self, batch: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         """CRPS and corrected spread-skill of a small ensemble on the first states of ``batch``."""
-        from simdiff.evaluate.calibration import spread_skill
-        from simdiff.evaluate.crps import crps
+        from simdiff.metrics.calibration import spread_skill
+        from simdiff.metrics.crps import crps
 
         k = min(int(self.hparams.crps_states), batch["target"].shape[0])
         m = int(self.hparams.crps_members)

@@ -131,7 +131,7 @@ def load_ema_checkpoint(
     averaged weights. A file that is not such a checkpoint of ``module`` raises a DataError
     naming it and ``stage``, the command that writes it.
     """
-    from simdiff.data.errors import DataError
+    from simdiff.base.errors import DataError
     from simdiff.lit.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint, stage=stage)["state_dict"]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.nets.autoencoder import Autoencoder
 
 LATENT_DIMS_3D = ("latent_depth", "latent_y", "latent_x")

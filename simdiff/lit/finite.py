@@ -3,7 +3,7 @@
 A NaN or Inf loss (bad data that slipped through, a learning rate too high, an overflow in
 mixed precision) poisons every weight at the next optimizer step, and every later checkpoint
 with them. :func:`require_finite_loss` stops the fit in the training step, before the backward
-pass, with one :class:`~simdiff.data.errors.DataError` naming the step (exit code 2 from the
+pass, with one :class:`~simdiff.base.errors.DataError` naming the step (exit code 2 from the
 CLI); :func:`require_finite_weights` refuses to write a checkpoint whose weights are not all
 finite (a finite loss with overflowing gradients), so ``checkpoints/last.ckpt`` keeps the last
 good weights.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 
 def _fix(stage: str) -> str:

@@ -1,7 +1,7 @@
 """What a training stage needs so that a killed run, re-run, ends with an uninterrupted run's weights.
 
 Lightning checkpoints already hold the weights, the optimizer, the LR scheduler, the loops'
-progress, the train loader's position (:class:`simdiff.data.datamodule.EpochDataLoader`) and the
+progress, the train loader's position (:class:`simdiff.data.loading.datamodule.EpochDataLoader`) and the
 callbacks' states (early stopping, best-checkpoint tracking). This module adds what they miss:
 
 * :class:`SavedGenerator`: a module's own random stream, seeded by ``(seed, rank)`` and saved in

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from simdiff.data.patch import crop_shared
+from simdiff.data.loading.patch import crop_shared
 
 DROPPABLE = ("previous", "time_features", "covariates", "label")
 
@@ -136,7 +136,7 @@ class Conditioner(nn.Module):
                 ``self.previous`` are used.
             time_features: (B, F); covariates: (B, K); label: (B,) int64.
             drop: per condition, (B,) bool, True where it is dropped.
-            origin, size: for states that are crops (``simdiff.data.patch``): (B, ndim) crop
+            origin, size: for states that are crops (``simdiff.data.loading.patch``): (B, ndim) crop
                 origins and the crop's spatial ``([D], H, W)``; the static fields are cropped
                 there, so each row sees the static fields under its own crop.
 

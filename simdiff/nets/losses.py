@@ -26,7 +26,7 @@ def masked_mse(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, mask: to
     """Weighted MSE over valid cells; x, y: (B, C, [D], H, W).
 
     ``weights`` and ``mask`` are ([D], H, W), one for every sample, or (B, [D], H, W), one per
-    sample (each sample a crop of the field: simdiff.data.patch); then the sum of ``w m`` runs
+    sample (each sample a crop of the field: simdiff.data.loading.patch); then the sum of ``w m`` runs
     over the batch too, which is the formula above for equal rows. A batch with no valid cell
     gives 0.
     """

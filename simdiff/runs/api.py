@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from simdiff.data.errors import DataError
-from simdiff.data.latents import LatentStore
-from simdiff.data.stats import denormalise
-from simdiff.data.store import TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
 from simdiff.diffusion.schedules import karras_sigmas
 from simdiff.generate.rollout import SamplerSpec
 from simdiff.runs.evaluation import Scoring, score_forecast
@@ -94,7 +94,7 @@ class Run:
         """How to sample: ``sampler`` (a function of :mod:`simdiff.diffusion.samplers`; default
         Heun, as the model was validated with) over ``steps`` Karras noise levels."""
         if sampler is None:
-            from simdiff.data.registry import build_spec
+            from simdiff.base.registry import build_spec
 
             spec = self.models(0).diffusion["sampler"]
             sampler = build_spec(spec, source=str(self.dir.config("diffusion")), key="diffusion.sampler")
@@ -222,7 +222,7 @@ class Run:
     def encode(self, ds: xr.Dataset) -> xr.DataArray:
         """Physical fields (the store's variables, one per data variable; a sample dim first)
         -> standardised latents ``(sample, latent_channel, [d], h, w)``, as ``latents.zarr`` holds."""
-        from simdiff.data.stats import transform_of
+        from simdiff.data.stores.stats import transform_of
 
         src = self.store.dataset()
         names = self.store.variables

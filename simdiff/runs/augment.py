@@ -24,10 +24,10 @@ import torch
 import xarray as xr
 import zarr
 
-from simdiff.data.errors import DataError
-from simdiff.data.latents import LatentStore
-from simdiff.data.loader import window_targets
-from simdiff.data.store import SPLITS, TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.data.loading.loader import window_targets
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.augment import (
     REASONS,
     augment_template,

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_yaml, sha256_path
-from simdiff.data.store import TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_yaml, sha256_path
+from simdiff.data.stores.training import TrainingStore
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import check_fits, load_autoencoder
 
@@ -31,7 +31,7 @@ def publish_checkpoint(src: Path, dst: Path) -> None:
 def reconstruction_report(net: Any, store: TrainingStore, out_dir: Path, batch_size: int) -> None:
     """Reconstruct the test split (val when empty); write reconstruction.json/.png into ``out_dir``
     atomically."""
-    from simdiff.data.stats import denormalise
+    from simdiff.data.stores.stats import denormalise
     from simdiff.evaluate.reconstruction import reconstruction_report as write
     from simdiff.lit.encode import reconstruct_store
 
@@ -64,7 +64,7 @@ def reconstruction_report(net: Any, store: TrainingStore, out_dir: Path, batch_s
 def encode_run(run: RunDir) -> Path:
     """Encode the training store with the run's autoencoder into ``latents.zarr``, replacing it
     atomically (whether to encode at all is :mod:`simdiff.runs.completion`'s decision)."""
-    from simdiff.data.latents import LatentStore, write_latent_store
+    from simdiff.data.stores.latents import LatentStore, write_latent_store
     from simdiff.lit.encode import encode_store
 
     final, target = run.final("autoencoder"), run.latents

@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
-from simdiff.data.atomic import write_json
-from simdiff.data.errors import DataError
-from simdiff.data.provenance import config_differences, config_yaml, sha256_path
+from simdiff.base.atomic import write_json
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_differences, config_yaml, sha256_path
 from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from simdiff.data.stats import denormalise
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import domain_of
 from simdiff.evaluate.baselines import climatology_needs_care
 from simdiff.runs.layout import RunDir

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from simdiff.data.prepare import STORE_NAME
+from simdiff.data.stores.prepare import STORE_NAME
 
 #: Output formats and their suffixes.
 SUFFIX = {"zarr": ".zarr", "netcdf": ".nc"}

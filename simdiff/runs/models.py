@@ -1,7 +1,7 @@
 """A trained run's models, rebuilt without Hydra: the autoencoder, the diffusion model, the decoder.
 
 Networks are rebuilt from the ``config.yaml`` each training stage saved beside its checkpoint,
-through :func:`simdiff.data.registry.build_spec` (allow-listed classes only, checked before
+through :func:`simdiff.base.registry.build_spec` (allow-listed classes only, checked before
 anything is imported), and loaded with ``weights_only`` checkpoints (:mod:`simdiff.lit.checkpoint`).
 The same builders serve the training stages, so a trained model and a rebuilt one are the same
 network.
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import yaml
 
-from simdiff.data.errors import DataError
-from simdiff.data.latents import LatentStore
-from simdiff.data.provenance import sha256_path
-from simdiff.data.registry import build_spec, check_stored
-from simdiff.data.store import TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import sha256_path
+from simdiff.base.registry import build_spec, check_stored
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.residual import ResidualModel
 from simdiff.generate.rollout import LatentDecoder
 from simdiff.runs.layout import RunDir
@@ -63,7 +63,7 @@ def build_net(
 ) -> Any:
     """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it).
 
-    ``ae_cfg["net"]`` is a plain spec; it must be one :mod:`simdiff.data.registry` allows
+    ``ae_cfg["net"]`` is a plain spec; it must be one :mod:`simdiff.base.registry` allows
     (DataError naming ``source`` otherwise).
     """
     return build_spec(
@@ -157,11 +157,11 @@ def build_model(
 ) -> Any:
     """The ConditionalDenoiser for latents with ``signature`` and the store's condition ``sizes``.
 
-    ``dm_cfg["net"]`` is a plain spec :mod:`simdiff.data.registry` allows (DataError naming
+    ``dm_cfg["net"]`` is a plain spec :mod:`simdiff.base.registry` allows (DataError naming
     ``source`` otherwise).
     """
+    from simdiff.diffusion.denoiser import ConditionalDenoiser
     from simdiff.nets.conditioning import Conditioner
-    from simdiff.nets.denoiser import ConditionalDenoiser
     from simdiff.nets.fold import DepthAsChannels
 
     check_stored(dm_cfg["net"], source=source, key="diffusion.net")
@@ -236,7 +236,7 @@ def load_autoencoder(run: RunDir) -> tuple[Any, dict[str, Any]]:
 
 def load_diffusion(run: RunDir, latents: LatentStore) -> tuple[Any, dict[str, Any]]:
     """The trained diffusion model (EMA weights, eval mode) and its diffusion config."""
-    from simdiff.data.datamodule import SimdiffDataModule
+    from simdiff.data.loading.datamodule import SimdiffDataModule
     from simdiff.lit.diffusion import load_ema_model
 
     require_checkpoints(run, "diffusion")

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from simdiff.data.errors import DataError
-from simdiff.data.latents import LatentStore
-from simdiff.data.loader import contiguous_runs, window_targets
-from simdiff.data.stats import denormalise
-from simdiff.data.store import SPLITS, TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.data.loading.loader import contiguous_runs, window_targets
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.output import missing, write_block
 from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches, rollout
 from simdiff.generate.template import forecast_template, sample_template

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simdiff.data.atomic import write_json
+from simdiff.base.atomic import write_json
 from simdiff.runs.autoencoder import publish_checkpoint
 from simdiff.runs.layout import RunDir
 

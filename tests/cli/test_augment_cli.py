@@ -15,9 +15,9 @@ import pytest
 import xarray as xr
 from clirun import kill_midway, simdiff
 
-from simdiff.data.latents import LatentStore
-from simdiff.data.stats import denormalise
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.augment import open_rows
 from simdiff.generate.output import is_complete, partial_path
 from simdiff.runs.augment import source_pool

@@ -8,7 +8,7 @@ import clirun
 import numpy as np
 import pytest
 
-from simdiff.data.latents import LatentStore
+from simdiff.data.stores.latents import LatentStore
 
 simdiff = partial(clirun.simdiff, timeout=600)
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from simdiff.data.latents import LatentStore
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.latents import LatentStore
+from simdiff.data.stores.training import TrainingStore
 
 simdiff = partial(clirun.simdiff, timeout=600)
 

@@ -7,7 +7,7 @@ from functools import partial
 import clirun
 import pytest
 
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 
 simdiff = partial(clirun.simdiff, timeout=600)
 

@@ -96,7 +96,7 @@ def test_decoder_noise_draws_around_the_same_latent_trajectory(main_job, tmp_pat
     """Members are draws of p(x | D(z)): with decoder_noise=false the latent trajectory is the
     same (the draw comes after the sampler), so a member minus its decoded mean is the fitted
     filter's correction of that mean plus noise whose rms is what the output records."""
-    from simdiff.data.latents import LatentStore
+    from simdiff.data.stores.latents import LatentStore
     from simdiff.runs.layout import RunDir
     from simdiff.runs.models import load_models
 
@@ -134,7 +134,7 @@ API_SCRIPT = r"""
 import json, sys
 import numpy as np, xarray as xr
 import simdiff
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 
 run_dir = sys.argv[1]
 run = simdiff.open_run(run_dir)
@@ -149,7 +149,7 @@ out["labels"] = bool(fc["valid_time"].equals(cli["valid_time"].isel(init_time=[c
 out["time"] = init in run.inits(lead_steps=2)
 latents = xr.open_zarr(f"{run_dir}/latents.zarr", consolidated=False)["data"]
 truth = xr.open_zarr(f"{run_dir}/data/train.zarr", consolidated=False)
-from simdiff.data.stats import denormalise
+from simdiff.data.stores.stats import denormalise
 phys = denormalise(truth.isel(time=[init]))
 z = run.encode(phys)
 out["encode_err"] = float(np.abs(z.values - latents.isel(time=[init]).values).max())

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import open_output
 
 simdiff = partial(clirun.simdiff, timeout=1200)

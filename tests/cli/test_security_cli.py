@@ -4,7 +4,7 @@ One tiny run (prepare, train-autoencoder, encode, train-diffusion; debug=tiny) i
 module; each test copies it, plants one payload (a ``_target_`` or pickled object that would
 create a marker file if built), runs the real ``simdiff`` in a subprocess and checks: exit code 2,
 one message naming the file (or config key) and the value, no marker, nothing written. The
-payloads are shown to be live in tests/data/test_registry.py (``test_payloads_are_live``,
+payloads are shown to be live in tests/base/test_registry.py (``test_payloads_are_live``,
 ``test_pickled_checkpoint_payload_is_live``).
 """
 
@@ -21,7 +21,7 @@ import yaml
 import zarr
 from clirun import simdiff
 
-from simdiff.data.provenance import sha256_path
+from simdiff.base.provenance import sha256_path
 
 FAST = ("debug=tiny", "debug.ae_max_epochs=1", "debug.dm_max_epochs=1")
 
@@ -178,8 +178,8 @@ CONFIG_PAYLOADS = {
                       "+trainer.callbacks=[{{_target_: builtins.open, file: '{m}', mode: w}}]",
                       "trainer.callbacks[0]._target_ = 'builtins.open'"),
     # a foreign function reached through an import inside simdiff
-    "via-import": ("prepare", "+x={{_target_: simdiff.data.prepare.os.system, command: 'touch {m}'}}",
-                   "x._target_ = 'simdiff.data.prepare.os.system'"),
+    "via-import": ("prepare", "+x={{_target_: simdiff.data.stores.prepare.os.system, command: 'touch {m}'}}",
+                   "x._target_ = 'simdiff.data.stores.prepare.os.system'"),
     # inside torch, but it unpickles (Hydra's own blocklist lets this one through)
     "torch.load": ("train-diffusion",
                    "+trainer.callbacks=[{{_target_: torch.load, f: '{ckpt}', weights_only: false}}]",

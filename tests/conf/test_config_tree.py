@@ -36,9 +36,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simdiff.base.registry import iter_targets, locate
 from simdiff.cli.app import _register_resolvers, check_targets, config_dir
-from simdiff.data.paths import expand_source
-from simdiff.data.registry import iter_targets, locate
+from simdiff.data.sources.paths import expand_source
 
 CONF = config_dir()
 #: (group, option) of every YAML file under conf/ but the root config, e.g. ("hydra/launcher", "basic").
@@ -46,8 +46,8 @@ OPTIONS = sorted((p.parent.relative_to(CONF).as_posix(), p.stem)
                  for p in CONF.rglob("*.yaml") if p.parent != CONF)
 #: A real shared file for a data preset that leaves ``source`` to the user (``???``), by its source class.
 SAMPLE_SOURCES = {
-    "simdiff.data.climate.ClimateSource": "climate/xrtutorial_sst.mnmean.nc",
-    "simdiff.data.molecular.CubeSource": "molecular/cclib_nh3.cube",
+    "simdiff.data.sources.climate.ClimateSource": "climate/xrtutorial_sst.mnmean.nc",
+    "simdiff.data.sources.molecular.CubeSource": "molecular/cclib_nh3.cube",
 }
 #: Nodes built with what the stages pass (the rest are instantiated as they stand).
 STAGE_BUILT = ("data", "loader", "autoencoder.net", "autoencoder.module", "diffusion.net", "diffusion.module",
@@ -119,8 +119,8 @@ def _build_autoencoder(ae: DictConfig) -> None:
 
 
 def _build_diffusion(dmc: DictConfig) -> None:
+    from simdiff.diffusion.denoiser import ConditionalDenoiser
     from simdiff.nets.conditioning import Conditioner
-    from simdiff.nets.denoiser import ConditionalDenoiser
 
     cond = dmc.conditioning
     conditioner = Conditioner(int(dmc.net.emb_dim), 2, previous=int(cond.previous), time_features=4,

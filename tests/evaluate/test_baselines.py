@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.data.time_features import time_features
 from simdiff.evaluate.baselines import climatology_ensemble, persistence, truth_at, valid_times
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.evaluate.plots import DPI, PANEL_HEIGHT_IN, PANEL_WIDTH_IN
 from simdiff.evaluate.reconstruction import reconstruction_report
 

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 from rich.console import Console
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.evaluate.html import CSV_COLUMNS, SCORES, summary_table
 from simdiff.evaluate.report import evaluate_augmented, evaluate_forecast, report_figures, write_report
 

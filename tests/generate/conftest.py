@@ -1,4 +1,4 @@
-"""Tiny real training stores for the generation tests, written by simdiff.data.prepare."""
+"""Tiny real training stores for the generation tests, written by simdiff.data.stores.prepare."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from simdiff.base.provenance import provenance
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
-from simdiff.data.prepare import PrepareOptions, write_training_store
-from simdiff.data.provenance import provenance
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.prepare import PrepareOptions, write_training_store
+from simdiff.data.stores.training import TrainingStore
 
 N = 24
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import netCDF4
 import pytest
 
-from simdiff.data.store import TrainingStore
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import create_partial, finalize, output_attrs, write_block
 from simdiff.generate.template import forecast_template
 

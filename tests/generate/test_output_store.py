@@ -14,8 +14,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from simdiff.data.errors import DataError
-from simdiff.data.store import TrainingStore
+from simdiff.base.errors import DataError
+from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import (
     create_partial,
     finalize,

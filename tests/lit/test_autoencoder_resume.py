@@ -16,10 +16,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from simdiff.data.datamodule import SimdiffDataModule
-from simdiff.data.prepare import PrepareOptions, prepare
-from simdiff.data.simulators.qg_source import QGSource
-from simdiff.data.store import TrainingStore
+from simdiff.data.loading.datamodule import SimdiffDataModule
+from simdiff.data.sources.simulators.qg_source import QGSource
+from simdiff.data.stores.prepare import PrepareOptions, prepare
+from simdiff.data.stores.training import TrainingStore
 from simdiff.lit.autoencoder import AutoencoderModule, data_signature
 from simdiff.lit.optim import adamw
 from simdiff.lit.resume import KeepStopped, resume_checkpoints

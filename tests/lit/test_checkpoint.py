@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.lit.checkpoint import load_checkpoint
 from simdiff.lit.ema import ExponentialMovingAverage, load_ema_checkpoint
 
 
 class Payload:
-    """Unpickling this runs ``touch MARKER`` (see the control test in tests/data/test_registry.py)."""
+    """Unpickling this runs ``touch MARKER`` (see the control test in tests/base/test_registry.py)."""
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker

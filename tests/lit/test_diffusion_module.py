@@ -9,13 +9,13 @@ import lightning as L
 import pytest
 import torch
 
-from simdiff.data.datamodule import SimdiffDataModule
-from simdiff.data.prepare import PrepareOptions, prepare
-from simdiff.data.simulators.qg_source import QGSource
+from simdiff.data.loading.datamodule import SimdiffDataModule
+from simdiff.data.sources.simulators.qg_source import QGSource
+from simdiff.data.stores.prepare import PrepareOptions, prepare
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.samplers import sample_euler
 from simdiff.lit.diffusion import DiffusionModule, load_ema_model, parameter_checksum
 from simdiff.nets.conditioning import Conditioner
-from simdiff.nets.denoiser import ConditionalDenoiser
 from simdiff.nets.unet import UNet
 
 
@@ -123,7 +123,7 @@ def test_checkpoint_loads_ema_weights_for_sampling(qg_run: Path, tmp_path: Path)
 
 
 def test_non_finite_loss_stops_training_at_its_step(qg_run: Path, tmp_path: Path) -> None:
-    from simdiff.data.errors import DataError
+    from simdiff.base.errors import DataError
 
     class PoisonAt(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

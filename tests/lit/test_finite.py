@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.lit.autoencoder import AutoencoderModule
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simdiff.data.errors import DataError
-from simdiff.data.latents import footprint_weights, latent_scale
+from simdiff.base.errors import DataError
+from simdiff.data.stores.latents import footprint_weights, latent_scale
 
 
 def test_footprint_weights_average_each_patch():

@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "data"))  # the loader tests' store writer
+sys.path.insert(0, str(Path(__file__).parents[1] / "data" / "loading"))  # the loader tests' store writer
 from test_loader import write_test_store
 
-from simdiff.data.datamodule import SimdiffDataModule
-from simdiff.data.patch import crop_shared
-from simdiff.data.store import TrainingStore
+from simdiff.data.loading.datamodule import SimdiffDataModule
+from simdiff.data.loading.patch import crop_shared
+from simdiff.data.stores.training import TrainingStore
+from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.samplers import sample_euler
 from simdiff.lit.autoencoder import AutoencoderModule
 from simdiff.lit.diffusion import DiffusionModule
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.bottleneck import BoundedBottleneck
 from simdiff.nets.conditioning import Conditioner
-from simdiff.nets.denoiser import ConditionalDenoiser
 from simdiff.nets.losses import ReconstructionLoss, masked_mse
 from simdiff.nets.unet import UNet
 

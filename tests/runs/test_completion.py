@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from simdiff.data.errors import DataError
+from simdiff.base.errors import DataError
 from simdiff.runs.completion import Identity, fingerprint, lock, record_path, stage
 from simdiff.runs.layout import RunDir
 

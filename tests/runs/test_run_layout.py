@@ -6,8 +6,8 @@ import functools
 
 import pytest
 
-from simdiff.data.errors import DataError
-from simdiff.data.registry import build_spec
+from simdiff.base.errors import DataError
+from simdiff.base.registry import build_spec
 from simdiff.runs.layout import RunDir
 
 

@@ -1,0 +1,344 @@
+"""The ``prepare`` stage: Field -> ``run_dir/data/train.zarr`` (DESIGN.md section 4).
+
+Two passes over the source, both out of core with dask: (1) statistics and checks
+(:mod:`simdiff.data.stores.stats`) on the transformed, masked variables, (2) transform, normalise,
+stack the variables into channels and stream the result into zarr v3 in whole-sample chunks
+(:mod:`simdiff.data.stores.chunking`). Everything is written into ``run_dir/data.tmp-*`` and published
+by an atomic rename to ``run_dir/data``; on any error the temporary directory is removed, so a
+failed prepare leaves nothing behind.
+
+Compression is Blosc-LZ4 with byte shuffle. On smooth, standardised float32 fields (64 samples of
+2 x 181 x 360, one sample per chunk, warm page cache, 2 cores) it read a random sample in 1.2 ms
+at ratio 1.49, against 1.6 ms at 1.58 (Blosc-Zstd 3), 1.6 ms at 1.40 (Zstd 3), 1.5 ms at 1.32
+(Blosc-LZ4 bitshuffle) and 0.9 ms at 1.0 (no codec), and it wrote twice as fast as the Zstd
+variants: the fastest reads of the codecs that compress. ``cname``/``clevel``/``shuffle`` change it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import yaml
+from dask.diagnostics import ProgressBar
+from zarr.codecs import BloscCodec
+
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import config_differences, config_yaml, provenance
+from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
+from simdiff.data.stores.chunking import samples_per_chunk, work_samples
+from simdiff.data.stores.split import block_ids, split_labels
+from simdiff.data.stores.stats import compute_statistics, normalise
+from simdiff.data.stores.training import FORMAT_VERSION, SPLITS, STORE_KIND, StoreLayout
+from simdiff.data.transforms import Transform
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "train.zarr"
+CONFIG_NAME = "config.yaml"
+
+
+def _default_split() -> dict[str, float]:
+    return {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How ``prepare`` splits, chunks and compresses.
+
+    Attributes:
+        split: contiguous split fractions in sample order, ``{"train", "val", "test"}`` (sum 1,
+            train > 0; a split with fraction 0 is empty, any other gets >= 1 sample).
+        chunk_mb: target uncompressed size of one store chunk of whole samples.
+        work_mb: target size of one dask block per variable in the processing passes; peak
+            memory grows with it times the number of dask threads.
+        cname: Blosc compressor inside zarr ("lz4", "zstd", "lz4hc", "zlib", "blosclz").
+        clevel: Blosc compression level 0-9.
+        shuffle: Blosc filter ("shuffle", "bitshuffle" or "noshuffle").
+        progress: show a dask progress bar per pass.
+    """
+
+    split: Mapping[str, float] = dc_field(default_factory=_default_split)
+    chunk_mb: float = 1.0
+    work_mb: float = 32.0
+    cname: str = "lz4"
+    clevel: int = 5
+    shuffle: str = "shuffle"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        split = {str(k): float(v) for k, v in self.split.items()}
+        if sorted(split) != sorted(SPLITS):
+            raise ValueError(f"prepare.split must name exactly {list(SPLITS)}, got {sorted(split)}")
+        object.__setattr__(self, "split", split)
+        fr = self.fractions
+        if min(fr) < 0 or not np.isclose(sum(fr), 1.0) or not self.train > 0:
+            raise ValueError(f"prepare.split fractions must be >= 0, train > 0, sum to 1; got {split}")
+        if not (self.chunk_mb > 0 and self.work_mb > 0):
+            raise ValueError(f"prepare.chunk_mb and work_mb must be > 0, got {self.chunk_mb}, {self.work_mb}")
+        self.compressor()  # fail early on a bad codec name or level
+
+    @property
+    def train(self) -> float:
+        return self.split["train"]
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """``(train, val, test)``."""
+        return (self.split["train"], self.split["val"], self.split["test"])
+
+    def compressor(self) -> BloscCodec:
+        """The zarr v3 codec for the ``data`` array."""
+        return BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=self.shuffle)
+
+
+def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    return ProgressBar(dt=1.0) if enabled else contextlib.nullcontext()
+
+
+def _jsonable(value: Any) -> Any:
+    """Attr values as JSON types (numpy scalars and arrays become numbers and lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def _plain_coord(coord: xr.DataArray) -> xr.Variable:
+    """A coordinate without its source encoding; fixed-width strings as variable-length."""
+    var = coord.variable.copy(deep=False)
+    var.encoding = {}
+    if var.dtype.kind == "U":
+        var = var.astype(object)
+    return var
+
+
+def _conditions(field: Field, origin: str) -> dict[str, xr.DataArray]:
+    """Field.conditions as float32 (floats) or int64 (integers, bools) arrays."""
+    out = {}
+    n = field.n_samples
+    for name, cond in field.conditions.data_vars.items():
+        if cond.sizes[field.sample_dim] != n:
+            raise DataError(
+                f"{origin}: condition {name!r} has {cond.sizes[field.sample_dim]} samples, the field "
+                f"has {n}; build the conditions over the same {field.sample_dim!r} axis"
+            )
+        if cond.dtype.kind == "f":
+            dtype: type = np.float32
+        elif cond.dtype.kind in "iub":
+            dtype = np.int64
+        else:
+            raise DataError(
+                f"{origin}: condition {name!r} has dtype {cond.dtype}; conditions must be numeric "
+                f"(encode categories as integer labels with a label_names attr)"
+            )
+        arr = xr.DataArray(np.asarray(cond.values).astype(dtype), dims=cond.dims, attrs=dict(cond.attrs))
+        coords = {d: _plain_coord(cond[d]) for d in cond.dims[1:] if d in cond.coords}
+        out[str(name)] = arr.assign_coords(coords)
+    return out
+
+
+def write_training_store(
+    field: Field,
+    path: str | Path,
+    *,
+    transforms: Mapping[str, Transform],
+    options: PrepareOptions,
+    provenance: Mapping[str, Any],
+) -> Path:
+    """Write ``field`` as a training store at ``path`` (a new ``*.zarr`` directory), atomically.
+
+    Args:
+        field: variables ``(S, [D], Y, X)``, lazy or in memory.
+        path: where the store goes; must not exist yet.
+        transforms: variable -> Transform applied before normalisation (Identity if absent).
+        options: split fractions, chunking, compression.
+        provenance: the ``provenance`` attr (see :func:`simdiff.base.provenance.provenance`).
+
+    Returns:
+        ``path``. The store holds ``data`` ``(S, channel, [D], Y, X)`` float32 and the arrays
+        and attrs listed in :mod:`simdiff.data.stores.training`.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; remove it first or prepare into a new path")
+    origin = ", ".join(field.sources) or "the field"
+    for name, t in transforms.items():
+        if not isinstance(t, Transform):
+            raise TypeError(
+                f"transform for {name!r} is a {type(t).__name__} ({t!r}), not a Transform with "
+                f"forward/inverse/spec; instantiate it first (from Hydra config nodes: "
+                f"instantiate(cfg.data, _convert_='object'), or dataclass transforms come back as dicts)"
+            )
+    names = field.variables
+    data = field.data
+    sdim = field.sample_dim
+    geometry = field.geometry
+    mask = xr.DataArray(geometry.mask.values, dims=geometry.dims)
+    mask = mask.assign_coords({d: _plain_coord(data[d]) for d in geometry.dims if d in data.coords})
+
+    sample_bytes = 4 * len(names) * int(np.prod([data.sizes[d] for d in field.spatial_dims]))
+    k = min(samples_per_chunk(sample_bytes, options.chunk_mb), field.n_samples)
+    block = work_samples(k, sample_bytes // len(names), options.work_mb)
+
+    split = split_labels(data[sdim], options.fractions, origin=origin)
+    blocks = block_ids(split, origin=origin)
+
+    log.info("prepare: statistics of %s over %d train samples", names, int((split == 0).sum()))
+    with _progress(options.progress):
+        stats = compute_statistics(
+            data, mask, split, transforms, block_samples=block, origin=origin,
+            pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS,
+        )
+    normed = normalise(data, stats, mask, transforms, block_samples=block).chunk({"channel": -1})
+
+    coords = {d: _plain_coord(data[d]) for d in (sdim, *field.spatial_dims) if d in data.coords}
+    coords["channel"] = xr.Variable("channel", np.array(names, dtype=object))
+    ds = xr.Dataset(
+        {
+            "data": normed.drop_vars(list(normed.coords)).assign_attrs(
+                long_name="transformed and normalised fields; 0 at masked cells"
+            ),
+            "mask": mask.drop_vars(list(mask.coords)).assign_attrs(long_name="True where valid"),
+            "weights": xr.DataArray(
+                geometry.weights.values.astype(np.float32),
+                dims=geometry.dims,
+                attrs={"long_name": "cell weights"},
+            ),
+            "mean": stats["mean"]
+            .drop_vars(list(stats.coords))
+            .astype(np.float32)
+            .assign_attrs(stats["mean"].attrs),
+            "std": stats["std"]
+            .drop_vars(list(stats.coords))
+            .astype(np.float32)
+            .assign_attrs(stats["std"].attrs),
+            "split": split.drop_vars(list(split.coords)),
+            "block": blocks.drop_vars(list(blocks.coords)),
+            **_conditions(field, origin),
+        },
+        coords=coords,
+    )
+    depth = field.depth_dim
+    ds.attrs = {
+        "simdiff_store": STORE_KIND,
+        "format_version": FORMAT_VERSION,
+        "layout": StoreLayout(sdim, depth, *field.dims[-2:]).__dict__,
+        "variables": {n: _jsonable(dict(data[n].attrs)) for n in names},
+        "transforms": {n: t.spec() for n, t in transforms.items() if n in names},
+        "geometry": geometry.to_attrs(),
+        "provenance": _jsonable(dict(provenance)),
+    }
+    chunks = (k, len(names), *(data.sizes[d] for d in field.spatial_dims))
+    encoding = {"data": {"chunks": chunks, "compressors": (options.compressor(),)}}
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        log.info("prepare: writing %s (chunks %s)", path, chunks)
+        with _progress(options.progress):
+            ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _stored_config(data_dir: Path) -> Any:
+    cfg = data_dir / CONFIG_NAME
+    return yaml.safe_load(cfg.read_text()) if cfg.is_file() else None
+
+
+def _publish(tmp: Path, data_dir: Path) -> None:
+    """Move the finished ``tmp`` to ``data_dir``, swapping out an old one if present."""
+    if not data_dir.exists():
+        os.replace(tmp, data_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix="data.old-", dir=data_dir.parent))
+    os.replace(data_dir, old / "data")
+    try:
+        os.replace(tmp, data_dir)
+    except BaseException:
+        os.replace(old / "data", data_dir)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(
+    source: FieldSource,
+    run_dir: str | Path,
+    *,
+    options: PrepareOptions,
+    config: Mapping[str, Any],
+    force: bool = False,
+) -> Path:
+    """Open ``source`` and write ``run_dir/data/train.zarr`` plus ``run_dir/data/config.yaml``.
+
+    If ``run_dir/data`` exists and was made with the same ``config``, nothing is done; with a
+    different config it refuses (DataError listing the differing keys) unless ``force``.
+
+    Args:
+        source: the dataset card; ``source.open()`` gives the Field, ``source.transforms`` the
+            per-variable transforms.
+        run_dir: the run directory (created if missing).
+        options: split, chunking and compression.
+        config: the resolved config (data + prepare nodes) as plain dicts; stored as YAML.
+        force: rebuild even if ``run_dir/data`` exists, replacing it atomically.
+
+    Returns:
+        The path of ``train.zarr``.
+    """
+    run_dir = Path(run_dir)
+    data_dir = run_dir / "data"
+    store = data_dir / STORE_NAME
+    text = config_yaml(config)
+    if data_dir.exists() and not force:
+        old = _stored_config(data_dir)
+        new = yaml.safe_load(text)
+        if old == new:
+            log.info("prepare: %s is up to date (same config); skipping", store)
+            return store
+        diff = config_differences(old or {}, new) if isinstance(old, dict) else ["config.yaml missing"]
+        raise DataError(
+            f"{data_dir} was prepared with a different config:\n  "
+            + "\n  ".join(diff)
+            + "\nPass force=true to overwrite it, or use another run_dir"
+        )
+
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="data.tmp-", dir=run_dir))
+    try:
+        field = source.open()
+        prov = provenance(field.sources, config)
+        write_training_store(
+            field,
+            tmp / STORE_NAME,
+            transforms=dict(source.transforms),  # type: ignore[arg-type]
+            options=options,
+            provenance=prov,
+        )
+        (tmp / CONFIG_NAME).write_text(text)
+        _publish(tmp, data_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+    log.info("prepare: wrote %s", store)
+    return store

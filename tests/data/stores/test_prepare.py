@@ -1,0 +1,296 @@
+"""The prepare stage: Field -> run_dir/data/train.zarr (simdiff.data.stores.prepare)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+from zarr.codecs import BloscCodec
+
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import sha256_path
+from simdiff.data.field import Field, FieldSource
+from simdiff.data.geometry import Geometry
+from simdiff.data.stores.prepare import PrepareOptions, prepare, write_training_store
+from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.training import TrainingStore
+from simdiff.data.transforms import Log1p, Transform
+
+N, NY, NX = 40, 6, 8
+OPTS = PrepareOptions(progress=False)
+CONFIG = {"data": {"name": "synthetic", "variables": ["t2m", "tp"]}, "prepare": {"train": 0.8}}
+
+
+def make_dataset(n: int = N, levels: int | None = None, seed: int = 0) -> tuple[xr.Dataset, np.ndarray]:
+    """t2m (K, NaN over 'land') and tp (precipitation, >= 0, many zeros) on a lat/lon grid."""
+    rng = np.random.default_rng(seed)
+    lat = np.linspace(-60, 60, NY)
+    lon = np.arange(NX) * 360.0 / NX
+    shape = (n, *((levels,) if levels else ()), NY, NX)
+    coslat = np.cos(np.deg2rad(lat))[:, None] * np.ones(NX)
+    t2m = 250 + 40 * coslat + 3 * rng.standard_normal(shape)
+    tp = rng.gamma(0.5, 1e-4, shape) * (rng.random(shape) > 0.5)
+    mask = np.ones(shape[1:], bool)
+    mask[..., 0, :3] = False
+    t2m[:, ~mask] = np.nan
+    dims = ("time", *(("level",) if levels else ()), "lat", "lon")
+    coords = {"time": pd.date_range("2000-01-01", periods=n, freq="6h"), "lat": lat, "lon": lon}
+    if levels:
+        coords["level"] = np.linspace(1000, 200, levels)
+    ds = xr.Dataset(
+        {
+            "t2m": (dims, t2m.astype(np.float32), {"units": "K", "standard_name": "air_temperature"}),
+            "tp": (
+                dims,
+                tp.astype(np.float32),
+                {"units": "kg m-2 s-1", "standard_name": "precipitation_flux"},
+            ),
+        },
+        coords=coords,
+    )
+    ds["lat"].attrs["units"] = "degrees_north"
+    return ds, mask
+
+
+def make_field(ds: xr.Dataset, mask: np.ndarray, sources: tuple[str, ...] = ()) -> Field:
+    spatial = ds["t2m"].dims[1:]
+    coslat = np.cos(np.deg2rad(ds["lat"].values))[:, None] * np.ones(ds.sizes["lon"])
+    geometry = Geometry(
+        dims=spatial,
+        periodic=frozenset({"lon"}),
+        weights=xr.DataArray(np.broadcast_to(coslat, mask.shape), dims=spatial),
+        mask=xr.DataArray(mask, dims=spatial),
+    )
+    hours = ds["time"].dt.hour.values * 2 * np.pi / 24
+    conditions = xr.Dataset(
+        {
+            "time_features": (("time", "time_feature"), np.stack([np.sin(hours), np.cos(hours)], axis=1)),
+            "label": ("time", np.arange(ds.sizes["time"]) % 3, {"label_names": ["a", "b", "c"]}),
+        },
+        coords={"time_feature": ["sin_hour", "cos_hour"]},
+    )
+    return Field(ds, geometry, conditions, sources)
+
+
+class NetCDFSource:
+    """A real (small) adapter: a netCDF file opened lazily with dask, with a fixed mask."""
+
+    def __init__(self, path: Path, mask: np.ndarray, transforms: Mapping[str, Transform]) -> None:
+        self.path, self.mask, self.transforms = path, mask, dict(transforms)
+
+    def open(self) -> Field:
+        ds = xr.open_dataset(self.path, chunks={})
+        return make_field(ds, self.mask, sources=(str(self.path),))
+
+
+def write_source(tmp_path: Path, ds: xr.Dataset, name: str = "in.nc") -> Path:
+    path = tmp_path / name
+    ds.to_netcdf(path)
+    return path
+
+
+@pytest.mark.parametrize("levels", [None, 3])
+def test_round_trip_and_schema(tmp_path: Path, levels: int | None) -> None:
+    ds, mask = make_dataset(levels=levels)
+    field = make_field(ds, mask)
+    tr = {"tp": Log1p(scale=1e-4)}
+    path = write_training_store(
+        field, tmp_path / "train.zarr", transforms=tr, options=OPTS, provenance={"note": "test"}
+    )
+    store = TrainingStore(path)
+    sd = store.dataset()
+    depth = ("level",) if levels else ()
+    assert sd["data"].dims == ("time", "channel", *depth, "lat", "lon") and sd["data"].dtype == np.float32
+    assert list(sd["channel"].values) == ["t2m", "tp"]
+    assert sd["mean"].dims == ("channel", *depth) and sd["mean"].dtype == np.float32
+    assert store.layout.depth_dim == (levels and "level")
+    assert isinstance(store.transforms["tp"], Log1p) and store.transforms["tp"].scale == 1e-4
+    assert store.attrs["variables"]["tp"]["units"] == "kg m-2 s-1"
+    assert sd["lat"].attrs["units"] == "degrees_north"
+    np.testing.assert_array_equal(store.array("mask"), mask)
+    # de-normalised store == source, to float32 rounding; masked cells NaN
+    back = denormalise(sd)
+    for name in ("t2m", "tp"):
+        orig = ds[name].values
+        got = back[name].values
+        np.testing.assert_allclose(got[:, mask], orig[:, mask], rtol=3e-6, atol=1e-10)
+        assert np.isnan(got[:, ~mask]).all()
+    data = store.data[...]
+    assert np.all(data[:, :, ~mask] == 0) and np.all(np.isfinite(data))
+    # the train split is standardised per channel and level
+    train = data[store.indices("train")]
+    for d in range(levels or 1):
+        lvl = train[:, :, d] if levels else train
+        m = mask[d] if levels else mask
+        valid = lvl[:, :, m]  # (S_train, channel, valid cells)
+        np.testing.assert_allclose(valid.mean(axis=(0, 2)), 0, atol=1e-5)
+        np.testing.assert_allclose(valid.std(axis=(0, 2)), 1, rtol=1e-5)
+    # conditions
+    np.testing.assert_allclose(
+        store.array("time_features"), field.conditions["time_features"].values, rtol=1e-6
+    )
+    assert store.array("label").dtype == np.int64 and sd["label"].attrs["label_names"] == ["a", "b", "c"]
+    assert list(sd["time_feature"].values) == ["sin_hour", "cos_hour"]
+    np.testing.assert_array_equal(store.split, [0] * 32 + [1] * 4 + [2] * 4)
+    np.testing.assert_array_equal(store.array("block"), [0] * 32 + [1] * 4 + [2] * 4)
+
+
+def test_voxel_grid_shares_one_normalisation_along_z(tmp_path: Path) -> None:
+    """z is a spatial axis of one volume: its slices share one mean/std (levels do not)."""
+    rng = np.random.default_rng(3)
+    dims = ("sample", "z", "y", "x")
+    rho = rng.gamma(2.0, 1.0, (12, 4, 5, 6)) * np.arange(1, 5)[None, :, None, None]  # z-dependent
+    ds = xr.Dataset({"density": (dims, rho.astype(np.float32), {"units": "bohr-3"})})
+    spatial = dims[1:]
+    geometry = Geometry(
+        dims=spatial, periodic=frozenset(), weights=xr.DataArray(np.ones((4, 5, 6)), dims=spatial),
+        mask=xr.DataArray(np.ones((4, 5, 6), bool), dims=spatial),
+    )
+    path = write_training_store(
+        Field(ds, geometry), tmp_path / "train.zarr", transforms={}, options=OPTS, provenance={}
+    )
+    store = TrainingStore(path)
+    mean, std = store.array("mean")[0], store.array("std")[0]
+    train = rho[store.indices("train")].astype(np.float64)
+    np.testing.assert_allclose(mean, train.mean(), rtol=1e-6)
+    np.testing.assert_allclose(std, train.std(), rtol=1e-6)
+
+
+def test_chunks_hold_whole_samples_near_target(tmp_path: Path) -> None:
+    ds, mask = make_dataset()
+    sample_bytes = 2 * NY * NX * 4  # 384 B
+    opts = PrepareOptions(progress=False, chunk_mb=0.002, cname="zstd", clevel=3)
+    store = TrainingStore(
+        write_training_store(
+            make_field(ds, mask), tmp_path / "t.zarr", transforms={}, options=opts, provenance={}
+        )
+    )
+    assert store.data.chunks == (2000 // sample_bytes, 2, NY, NX)
+    (codec,) = store.data.compressors
+    assert isinstance(codec, BloscCodec) and codec.cname.value == "zstd" and codec.clevel == 3
+    big = PrepareOptions(progress=False, chunk_mb=1e-5)  # smaller than one sample: 1 per chunk
+    store1 = TrainingStore(
+        write_training_store(
+            make_field(ds, mask), tmp_path / "t1.zarr", transforms={}, options=big, provenance={}
+        )
+    )
+    assert store1.chunk_samples == 1
+    np.testing.assert_array_equal(store1.data[...], store.data[...])
+
+
+def test_prepare_writes_provenance_and_skips_when_up_to_date(tmp_path: Path) -> None:
+    ds, mask = make_dataset()
+    src = NetCDFSource(write_source(tmp_path, ds), mask, {"tp": Log1p(1e-4)})
+    assert isinstance(src, FieldSource)
+    run = tmp_path / "run"
+    path = prepare(src, run, options=OPTS, config=CONFIG)
+    assert path == run / "data" / "train.zarr"
+    store = TrainingStore(path)
+    prov = store.attrs["provenance"]
+    (rec,) = prov["sources"]
+    assert rec["sha256"] == hashlib.sha256(src.path.read_bytes()).hexdigest()
+    assert rec["bytes"] == src.path.stat().st_size and rec["path"] == str(src.path)
+    assert yaml.safe_load(prov["config"]) == CONFIG
+    assert yaml.safe_load((run / "data" / "config.yaml").read_text()) == CONFIG
+    assert prov["created"].endswith("+00:00") and "simdiff_version" in prov
+    assert sorted(p.name for p in run.iterdir()) == ["data"]
+    # same config: up to date, nothing rewritten
+    created = prov["created"]
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    assert prepare(src, run, options=OPTS, config=CONFIG) == path
+    assert (path / "zarr.json").stat().st_mtime_ns == stamp
+    assert TrainingStore(path).attrs["provenance"]["created"] == created
+
+
+def test_different_config_refuses_unless_forced(tmp_path: Path) -> None:
+    ds, mask = make_dataset()
+    src = NetCDFSource(write_source(tmp_path, ds), mask, {})
+    run = tmp_path / "run"
+    prepare(src, run, options=OPTS, config=CONFIG)
+    new = {**CONFIG, "prepare": {"train": 0.7}}
+    with pytest.raises(DataError, match=r"different config:\n  prepare.train: 0.8 -> 0.7\n.*force=true"):
+        prepare(src, run, options=OPTS, config=new)
+    assert TrainingStore(run / "data" / "train.zarr").split.tolist().count(0) == 32
+    opts = PrepareOptions(split={"train": 0.7, "val": 0.15, "test": 0.15}, progress=False)
+    prepare(src, run, options=opts, config=new, force=True)
+    assert TrainingStore(run / "data" / "train.zarr").split.tolist().count(0) == 28
+    assert yaml.safe_load((run / "data" / "config.yaml").read_text()) == new
+    assert sorted(p.name for p in run.iterdir()) == ["data"]
+
+
+def _assert_nothing_left(run: Path) -> None:
+    assert not run.exists() or not any(run.iterdir()), sorted(run.iterdir())
+
+
+def test_nan_at_valid_cell_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    ds, mask = make_dataset()
+    ds["t2m"][7, 3, 4] = np.nan
+    src = NetCDFSource(write_source(tmp_path, ds), mask, {})
+    run = tmp_path / "run"
+    with pytest.raises(
+        DataError,
+        match=r"in.nc: variable 't2m' has 1 NaN/inf.*time=2000-01-02T18:00.*"
+        r"\(index 7\).*cell index \(3, 4\)",
+    ):
+        prepare(src, run, options=OPTS, config=CONFIG)
+    _assert_nothing_left(run)
+
+
+def test_failed_forced_rerun_keeps_the_old_store(tmp_path: Path) -> None:
+    ds, mask = make_dataset()
+    run = tmp_path / "run"
+    prepare(NetCDFSource(write_source(tmp_path, ds), mask, {}), run, options=OPTS, config=CONFIG)
+    bad = ds.copy(deep=True)
+    bad["tp"][30, 2, 2] = -1.0
+    src = NetCDFSource(write_source(tmp_path, bad, "bad.nc"), mask, {"tp": Log1p(1e-4)})
+    with pytest.raises(DataError, match=r"variable 'tp' has 1 values outside the domain"):
+        prepare(src, run, options=OPTS, config={"other": 1}, force=True)
+    assert sorted(p.name for p in run.iterdir()) == ["data"]
+    assert yaml.safe_load((run / "data" / "config.yaml").read_text()) == CONFIG
+    TrainingStore(run / "data" / "train.zarr").dataset()
+
+
+def test_constant_variable_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    ds, mask = make_dataset()
+    ds["sst"] = xr.full_like(ds["t2m"], 271.35)
+    src = NetCDFSource(write_source(tmp_path, ds), mask, {})
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"variable 'sst' is constant.*drop it from data.variables"):
+        prepare(src, run, options=OPTS, config=CONFIG)
+    _assert_nothing_left(run)
+
+
+def test_too_few_samples(tmp_path: Path) -> None:
+    ds, mask = make_dataset(n=6)
+    src = NetCDFSource(write_source(tmp_path, ds), mask, {})
+    with pytest.raises(DataError, match=r"in.nc: 6 samples are too few"):
+        prepare(src, tmp_path / "run", options=OPTS, config=CONFIG)
+    _assert_nothing_left(tmp_path / "run")
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        PrepareOptions(split={"train": 0.5, "val": 0.1, "test": 0.1})
+    with pytest.raises(ValueError, match="must name exactly"):
+        PrepareOptions(split={"train": 0.9, "test": 0.1})
+    with pytest.raises(ValueError):
+        PrepareOptions(cname="nope")
+
+
+def test_directory_checksum_covers_names_and_bytes(tmp_path: Path) -> None:
+    d = tmp_path / "src.zarr"
+    (d / "a").mkdir(parents=True)
+    (d / "a" / "0").write_bytes(b"xyz")
+    (d / "zarr.json").write_text("{}")
+    digest, size = sha256_path(d)
+    assert size == 5
+    (d / "a" / "0").rename(d / "a" / "1")
+    assert sha256_path(d)[0] != digest
+    with pytest.raises(DataError, match="does not exist"):
+        sha256_path(tmp_path / "missing.nc")
