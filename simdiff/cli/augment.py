@@ -41,7 +41,8 @@ def output_path(cfg: DictConfig) -> Path:
 def identity(cfg: DictConfig) -> Identity:
     """augment depends on its node (less how it runs), the seed, the stores and the models."""
     run = RunDir(cfg.run_dir)
-    config = {"augment": plain_node(cfg.augment, drop=RUN_KEYS), "seed": int(cfg.seed)}
+    config = {"augment": plain_node(cfg.augment, drop=RUN_KEYS), "sampler": plain_node(cfg.sampler),
+              "seed": int(cfg.seed)}
     return Identity(config, model_inputs(run), [output_path(cfg)])
 
 
@@ -75,7 +76,7 @@ def augment_stage(cfg: DictConfig) -> None:
         store,
         open_latents(run),
         loaded.models,
-        sampler_spec(aug),
+        sampler_spec(cfg, aug),
         filt,
         member_ids(aug.samples),
         str(aug.split),

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
+from simdiff.cli.nodes import build
 from simdiff.cli.stage_dir import claim, whole_field_identity
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
@@ -85,9 +86,9 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     static = static_fields(store, list(dm_cfg["conditioning"].get("static") or []))
     scale = residual_scale(store) if dm_cfg["residual"] else None
     model = build_model(dm_cfg, signature, dm.condition_sizes, static, scale)
-    sampler = instantiate(cfg.diffusion.sampler)
-    module = instantiate(cfg.diffusion.module, model=model, weights=dm.weights, sampler=sampler,
-                         seed=int(cfg.seed), signature=signature, _convert_="all")
+    # the Sampling object joins after instantiate: Hydra would turn a dataclass argument into a dict
+    module = instantiate(cfg.diffusion.module, model=model, weights=dm.weights, seed=int(cfg.seed),
+                         signature=signature, _convert_="all", _partial_=True)(sampling=build(cfg.sampler))
     last, best = resume_checkpoints(ckpt_dir, int(dm_cfg["checkpoint_every_n_steps"]))
     # after fit: the summary and a checkpoint copy (a second or two)
     budget = TimeBudget(dm_cfg["max_time"], started=started, reserve=3.0)

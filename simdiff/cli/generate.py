@@ -64,7 +64,8 @@ def model_inputs(run: RunDir) -> dict[str, Path]:
 def identity(cfg: DictConfig) -> Identity:
     """generate depends on its node (less how it runs), the seed, the stores and the models."""
     run = RunDir(cfg.run_dir)
-    config = {"generate": plain_node(cfg.generate, drop=RUN_KEYS), "seed": int(cfg.seed)}
+    config = {"generate": plain_node(cfg.generate, drop=RUN_KEYS), "sampler": plain_node(cfg.sampler),
+              "seed": int(cfg.seed)}
     return Identity(config, model_inputs(run), [output_path(cfg, build(cfg.generate.mode))])
 
 
@@ -100,7 +101,8 @@ def launch(cfg: DictConfig, key: str, run_keys: tuple[str, ...]) -> Loaded:
     )
     checksums = checkpoint_checksums(run)
     config = config_yaml(
-        {key: plain_node(node, drop=run_keys), "seed": int(cfg.seed), "checkpoints": checksums}
+        {key: plain_node(node, drop=run_keys), "sampler": plain_node(cfg.sampler), "seed": int(cfg.seed),
+         "checkpoints": checksums}
     )
     return Loaded(fabric, models, checksums, config)
 
@@ -117,7 +119,7 @@ def generate_stage(cfg: DictConfig) -> None:
         store,
         open_latents(run),
         models,
-        sampler_spec(gen),
+        sampler_spec(cfg, gen),
         member_ids(gen.members),
         int(cfg.seed),
         int(gen.batch_size),

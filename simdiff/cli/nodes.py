@@ -49,16 +49,11 @@ def ranks(node: DictConfig) -> Any:
     return fabric
 
 
-def sampler_spec(node: DictConfig) -> Any:
-    """The :class:`~simdiff.generate.rollout.SamplerSpec` of a generating stage's node."""
-    from simdiff.diffusion.schedules import karras_sigmas
+def sampler_spec(cfg: DictConfig, node: DictConfig) -> Any:
+    """The :class:`~simdiff.generate.rollout.SamplerSpec` of a generating stage: the root
+    ``sampler`` node with the stage's guidance and batch invariance."""
     from simdiff.generate.rollout import SamplerSpec
 
-    sigmas = karras_sigmas(int(node.steps), float(node.sigma_min), float(node.sigma_max), float(node.rho))
-    return SamplerSpec(
-        instantiate(node.sampler),
-        sigmas,
-        float(node.guidance),
-        tuple(node.guided),
-        bool(node.batch_invariant),
-    )
+    sampling = build(cfg.sampler)
+    return SamplerSpec(sampling.sampler, sampling.sigmas(), float(node.guidance), tuple(node.guided),
+                       bool(node.batch_invariant))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ import xarray as xr
 from simdiff.data.loading.patch import crop_shared
 from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.edm import EDMLoss
-from simdiff.diffusion.schedules import karras_sigmas
+from simdiff.diffusion.sampling import Sampling
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
 from simdiff.lit.optim import OptimizerFactory, adamw, check_factory, describe, optimizer_with_schedule
@@ -70,7 +70,9 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
     Args:
         model: the conditional denoiser (net, conditioner, residual mode).
         weights: ([d], h, w) latent cell weights (the loss averages cells with them).
-        sampler: ``sampler(denoiser, x, sigmas, generator=...)`` for the validation ensembles.
+        sampling: the sampler and its noise levels for the validation ensembles
+            (:class:`simdiff.diffusion.sampling.Sampling`, the config's ``sampler`` node); None: no
+            validation ensembles.
         p_mean, p_std: the log-normal training noise distribution.
         optimizer: ``params -> Optimizer`` (:mod:`simdiff.lit.optim`), called with the model's
             parameters; its learning rate is the peak of the schedule. Default: AdamW, lr 2e-4,
@@ -81,7 +83,8 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         sigma_bins: edges of the noise-level bins of the validation loss.
         crps_every: epochs between validation ensembles (0: never).
         crps_members, crps_states: ensemble size and number of validation states.
-        sample_steps, sigma_min, sigma_max, rho: the Karras noise levels of the validation ensembles.
+        crps_steps: noise levels of the validation ensembles (None: ``sampling.steps``), so
+            a large model's validation can cost less than its generation.
         signature: what the model is built for (kept in checkpoints; plain types).
     """
 
@@ -89,7 +92,7 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         self,
         model: ConditionalDenoiser,
         weights: torch.Tensor,
-        sampler: Callable[..., torch.Tensor] | None = None,
+        sampling: Sampling | None = None,
         *,
         p_mean: float = -1.2,
         p_std: float = 1.2,
@@ -103,19 +106,16 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         crps_every: int = 1,
         crps_members: int = 8,
         crps_states: int = 8,
-        sample_steps: int = 18,
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
-        rho: float = 7.0,
+        crps_steps: int | None = None,
         signature: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "weights", "sampler", "optimizer"])
+        self.save_hyperparameters(ignore=["model", "weights", "sampling", "optimizer"])
         self.optimizer_factory = (adamw(lr=2e-4, betas=(0.9, 0.99)) if optimizer is None
                           else check_factory(optimizer, "DiffusionModule"))
         self.hparams["optimizer"] = describe(self.optimizer_factory)  # plain values: weights_only checkpoints
         self.model = model
-        self.sampler = sampler
+        self.sampling = sampling
         w = weights.to(torch.float32)
         self.register_buffer("weights", w / w.mean())
         self.loss_fn = EDMLoss(sigma_data=model.precond.sigma_data, p_mean=p_mean, p_std=p_std)
@@ -177,7 +177,7 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
             sigma = torch.full((n,), math.sqrt(lo * hi), device=self.device)
             per, _ = self._loss(batch, self._val_gen, sigma=sigma, drop=False)
             self.log(f"val/loss_sigma_{lo:g}_{hi:g}", per.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        if batch_idx == 0 and self.ensemble_due(self.current_epoch) and self.sampler is not None:
+        if batch_idx == 0 and self.ensemble_due(self.current_epoch) and self.sampling is not None:
             crps, ratio = self._ensemble_scores(batch)
             self.log("val/crps", crps, on_epoch=True, batch_size=1, sync_dist=True)
             self.log("val/spread_skill", ratio, on_epoch=True, batch_size=1, sync_dist=True)
@@ -189,12 +189,12 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
 
     def validation_kind(self, epoch: int) -> str:
         """What the validation of ``epoch`` costs: "ensemble" (with the CRPS ensemble) or "loss"."""
-        return "ensemble" if self.ensemble_due(epoch) and self.sampler is not None else "loss"
+        return "ensemble" if self.ensemble_due(epoch) and self.sampling is not None else "loss"
 
     def sigmas(self) -> torch.Tensor:
         """The Karras noise levels the validation ensembles use."""
-        hp = self.hparams
-        return karras_sigmas(int(hp.sample_steps), float(hp.sigma_min), float(hp.sigma_max), float(hp.rho))
+        assert self.sampling is not None
+        return self.sampling.sigmas(self.hparams.crps_steps)
 
     def _ensemble_scores(self, batch: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         """CRPS and corrected spread-skill of a small ensemble on the first states of ``batch``."""
@@ -206,7 +206,7 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         rows = {key: v[:k].repeat_interleave(m, dim=0) for key, v in batch.items() if key != "index"}
         truth = batch["target"][:k]
         shape = (k * m, *truth.shape[1:])
-        samples = self.model.sample(rows, shape, sampler=self.sampler, sigmas=self.sigmas(),
+        samples = self.model.sample(rows, shape, sampler=self.sampling.sampler, sigmas=self.sigmas(),
                                     generator=self._val_gen)
         ens = samples.float().reshape(k, m, *truth.shape[1:]).cpu().numpy()
         dims = ["case", "realization", *[f"d{i}" for i in range(truth.ndim - 1)]]

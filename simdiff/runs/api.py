@@ -15,6 +15,7 @@ are the numbers ``simdiff generate`` writes, bit for bit (the same code computes
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from functools import cached_property
@@ -29,7 +30,8 @@ from simdiff.base.errors import DataError
 from simdiff.data.stores.latents import LatentStore
 from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import TrainingStore
-from simdiff.diffusion.schedules import karras_sigmas
+from simdiff.diffusion.samplers import sample_heun
+from simdiff.diffusion.sampling import Sampling
 from simdiff.generate.rollout import SamplerSpec
 from simdiff.runs.evaluation import Scoring, score_forecast
 from simdiff.runs.layout import RunDir
@@ -91,19 +93,12 @@ class Run:
         guided: Sequence[str] = GUIDED,
         batch_invariant: bool = True,
     ) -> SamplerSpec:
-        """How to sample: ``sampler`` (a function of :mod:`simdiff.diffusion.samplers`; default
-        Heun, as the model was validated with) over ``steps`` Karras noise levels."""
-        if sampler is None:
-            from simdiff.base.registry import build_spec
-
-            spec = self.models(0).diffusion["sampler"]
-            sampler = build_spec(spec, source=str(self.dir.config("diffusion")), key="diffusion.sampler")
+        """How to sample: ``sampler`` (a function of :mod:`simdiff.diffusion.samplers`, default
+        Heun without churn, as ``conf/sampler/heun.yaml``) over ``steps`` Karras noise levels."""
+        fn = sampler if sampler is not None else functools.partial(sample_heun, s_churn=0.0)
+        sampling = Sampling(fn, int(steps), float(sigma_min), float(sigma_max), float(rho))
         return SamplerSpec(
-            sampler,
-            karras_sigmas(int(steps), float(sigma_min), float(sigma_max), float(rho)),
-            float(guidance),
-            tuple(guided),
-            bool(batch_invariant),
+            sampling.sampler, sampling.sigmas(), float(guidance), tuple(guided), bool(batch_invariant)
         )
 
     def _generation(
@@ -261,8 +256,9 @@ class Run:
         src = self.store.dataset()
         sdim = self.store.layout.sample_dim
         data = xr.DataArray(fields, dims=(sdim, *src["data"].dims[1:]), coords={"channel": src["channel"]})
-        ds = xr.Dataset({"data": data, "mean": src["mean"], "std": src["std"], "mask": src["mask"]},
-                        attrs=src.attrs)
+        ds = xr.Dataset(
+            {"data": data, "mean": src["mean"], "std": src["std"], "mask": src["mask"]}, attrs=src.attrs
+        )
         return denormalise(ds).load()
 
     # -- scoring ---------------------------------------------------------------------------

@@ -185,8 +185,8 @@ CONFIG_PAYLOADS = {
                    "+trainer.callbacks=[{{_target_: torch.load, f: '{ckpt}', weights_only: false}}]",
                    "trainer.callbacks[0]._target_ = 'torch.load'"),
     # a sampler swapped for a shell
-    "subprocess.call": ("generate", "diffusion.sampler._target_=subprocess.call",
-                        "diffusion.sampler._target_ = 'subprocess.call'"),
+    "subprocess.call": ("generate", "sampler.sampler._target_=subprocess.call",
+                        "sampler.sampler._target_ = 'subprocess.call'"),
 }
 
 

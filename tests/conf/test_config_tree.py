@@ -118,7 +118,7 @@ def _build_autoencoder(ae: DictConfig) -> None:
     _check_optimizer(module, ae.module.optimizer)
 
 
-def _build_diffusion(dmc: DictConfig) -> None:
+def _build_diffusion(dmc: DictConfig, sampler: DictConfig) -> None:
     from simdiff.diffusion.denoiser import ConditionalDenoiser
     from simdiff.nets.conditioning import Conditioner
 
@@ -129,8 +129,10 @@ def _build_diffusion(dmc: DictConfig) -> None:
                        cond_channels=conditioner.spatial_channels)
     model = ConditionalDenoiser(unet, conditioner, sigma_data=float(dmc.sigma_data),
                                 residual=bool(dmc.residual), residual_scale=torch.ones(2))
-    module = instantiate(dmc.module, model=model, weights=torch.ones(4, 4), sampler=instantiate(dmc.sampler),
-                         seed=0, signature={}, _convert_="all")
+    sampling = instantiate(sampler)  # as train-diffusion: joined after instantiate (a dataclass)
+    module = instantiate(dmc.module, model=model, weights=torch.ones(4, 4), seed=0, signature={},
+                         _convert_="all", _partial_=True)(sampling=sampling)
+    assert module.sigmas()[0] == pytest.approx(float(sampler.sigma_max))
     _check_optimizer(module, dmc.module.optimizer)
 
 
@@ -155,8 +157,8 @@ def _build_stages(cfg: DictConfig, plain: dict[str, Any], tmp_path: Path) -> Non
         assert not dm.path.exists()  # built without a store
     if _first_time("autoencoder", plain["autoencoder"]):
         _build_autoencoder(cfg.autoencoder)
-    if _first_time("diffusion", plain["diffusion"]):
-        _build_diffusion(cfg.diffusion)
+    if _first_time("diffusion", plain["diffusion"], plain["sampler"]):
+        _build_diffusion(cfg.diffusion, cfg.sampler)
     if _first_time("trainer", plain["trainer"], plain["autoencoder"]):
         _build_trainer(cfg, tmp_path)
 

@@ -14,6 +14,7 @@ from simdiff.data.sources.simulators.qg_source import QGSource
 from simdiff.data.stores.prepare import PrepareOptions, prepare
 from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.samplers import sample_euler
+from simdiff.diffusion.sampling import Sampling
 from simdiff.lit.diffusion import DiffusionModule, load_ema_model, parameter_checksum
 from simdiff.nets.conditioning import Conditioner
 from simdiff.nets.unet import UNet
@@ -35,8 +36,9 @@ def build(run: Path, residual: bool = False) -> tuple[DiffusionModule, SimdiffDa
                factors=((2, 2),), blocks=1, attention=(False, True), emb_dim=16)
     scale = torch.tensor([0.5, 0.25]) if residual else None
     model = ConditionalDenoiser(net, cond, residual=residual, residual_scale=scale)
-    module = DiffusionModule(model, dm.weights, sample_euler, warmup_steps=3, cosine=True, ema_decay=0.9,
-                             crps_every=1, crps_members=3, crps_states=2, sample_steps=3, seed=0)
+    module = DiffusionModule(model, dm.weights, Sampling(sample_euler, steps=3),
+                             warmup_steps=3, cosine=True, ema_decay=0.9,
+                             crps_every=1, crps_members=3, crps_states=2, seed=0)
     return module, dm
 
 

@@ -19,6 +19,7 @@ from simdiff.data.loading.patch import crop_shared
 from simdiff.data.stores.training import TrainingStore
 from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.samplers import sample_euler
+from simdiff.diffusion.sampling import Sampling
 from simdiff.lit.autoencoder import AutoencoderModule
 from simdiff.lit.diffusion import DiffusionModule
 from simdiff.nets.autoencoder import Autoencoder
@@ -118,8 +119,9 @@ def test_diffusion_on_latent_crops_crops_previous_states_and_static_fields_toget
     net = UNet(2, 2, store.periodic, cond_channels=cond.spatial_channels, channels=(8, 16),
                factors=((2, 2),), blocks=1, attention=(False, True), emb_dim=16)
     model = ConditionalDenoiser(net, cond)
-    module = DiffusionModule(model, dm.weights, sample_euler, warmup_steps=2, crps_every=1, crps_members=2,
-                             crps_states=2, sample_steps=3)
+    module = DiffusionModule(model, dm.weights, Sampling(sample_euler, steps=3),
+                             warmup_steps=2, crps_every=1, crps_members=2,
+                             crps_states=2)
     trainer = fit(module, dm, tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     assert trainer.global_step > 0 and torch.isfinite(trainer.callback_metrics["val/crps"])
     # generate runs on whole fields: no origin, the whole static field
