@@ -32,12 +32,12 @@ from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.nodes import plain_node
-from simdiff.cli.stage_dir import claim, whole_field_identity
 from simdiff.data.stores.training import TrainingStore
 from simdiff.runs.autoencoder import encode_run, publish_checkpoint, reconstruction_report
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_net
+from simdiff.runs.stage_dir import claim, whole_field_identity
 
 log = logging.getLogger("simdiff")
 

@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.nodes import build
-from simdiff.cli.stage_dir import claim, whole_field_identity
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_model, latent_signature, open_latents, residual_scale, static_fields
+from simdiff.runs.stage_dir import claim, whole_field_identity
 from simdiff.runs.training import finish_diffusion
 
 log = logging.getLogger("simdiff")

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -22,6 +21,7 @@ from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
 from simdiff.cli.generate import generate_stage
+from simdiff.evaluate.html import report_summary
 from simdiff.runs import completion
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
@@ -116,21 +116,3 @@ def run_all(cfg: DictConfig) -> None:
     log.info("run_dir: %s", cfg.run_dir)
     if cfg.main_job.get("why"):
         log.warning("the main job ends after %s: %s", chain[-1], cfg.main_job.why)
-
-
-def report_summary(metrics: dict[str, Any]) -> list[str]:
-    """Per variable: CRPS against the baselines (lower is better), spread-skill (1: calibrated)."""
-
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.4g}"
-
-    lines = [f"forecast: {metrics.get('members')} members x {metrics.get('cases')} cases, "
-             f"leads {metrics.get('lead_times')}"]
-    for key, e in metrics.get("variables", {}).items():
-        clim, crps = e.get("crps_climatology"), e.get("crps")
-        verdict = "" if clim is None or crps is None else (" (beats climatology)" if crps < clim else
-                                                            " (WORSE than climatology)")
-        lines.append(f"  {key}: CRPS {fmt(crps)} vs climatology {fmt(clim)}, persistence "
-                     f"{fmt(e.get('crps_persistence'))}, AE ceiling {fmt(e.get('crps_ae_ceiling'))}"
-                     f"{verdict}; spread-skill {fmt(e.get('spread_skill'))}")
-    return lines

@@ -168,3 +168,21 @@ def write_csv(metrics: dict[str, Any], path: Path) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
         writer.writeheader()
         writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+
+
+def report_summary(metrics: dict[str, Any]) -> list[str]:
+    """Per variable: CRPS against the baselines (lower is better), spread-skill (1: calibrated)."""
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}"
+
+    lines = [f"forecast: {metrics.get('members')} members x {metrics.get('cases')} cases, "
+             f"leads {metrics.get('lead_times')}"]
+    for key, e in metrics.get("variables", {}).items():
+        clim, crps = e.get("crps_climatology"), e.get("crps")
+        verdict = "" if clim is None or crps is None else (" (beats climatology)" if crps < clim else
+                                                            " (WORSE than climatology)")
+        lines.append(f"  {key}: CRPS {fmt(crps)} vs climatology {fmt(clim)}, persistence "
+                     f"{fmt(e.get('crps_persistence'))}, AE ceiling {fmt(e.get('crps_ae_ceiling'))}"
+                     f"{verdict}; spread-skill {fmt(e.get('spread_skill'))}")
+    return lines
