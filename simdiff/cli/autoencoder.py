@@ -34,7 +34,7 @@ from simdiff.cli.app import stage_started
 from simdiff.cli.nodes import plain_node
 from simdiff.data.stores.training import TrainingStore
 from simdiff.runs.autoencoder import encode_run, publish_checkpoint, reconstruction_report
-from simdiff.runs.completion import Identity
+from simdiff.runs.completion import Identity, trained
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_net
 from simdiff.runs.stage_dir import claim, whole_field_identity
@@ -64,7 +64,7 @@ def identity(cfg: DictConfig) -> Identity:
 def encode_identity(cfg: DictConfig) -> Identity:
     """encode depends on the training store and the trained autoencoder only."""
     run = RunDir(cfg.run_dir)
-    return Identity({}, {"training store": run.store, "autoencoder": run.final("autoencoder")}, [run.latents])
+    return Identity({}, {"training store": run.store, **trained(run, "autoencoder")}, [run.latents])
 
 
 def train_patch(ae: Any, signature: dict[str, Any]) -> list[int] | None:

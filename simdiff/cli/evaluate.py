@@ -21,7 +21,7 @@ from simdiff.cli.nodes import build, plain_node
 from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import open_output
-from simdiff.runs.completion import Identity
+from simdiff.runs.completion import Identity, trained
 from simdiff.runs.evaluation import Scoring, score_augmented, score_forecast
 from simdiff.runs.layout import RunDir
 
@@ -45,7 +45,7 @@ def identity(cfg: DictConfig) -> Identity:
     if augmented.exists():
         inputs["augmented"] = augmented
     if cfg.evaluate.baselines.ae_ceiling and run.final("autoencoder").is_file():
-        inputs["autoencoder"] = run.final("autoencoder")
+        inputs.update(trained(run, "autoencoder"))
     config = {"evaluate": plain_node(cfg.evaluate), "seed": int(cfg.seed)}
     return Identity(config, inputs, [run.metrics, run.report / "index.html"])
 

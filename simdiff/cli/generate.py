@@ -21,7 +21,7 @@ from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.nodes import build, plain_node, ranks, sampler_spec
 from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import output_attrs
-from simdiff.runs.completion import Identity
+from simdiff.runs.completion import Identity, trained
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import (
     checkpoint_checksums,
@@ -53,12 +53,7 @@ def output_path(cfg: DictConfig, mode: Any) -> Path:
 
 def model_inputs(run: RunDir) -> dict[str, Path]:
     """What a generating stage reads: the stores and both trained models."""
-    return {
-        "training store": run.store,
-        "latents": run.latents,
-        "autoencoder": run.final("autoencoder"),
-        "diffusion": run.final("diffusion"),
-    }
+    return {"training store": run.store, "latents": run.latents, **trained(run, "autoencoder", "diffusion")}
 
 
 def identity(cfg: DictConfig) -> Identity:

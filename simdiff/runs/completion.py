@@ -63,6 +63,16 @@ class Identity:
     outputs: list[Path] = field(default_factory=list)
 
 
+def trained(run: RunDir, *stages: str) -> dict[str, Path]:
+    """The inputs a stage reads from trained models: each final checkpoint and the config.yaml the
+    network is rebuilt from (a changed one is a changed input)."""
+    out: dict[str, Path] = {}
+    for stage in stages:
+        out[stage] = run.final(stage)
+        out[f"{stage} config"] = run.config(stage)
+    return out
+
+
 def _stat(path: Path) -> tuple[int, int]:
     """(bytes, newest mtime_ns) of a file, or of a folder's files."""
     if path.is_file():
@@ -159,7 +169,8 @@ def stage(run: RunDir, name: str, identity: Identity, *, force: bool = False) ->
                     "(and then the stages that read its outputs), or use another run_dir"
                 )
             log.info("%s: force=true, redoing it (%s)", name, "; ".join(changes))
-        path.unlink(missing_ok=True)  # a stage that fails half-way leaves no record
+        # The old record stays until the stage succeeds: outputs are published atomically, so
+        # they are either those it describes, or newer ones it refuses as changed (never trusted).
         yield True
         # the inputs as the stage read them (a stage may refresh a cached checksum)
         now = {k: fingerprint(Path(p), now.get(k) or known.get(k)) for k, p in identity.inputs.items()}
