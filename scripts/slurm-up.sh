@@ -36,6 +36,14 @@ alive() {  # alive PIDFILE: the process named in PIDFILE runs
   [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
+running() {  # running NAME: print the PID of a process called NAME, if one runs (no procps needed)
+  local f
+  for f in /proc/[0-9]*/comm; do
+    if [ "$(cat "$f" 2>/dev/null)" = "$1" ]; then f=${f#/proc/}; echo "${f%/comm}"; return 0; fi
+  done
+  return 1
+}
+
 node_state() {
   sinfo -h -N -n localhost -o %T 2>/dev/null | head -n1 || true
 }
@@ -48,6 +56,17 @@ if alive "$dir/slurmctld.pid" && alive "$dir/slurmd.pid" && up "$(node_state)"; 
   echo "slurm-up: already up ($conf); export SLURM_CONF=$conf"
   exit 0
 fi
+
+# A daemon running without its PID file here was started from another state folder (or the
+# folder was removed under it): starting a second one would fail on its port while sinfo answers
+# from the first. Stop it with the slurm-down.sh of its folder (or by its PID) first.
+for d in slurmctld slurmd; do
+  if ! alive "$dir/$d.pid" && pid=$(running "$d"); then
+    echo "slurm-up: $d already runs (PID $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)) but not from $dir;" \
+      "stop it first" >&2
+    exit 1
+  fi
+done
 
 mkdir -p "$dir/state" "$dir/spool"
 
