@@ -15,6 +15,7 @@ with :func:`restart_stage_clock`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -61,9 +62,49 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else REPO_ROOT / "conf"
 
 
+#: Longest folder name of a sweep point before it is shortened (file systems allow 255 bytes).
+POINT_NAME_MAX = 160
+
+
+def point_name(overrides: str) -> str:
+    """The folder of a sweep point, from its overrides (Hydra's ``job.override_dirname``: the
+    job's ``key=value`` overrides sorted and joined by ``,``, without the keys in
+    ``hydra.job.config.override_dirname.exclude_keys``).
+
+    ``/`` in a value is written ``%2F`` (one folder per point); ``default`` when there are none;
+    past :data:`POINT_NAME_MAX` characters the name is cut and ends with the sha256 of the whole.
+    """
+    name = overrides.replace("%", "%25").replace("/", "%2F") or "default"
+    if len(name) > POINT_NAME_MAX:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        name = f"{name[: POINT_NAME_MAX - 17]}-{digest}"
+    return name
+
+
+def sweep_point(sweep_dir: str | None, overrides: str) -> str:
+    """``run_dir`` when none is given: ``sweep_dir/POINT`` (:func:`point_name`), the same folder
+    for the same overrides whenever the point runs (a requeued or re-submitted job finds its
+    checkpoints and completion records)."""
+    if sweep_dir is None:
+        raise ValueError("run_dir is required: run_dir=DIR, or for a sweep (-m) sweep_dir=DIR "
+                         "(each point's run_dir is then DIR/<its overrides>)")
+    return str(Path(sweep_dir) / point_name(overrides))
+
+
+def _if_set(value: Any, then: Any, otherwise: Any) -> Any:
+    return otherwise if value is None else then
+
+
 def _register_resolvers() -> None:
-    if not OmegaConf.has_resolver("simdiff.repo_root"):
-        OmegaConf.register_new_resolver("simdiff.repo_root", lambda: str(REPO_ROOT))
+    resolvers: dict[str, Callable[..., Any]] = {
+        "simdiff.repo_root": lambda: str(REPO_ROOT),
+        "simdiff.point": point_name,
+        "simdiff.sweep_point": sweep_point,
+        "simdiff.if_set": _if_set,  # ${simdiff.if_set:VALUE,THEN,OTHERWISE}: OTHERWISE when VALUE is null
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def to_plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
