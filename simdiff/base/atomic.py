@@ -42,3 +42,23 @@ def write_json(obj: Any, path: str | Path, *, allow_nan: bool = False) -> Path:
     with atomic_file(path) as fh:
         fh.write(text)
     return Path(path)
+
+
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) across processes.
+
+    ``flock`` on a file beside a cache: a second process that wants to build the same cached
+    data waits here, then finds it built. The kernel drops the lock when its process dies, so a
+    killed job never leaves a stale lock behind.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

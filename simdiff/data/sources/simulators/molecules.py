@@ -47,6 +47,7 @@ from ase.build import molecule as ase_molecule
 from ase.collections import g2
 from rich.progress import Progress
 
+from simdiff.base.atomic import exclusive
 from simdiff.base.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry, lattice_array
@@ -361,6 +362,10 @@ class MoleculeDensities:
     def generate(self, n: int | None = None) -> Path:
         """Compute every missing density among the first ``n`` (default ``n_samples``)."""
         n = self.n_samples if n is None else min(n, self.n_samples)
+        with exclusive(self.store_path.with_suffix(".lock")):  # one writer per cache entry
+            return self._generate(n)
+
+    def _generate(self, n: int) -> Path:
         group = self._open_group()
         done = np.asarray(group["done"][:n], dtype=bool)
         todo = np.flatnonzero(~done)

@@ -31,6 +31,7 @@ import xarray as xr
 import zarr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from simdiff.base.atomic import exclusive
 from simdiff.base.errors import DataError
 from simdiff.data.field import Field
 from simdiff.data.geometry import Geometry
@@ -195,8 +196,13 @@ class QGSource:
         Returns:
             The final store path (or the work dir when stopped early).
         """
-        with torch_threads(1):
-            return self._generate(stop_after)
+        # One process builds a cache entry; another that asks for it meanwhile (the points of a
+        # sweep share cache_dir) waits for it, then finds it complete.
+        with exclusive(self.path.with_suffix(".lock")):
+            if self.is_complete():
+                return self.path
+            with torch_threads(1):
+                return self._generate(stop_after)
 
     def _generate(self, stop_after: int | None) -> Path:
         model = QGModel(self.params)

@@ -271,3 +271,21 @@ def test_statistically_steady_turbulence_and_spectrum() -> None:
     dk = 2 * math.pi / model.params.length
     slope = spectral_slope(e, 1 / model.params.deformation_radius, 0.8 * model.cutoff * dk)
     assert -6.0 < slope < -3.0, slope
+
+
+def test_two_processes_asking_for_the_same_cache_build_it_once(tmp_path) -> None:
+    """The points of a sweep share cache_dir: the second process waits for the first's
+    trajectory instead of writing into the same partial store (which broke one of them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from simdiff.data.sources.simulators.qg_source import QGSource; "
+            "src = QGSource(cache_dir=sys.argv[1], nx=16, spinup_days=30, snapshot_every=6, n_snapshots=150, "
+            "progress=False); print(float(src.open().data['q'].sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[0][0] == outs[1][0]
+    cache = tmp_path / "qg"
+    assert len(list(cache.glob("qg-*.zarr"))) == 1 and not list(cache.glob("*.partial"))
