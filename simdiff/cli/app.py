@@ -145,6 +145,11 @@ def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> No
             log.error("%s", err)
             print(f"simdiff {name}: {err}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+        except Exception:
+            # into the job's own log too: a launcher (submitit) keeps the exception in the job's
+            # result and its log would otherwise hold no traceback
+            log.exception("simdiff %s failed", name)
+            raise
         finally:
             restart_stage_clock()  # a next job (multirun) counts from its own start
 
