@@ -40,16 +40,6 @@ class Ranks(Protocol):
     def barrier(self) -> None: ...
 
 
-class OneProcess:
-    """:class:`Ranks` of a single process (the Python API, a notebook)."""
-
-    global_rank = 0
-    world_size = 1
-
-    def barrier(self) -> None:
-        return None
-
-
 class Job(Protocol):
     """A generated output: see the module docstring."""
 
