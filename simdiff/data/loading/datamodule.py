@@ -32,6 +32,7 @@ fields there (``simdiff.data.loading.patch``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +45,8 @@ from torch.utils.data import DataLoader
 from simdiff.data.geometry import Geometry
 from simdiff.data.loading.loader import ChunkedSampleDataset
 from simdiff.data.stores.training import TrainingStore
+
+log = logging.getLogger("simdiff")
 
 
 class EpochDataLoader(DataLoader):
@@ -209,11 +212,14 @@ class SimdiffDataModule(L.LightningDataModule):
 
     @property
     def condition_sizes(self) -> dict[str, int]:
-        """Conditions in the batches and their sizes: features F, covariates K, label classes."""
+        """Conditions in the batches and their sizes: features F, covariates K, label classes,
+        atom channels."""
         sizes: dict[str, int] = {}
         for name in ("time_features", "covariates"):
             if self.store.has(name):
                 sizes[name] = int(self.store.group[name].shape[1])  # type: ignore[union-attr]
+        if self.store.has("atoms"):
+            sizes["atoms"] = int(self.store.group["atoms"].shape[1])  # type: ignore[union-attr]
         if self.store.has("label"):
             names = self.store.group["label"].attrs.get("label_names")
             sizes["label"] = len(names) if names else int(self.store.array("label").max()) + 1
@@ -221,21 +227,38 @@ class SimdiffDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        """Build the split datasets (after DDP starts, so they shard by its rank)."""
+        """Build the split datasets (after DDP starts, so they shard by its rank).
+
+        A train split smaller than one batch per rank would give no training batch at all
+        (the last partial batch is dropped): it is trained on in batches of what it has, with a
+        warning.
+        """
         for split in ("train", "val", "test"):
-            self.datasets[split] = ChunkedSampleDataset(
-                self.store,
-                split=split,
-                batch_size=self.batch_size,
-                window=self.window,
-                shuffle=split == "train",
-                seed=self.seed,
-                drop_last=self.drop_last and split == "train",
-                shuffle_buffer_chunks=self.shuffle_buffer_chunks,
-                reader_threads=self.reader_threads,
-                patch=self.patch if split == "train" or self.val_patch else None,
-                fixed_patches=split != "train",
+            self.datasets[split] = self._dataset(split, self.batch_size)
+        train = self.datasets["train"]
+        have = train._rank_samples()
+        if self.drop_last and 0 < have < self.batch_size:
+            log.warning(
+                "%s: the train split has %d sample(s) per rank, fewer than the batch size %d; training "
+                "on batches of %d (set the stage's batch_size <= %d to silence this)",
+                self.store.path, have, self.batch_size, have, have,
             )
+            self.datasets["train"] = self._dataset("train", have)
+
+    def _dataset(self, split: str, batch_size: int) -> ChunkedSampleDataset:
+        return ChunkedSampleDataset(
+            self.store,
+            split=split,
+            batch_size=batch_size,
+            window=self.window,
+            shuffle=split == "train",
+            seed=self.seed,
+            drop_last=self.drop_last and split == "train",
+            shuffle_buffer_chunks=self.shuffle_buffer_chunks,
+            reader_threads=self.reader_threads,
+            patch=self.patch if split == "train" or self.val_patch else None,
+            fixed_patches=split != "train",
+        )
 
     def _current_epoch(self) -> int | None:
         """The epoch the fit loop runs: its processed-epoch count, as Lightning gives samplers.

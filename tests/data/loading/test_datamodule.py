@@ -131,3 +131,13 @@ def test_config_node_instantiates_the_datamodule(run_dir: Path) -> None:
     assert dm.path == run_dir / "data" / "train.zarr"
     assert dm.batch_size == 4 and dm.num_workers == 0 and dm.seed == 5
     assert dm.reader_threads == 2 and SimdiffDataModule(run_dir).num_workers == 0  # threads by default
+
+
+def test_a_batch_larger_than_the_train_split_trains_on_what_it_has(run_dir: Path, caplog) -> None:
+    n_train = len(window_targets(SPLIT, BLOCK, 0, 1))
+    dm = SimdiffDataModule(run_dir, batch_size=n_train + 5, num_workers=0)
+    with caplog.at_level("WARNING", logger="simdiff"):
+        dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 1 and batches[0]["target"].shape[0] == n_train  # never zero batches
+    assert f"fewer than the batch size {n_train + 5}" in caplog.text
