@@ -65,6 +65,7 @@ SHIPPED: frozenset[str] = frozenset({
     "lightning.pytorch.callbacks.RichProgressBar",
     "simdiff.runs.modes.Forecast",  # generate/mode: the generation modes (the rest of runs/ is denied)
     "simdiff.runs.modes.Sample",
+    "simdiff.runs.modes.Conditional",
 })
 
 #: Where config targets may come from (a prefix ends with "."); see the module docstring.

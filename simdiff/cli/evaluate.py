@@ -22,25 +22,34 @@ from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import open_output
 from simdiff.runs.completion import Identity, trained
-from simdiff.runs.evaluation import Scoring, score_augmented, score_forecast
+from simdiff.runs.evaluation import Scoring, molecular_report, score_augmented, score_forecast
 from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
 
 
-def _inputs(cfg: DictConfig) -> tuple[Path, Path]:
-    """What evaluate scores: forecast mode's output (else run_dir/forecast.zarr) and the augmented set."""
+def _inputs(cfg: DictConfig) -> tuple[Path, Path, Path | None]:
+    """What evaluate scores: forecast mode's output (else run_dir/forecast.zarr), the augmented
+    set, and conditional mode's output (None in the other modes)."""
     mode = build(cfg.generate.mode)
     forecast = output_path(cfg, mode) if mode.kind == "forecast" else RunDir(cfg.run_dir).output("forecast")
-    return forecast, augment_output_path(cfg)
+    conditional = output_path(cfg, mode) if mode.kind == "conditional" else None
+    return forecast, augment_output_path(cfg), conditional
+
+
+def _scores_forecast(forecast: Path, augmented: Path, conditional: Path | None) -> bool:
+    """The forecast is scored when it is there, or when nothing else is (then its absence is the error)."""
+    return forecast.exists() or not (augmented.exists() or (conditional is not None and conditional.exists()))
 
 
 def identity(cfg: DictConfig) -> Identity:
     """evaluate depends on its node, the seed, the truth, the outputs it scores and the autoencoder."""
     run = RunDir(cfg.run_dir)
-    forecast, augmented = _inputs(cfg)
+    forecast, augmented, conditional = _inputs(cfg)
     inputs = {"training store": run.store}
-    if forecast.exists() or not augmented.exists():
+    if conditional is not None and conditional.exists():
+        inputs["conditional"] = conditional
+    if _scores_forecast(forecast, augmented, conditional):
         inputs["forecast"] = forecast
     if augmented.exists():
         inputs["augmented"] = augmented
@@ -48,6 +57,27 @@ def identity(cfg: DictConfig) -> Identity:
         inputs.update(trained(run, "autoencoder"))
     config = {"evaluate": plain_node(cfg.evaluate), "seed": int(cfg.seed)}
     return Identity(config, inputs, [run.metrics, run.report / "index.html"])
+
+
+def molecular_table(molecular: dict[str, Any]) -> Any:
+    """A rich table: per variable and molecule, electron-count error, radial error, peak ratio."""
+    from rich.table import Table
+
+    table = Table(title="generated densities against their references (same molecule, geometry, grid)")
+    for col in ("variable", "molecule", "count err median", "count err p90", "radial err", "peak ratio",
+                "negative"):
+        table.add_column(col, justify="left" if col in ("variable", "molecule") else "right")
+    for name, e in molecular.items():
+        if not isinstance(e, dict) or "electron_count_relative_error" not in e:
+            continue
+        c = e["electron_count_relative_error"]
+        radial, peak = e["radial_profile_relative_error"]["median"], e["peak_ratio"]["median"]
+        table.add_row(name, "all", f"{c['median']:.3%}", f"{c['p90']:.3%}", f"{radial:.3g}", f"{peak:.3g}",
+                      f"{e['negative_fraction']:.3g}")
+        for mol, m in e.get("by_molecule", {}).items():
+            table.add_row("", mol, f"{m['electron_count_relative_error']:.3%}", "",
+                          f"{m['radial_profile_relative_error']:.3g}", f"{m['peak_ratio']:.3g}", "")
+    return table
 
 
 def evaluate_stage(cfg: DictConfig) -> None:
@@ -66,12 +96,19 @@ def evaluate_stage(cfg: DictConfig) -> None:
         climatology_window_days=float(ev.climatology_window_days),
         spectra=bool(ev.spectra),
     )
-    path, augmented = _inputs(cfg)
+    path, augmented, conditional = _inputs(cfg)
     store = TrainingStore(run.store)
     truth = denormalise(store.dataset())  # the truth first: a store with a foreign transform stops here
     metrics: dict[str, Any] = {}
     forecast = None
-    if path.exists() or not augmented.exists():
+    figures: dict[str, Any] = {}
+    if conditional is not None and conditional.exists():
+        output = open_output(conditional)
+        log.info("evaluate: %s, %d members x %d conditions", conditional, output.sizes["realization"],
+                 output.sizes["condition"])
+        metrics["molecular"], figures = molecular_report(run, output)
+        metrics["molecular"]["source"] = str(conditional)
+    if _scores_forecast(path, augmented, conditional):
         forecast = open_output(path)
         log.info(
             "evaluate: %s, %d members x %d inits x %d leads",
@@ -87,10 +124,14 @@ def evaluate_stage(cfg: DictConfig) -> None:
         log.info("evaluate: %s, %d synthetic samples", augmented, int(synthetic["synthetic"].sum()))
         metrics["augment"] = score_augmented(run, synthetic)
         metrics["augment"]["source"] = str(augmented)
-    figures = None
     if forecast is not None:
-        figures = report_figures(metrics, forecast=forecast, truth=truth, sample_dim=store.layout.sample_dim)
+        sdim = store.layout.sample_dim
+        figures.update(report_figures(metrics, forecast=forecast, truth=truth, sample_dim=sdim))
+    else:
+        figures.update(report_figures(metrics))
     out = write_report(metrics, run.report, figures)
     if forecast is not None:
         Console(stderr=True, width=160).print(summary_table(metrics))
+    if "molecular" in metrics:
+        Console(stderr=True, width=160).print(molecular_table(metrics["molecular"]))
     log.info("evaluate: report in %s (open index.html)", out)

@@ -19,8 +19,10 @@ from omegaconf import DictConfig
 
 from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.nodes import build, plain_node, ranks, sampler_spec
+from simdiff.data.stores.atoms import has_atoms
 from simdiff.data.stores.training import TrainingStore
-from simdiff.generate.output import output_attrs
+from simdiff.generate.cubes import write_cubes
+from simdiff.generate.output import open_output, output_attrs
 from simdiff.runs.completion import Identity, trained
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import (
@@ -56,12 +58,22 @@ def model_inputs(run: RunDir) -> dict[str, Path]:
     return {"training store": run.store, "latents": run.latents, **trained(run, "autoencoder", "diffusion")}
 
 
+def writes_cubes(mode: Any, store: TrainingStore) -> bool:
+    """Whether generate also writes cube files: a conditional mode asking for them, on a voxel
+    grid whose store has atoms."""
+    return bool(getattr(mode, "cubes", False)) and has_atoms(store) and store.layout.depth_dim is not None
+
+
 def identity(cfg: DictConfig) -> Identity:
     """generate depends on its node (less how it runs), the seed, the stores and the models."""
     run = RunDir(cfg.run_dir)
     config = {"generate": plain_node(cfg.generate, drop=RUN_KEYS), "sampler": plain_node(cfg.sampler),
               "seed": int(cfg.seed)}
-    return Identity(config, model_inputs(run), [output_path(cfg, build(cfg.generate.mode))])
+    mode = build(cfg.generate.mode)
+    outputs = [output_path(cfg, mode)]
+    if run.store.exists() and writes_cubes(mode, TrainingStore(run.store)):
+        outputs.append(run.cubes)
+    return Identity(config, model_inputs(run), outputs)
 
 
 @dataclass
@@ -136,3 +148,7 @@ def generate_stage(cfg: DictConfig) -> None:
         ranks=loaded.fabric,
         force=bool(cfg.force),
     )
+    if loaded.fabric.global_rank == 0 and writes_cubes(mode, store):
+        with open_output(target) as out:
+            files = write_cubes(out, run.cubes, store.attrs["geometry"])
+        log.info("generate: wrote %d cube files to %s", len(files), run.cubes)

@@ -76,14 +76,24 @@ class ConditionalDenoiser(nn.Module):
         return previous[:, -1] + y * self._scale(y)
 
     def conditions(
-        self, batch: Mapping[str, torch.Tensor], drop: Mapping[str, torch.Tensor] | None = None
+        self,
+        batch: Mapping[str, torch.Tensor],
+        drop: Mapping[str, torch.Tensor] | None = None,
+        *,
+        n: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``{"spatial", "vector"}`` for a loader batch (keys previous/time_features/covariates/label).
+        """``{"spatial", "vector"}`` for a loader batch (keys previous/time_features/covariates/
+        label/atoms); ``n`` the batch size where no tensor of the batch gives it (an
+        unconditional draw has an empty batch).
 
         A batch of crops carries ``origin`` (B, ndim) and its ``target`` has the crop's shape;
         static fields are then cropped at each row's origin.
         """
-        n = next(iter(v for k, v in batch.items() if k in ("target", "previous"))).shape[0]
+        if n is None:
+            rows = [v.shape[0] for k, v in batch.items() if k != "origin" and v.ndim]
+            if not rows:
+                raise ValueError("ConditionalDenoiser.conditions: an empty batch needs its size n")
+            n = int(rows[0])
         origin = batch.get("origin")
         size = None
         if origin is not None:
@@ -97,6 +107,7 @@ class ConditionalDenoiser(nn.Module):
             time_features=batch.get("time_features"),
             covariates=batch.get("covariates"),
             label=batch.get("label"),
+            atoms=batch.get("atoms"),
             drop=drop,
             origin=origin,
             size=size,
@@ -136,11 +147,11 @@ class ConditionalDenoiser(nn.Module):
         """
         ref = self.residual_scale
         sigmas = sigmas.to(device=ref.device, dtype=torch.float32)
-        cond = self.conditions(batch)
+        cond = self.conditions(batch, n=shape[0])
         net: Callable[..., torch.Tensor] = _per_row(self) if row_by_row else self
         if guidance != 1.0 and guided:
             drop = {k: torch.ones(shape[0], dtype=torch.bool, device=ref.device) for k in guided}
-            denoise = classifier_free_guidance(net, cond, self.conditions(batch, drop), guidance)
+            denoise = classifier_free_guidance(net, cond, self.conditions(batch, drop, n=shape[0]), guidance)
         else:
             denoise = classifier_free_guidance(net, cond, cond, 1.0)
         x = randn_rows(shape, generator, dtype=torch.float32, device=ref.device) * sigmas[0]

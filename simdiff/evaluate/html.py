@@ -75,6 +75,7 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
         parts.append(_table(["variable", *_SHORT], rows))
         parts.extend(_baselines_html(metrics.get("baselines") or {}))
         parts.extend(_domain_html(metrics.get("domain") or {}))
+    parts.extend(_molecular_html(metrics.get("molecular") or {}))
     augment = metrics.get("augment")
     if augment:
         parts.append(f"<h2>Augmentation ({augment['samples']} synthetic samples)</h2>")
@@ -90,6 +91,38 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
         parts.append(f"<h3>{html.escape(png.removesuffix('.png'))}</h3><img src='{name}' alt='{name}'>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _molecular_html(molecular: dict[str, Any]) -> list[str]:
+    """Generated densities against their references: pooled, per molecule, memorisation."""
+    parts = []
+    for name, e in molecular.items():
+        if not isinstance(e, dict) or "electron_count_relative_error" not in e:
+            continue
+        c = e["electron_count_relative_error"]
+        parts.append(
+            f"<h2>{html.escape(name)}: {e['members']} members x {e['conditions']} conditions "
+            f"({html.escape(', '.join(e.get('split', [])))} samples)</h2><p>Each member against the "
+            "density of the molecule and geometry it was drawn for, on the same grid. Electron count "
+            "N = sum(rho dV) on the grid; radial error: fraction of charge at the wrong distance from "
+            "the centre of charge.</p>"
+        )
+        parts.append(_table(
+            ["count error median", "count error p90", "negative fraction", "radial error median",
+             "peak ratio median", "spectrum ratio", "spectrum ratio (high k)"],
+            [[c["median"], c["p90"], e["negative_fraction"], e["radial_profile_relative_error"]["median"],
+              e["peak_ratio"]["median"], e["spectrum_ratio"], e["spectrum_ratio_high_k"]]]))
+        per = e.get("by_molecule") or {}
+        if per:
+            parts.append(_table(["molecule", "conditions", "reference N", "count error", "radial error",
+                                 "peak ratio"],
+                                [[mol, m["conditions"], m["reference_electron_count"],
+                                  m["electron_count_relative_error"], m["radial_profile_relative_error"],
+                                  m["peak_ratio"]] for mol, m in per.items()]))
+        mem = e.get("memorisation")
+        if mem:
+            parts.append(_table(list(mem), [list(mem.values())]))
+    return parts
 
 
 def _baselines_html(info: dict[str, Any]) -> list[str]:
@@ -176,8 +209,17 @@ def report_summary(metrics: dict[str, Any]) -> list[str]:
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4g}"
 
-    lines = [f"forecast: {metrics.get('members')} members x {metrics.get('cases')} cases, "
-             f"leads {metrics.get('lead_times')}"]
+    lines = []
+    for name, e in (metrics.get("molecular") or {}).items():
+        if isinstance(e, dict) and "electron_count_relative_error" in e:
+            c = e["electron_count_relative_error"]
+            radial, peak = e["radial_profile_relative_error"]["median"], e["peak_ratio"]["median"]
+            lines.append(f"{name}: {e['members']} members x {e['conditions']} conditions; electron count "
+                         f"error median {c['median']:.2%}, p90 {c['p90']:.2%}; negative fraction "
+                         f"{e['negative_fraction']:.3g}; radial error {fmt(radial)}; peak ratio {fmt(peak)}")
+    if "variables" in metrics:
+        lines.append(f"forecast: {metrics.get('members')} members x {metrics.get('cases')} cases, "
+                     f"leads {metrics.get('lead_times')}")
     for key, e in metrics.get("variables", {}).items():
         clim, crps = e.get("crps_climatology"), e.get("crps")
         verdict = "" if clim is None or crps is None else (" (beats climatology)" if crps < clim else

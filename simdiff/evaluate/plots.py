@@ -281,3 +281,54 @@ def spectra_figure(metrics: dict) -> Figure:
         ax.set_xlabel("wavenumber", fontsize=7)
         ax.legend(fontsize=6)
     return fig
+
+
+# -- molecular report figures (simdiff.evaluate.molecular) ----------------------------------
+def density_figure(reference: np.ndarray, members: np.ndarray, title: str) -> Figure:
+    """Rows: the reference, then up to three members; columns: the central z slice and the
+    max and mean projections along z, on one logarithmic colour scale (e bohr^-3)."""
+    from matplotlib.colors import LogNorm
+
+    rows = [("reference", reference)] + [(f"member {m}", members[m]) for m in range(min(3, len(members)))]
+    top = float(max(np.nanmax(r) for _, r in rows))
+    norm = LogNorm(vmin=max(top * 1e-5, 1e-12), vmax=max(top, 1e-11))
+    fig = Figure(figsize=(3 * PANEL_WIDTH_IN * 0.8, len(rows) * PANEL_HEIGHT_IN), dpi=DPI,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for i, (name, rho) in enumerate(rows):
+        rho = np.clip(np.asarray(rho, np.float64), norm.vmin, None)
+        views = (("z slice", rho[rho.shape[0] // 2]), ("max over z", rho.max(axis=0)),
+                 ("mean over z", rho.mean(axis=0)))
+        for j, (what, img) in enumerate(views):
+            im = axes[i, j].imshow(img, origin="lower", norm=norm, cmap="magma")
+            axes[i, j].set_title(f"{name}: {what}", fontsize=8)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+    fig.colorbar(im, ax=axes[:, -1], shrink=0.6, label="density")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def radial_profile_figure(profiles: dict, width: float, titles: dict[int, str]) -> Figure:
+    """Radially averaged density about the centre of charge, members against the reference,
+    one panel per condition (at most six)."""
+    keys = list(profiles)[:6]
+    fig = Figure(figsize=(PANEL_WIDTH_IN * min(len(keys), 3), PANEL_HEIGHT_IN * ((len(keys) + 2) // 3)),
+                 dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots((len(keys) + 2) // 3, min(len(keys), 3), squeeze=False).ravel()
+    for ax, c in zip(axes, keys, strict=False):
+        ref = profiles[c]["reference"]
+        r = (np.arange(ref.size) + 0.5) * width
+        for k, prof in enumerate(profiles[c]["members"]):
+            ax.semilogy(r, np.clip(prof, 1e-12, None), color="tab:blue", alpha=0.5, lw=1,
+                        label="members" if k == 0 else None)
+        ax.semilogy(r, np.clip(ref, 1e-12, None), color="black", lw=1.5, label="reference")
+        ax.set_title(titles.get(c, str(c)), fontsize=8)
+        ax.set_xlabel("r (bohr)")
+        ax.set_ylabel("shell mean density")
+        ax.legend(fontsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    return fig

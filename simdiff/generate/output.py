@@ -2,8 +2,9 @@
 
 Schema (zarr v3, or netCDF-4 after :func:`finalize`)::
 
-  forecast mode: VAR  float32 (realization, init_time, lead_time, [D], Y, X)
-  sample mode:   VAR  float32 (realization, [D], Y, X)
+  forecast mode:    VAR  float32 (realization, init_time, lead_time, [D], Y, X)
+  sample mode:      VAR  float32 (realization, [D], Y, X)
+  conditional mode: VAR  float32 (realization, condition, [D], Y, X)
 
 One variable per source variable (the training store's ``channel`` names), in physical units
 with NaN at masked cells, dims and spatial coordinates named as in the source (``lat``/``lon``,
@@ -30,6 +31,9 @@ Coordinates (CF-1.10):
                              ``init + k`` while that sample exists in the same contiguous run
                              (so monthly data keeps calendar months), else init_time +
                              lead_time. Standard name "time" where init_time has a reference date.
+  condition_index (condition)  int32 (conditional mode): the store sample whose conditions
+                             (a molecule's label, electron count and atoms, also copied per
+                             condition) each column of members was drawn for.
   [D], Y, X                  copied from the store with their attrs (ranges dropped).
 
 Attributes: ``Conventions = "CF-1.10"``, title, history, source, institution (optional),
@@ -75,6 +79,8 @@ from simdiff.base.errors import DataError
 from simdiff.generate.template import WRITTEN
 
 OUTPUT_KIND = "generated"
+#: The second unit dim of ``written`` (beside realization) -> its store-index coordinate.
+COLUMN_INDEX = {"init_time": "init_index", "condition": "condition_index"}
 CONVENTIONS = "CF-1.10"
 #: Encoding keys that survive the move from zarr to netCDF (time units, calendar, dtype).
 _NETCDF_ENCODING = ("units", "calendar", "dtype")
@@ -147,9 +153,18 @@ def _layout(ds: xr.Dataset) -> dict[str, Any]:
     out: dict[str, Any] = {"sizes": {str(k): int(v) for k, v in ds.sizes.items()},
                            "variables": sorted(str(v) for v in ds.data_vars),
                            "realization": [int(m) for m in ds[unit].values]}
-    if "init_index" in ds:
-        out["init_index"] = [int(i) for i in ds["init_index"].values]
+    for index in COLUMN_INDEX.values():
+        if index in ds:
+            out[index] = [int(i) for i in ds[index].values]
     return out
+
+
+def _column(g: zarr.Group) -> tuple[str, list[int]] | None:
+    """The unit column of a partial store: (dim, store indices), or None (sample mode)."""
+    dims = g[WRITTEN].metadata.dimension_names
+    if len(dims) < 2:
+        return None
+    return dims[1], [int(i) for i in g[COLUMN_INDEX[dims[1]]][...]]
 
 
 def create_partial(
@@ -232,7 +247,8 @@ def write_block(target: str | Path, block: xr.Dataset, *, init: int | None = Non
         block: one variable per output variable in physical units, dims ``(realization,
             lead_time, [D], Y, X)`` (forecast) or ``(realization, [D], Y, X)`` (sample), with a
             ``realization`` coordinate of member ids; all leads, the full field.
-        init: the init index (forecast mode); None in sample mode.
+        init: the init index (forecast mode) or the condition index (conditional mode); None
+            in sample mode.
     """
     target = Path(target)
     g = _open_partial(target, "r+")
@@ -247,11 +263,12 @@ def write_block(target: str | Path, block: xr.Dataset, *, init: int | None = Non
     if None in rows:
         raise ValueError(f"members {block['realization'].values.tolist()} are not all among the "
                          f"store's {sorted(positions)}")
-    col = None
-    if init is not None:
-        inits = [int(i) for i in g["init_index"][...]]
+    col, coldim = None, None
+    column = _column(g)
+    if init is not None and column is not None:
+        coldim, inits = column
         if int(init) not in inits:
-            raise ValueError(f"init {init} is not one of the store's init_index values {inits}")
+            raise ValueError(f"init {init} is not one of the store's {COLUMN_INDEX[coldim]} values {inits}")
         col = inits.index(int(init))
     names = [n for n in json.loads(g.attrs["simdiff_layout"])["variables"] if n != WRITTEN]
     if sorted(str(v) for v in block.data_vars) != names:
@@ -259,12 +276,12 @@ def write_block(target: str | Path, block: xr.Dataset, *, init: int | None = Non
     values = {}
     for name in names:
         arr = g[name]
-        dims = [d for d in arr.metadata.dimension_names if d != "init_time"]
+        dims = [d for d in arr.metadata.dimension_names if d != coldim]
         if set(block[name].dims) != set(dims):
             raise ValueError(f"block[{name!r}] has dims {block[name].dims}, expected {tuple(dims)}")
         v = np.asarray(block[name].transpose(*dims).values, dtype=np.float32)
         expected = (len(rows), *(n for d, n in zip(arr.metadata.dimension_names, arr.shape, strict=True)
-                                 if d not in ("realization", "init_time")))
+                                 if d not in ("realization", coldim)))
         if v.shape != expected:
             raise ValueError(f"block[{name!r}] has shape {v.shape}, expected {expected} "
                              "(all leads, the full field)")
@@ -288,7 +305,9 @@ def missing(target: str | Path) -> list[tuple[int, int]]:
     members = [int(m) for m in g[g[WRITTEN].metadata.dimension_names[0]][...]]
     if written.ndim == 1:
         return [(members[r], -1) for r in np.flatnonzero(written == 0)]
-    inits = [int(i) for i in g["init_index"][...]]
+    column = _column(g)
+    assert column is not None
+    inits = column[1]
     return [(members[r], inits[c]) for c in range(len(inits)) for r in np.flatnonzero(written[:, c] == 0)]
 
 

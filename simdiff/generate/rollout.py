@@ -149,19 +149,22 @@ def draw_samples(
     conditions: Mapping[str, torch.Tensor],
     members: Sequence[int],
     seed: int,
+    init: int = SAMPLE_INIT,
 ) -> np.ndarray:
     """Unconditional (or label/covariate-conditioned) draws, one per member id.
 
     Args:
         latent_shape: (c, [d], h, w).
         conditions: name -> (B, ...) the conditions of each draw (may be empty).
-        members: the draws' ids (noise keys ``(seed, SAMPLE_INIT, id, 1)``).
+        members: the draws' ids (noise keys ``(seed, init, id, 1)``).
+        init: the noise key's init: ``SAMPLE_INIT``, or the conditioning sample's index (so
+            member ``m`` of each condition has its own stream).
 
     Returns:
         fields (B, C, [D], H, W) float32 (normalised).
     """
     device = model.residual_scale.device
-    gens = member_generators(seed, [SAMPLE_INIT] * len(members), list(members), 1, device=device)
+    gens = member_generators(seed, [int(init)] * len(members), list(members), 1, device=device)
     batch = {name: v.to(device) for name, v in conditions.items()}
     x = model.sample(batch, (len(members), *latent_shape), sampler=spec.sampler, sigmas=spec.sigmas,
                      generator=gens, guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)

@@ -26,7 +26,12 @@ WRITTEN = "written"
 VARIABLE_ATTRS = ("units", "standard_name", "long_name")
 #: Coordinate attrs that describe the source file's values, not the generated ones.
 DROPPED_ATTRS = ("actual_range", "valid_range", "valid_min", "valid_max", "_FillValue")
-_UNIT_DIMS = {"forecast": ("realization", "init_time"), "sample": ("realization",)}
+_UNIT_DIMS = {"forecast": ("realization", "init_time"), "sample": ("realization",),
+              "conditional": ("realization", "condition")}
+#: Unit dims: chunked 1, so each rank writes its own chunks.
+_ONE = ("realization", "init_time", "condition")
+#: Per-sample conditions of the training store copied onto a conditional output (per condition).
+COPIED_CONDITIONS = ("label", "n_electrons", "n_atoms", "atom_numbers", "atom_positions", "origin")
 
 
 # -- the template ---------------------------------------------------------------------------
@@ -49,7 +54,7 @@ def _spatial(store: TrainingStore, src: xr.Dataset) -> tuple[tuple[str, ...], tu
 def _chunks(dims: Sequence[str], shape: Sequence[int], chunks: Mapping[str, int] | None) -> tuple[int, ...]:
     """Default 1 along realization/init_time, whole along the rest; ``chunks`` overrides the rest."""
     chunks = dict(chunks or {})
-    for d in ("realization", "init_time"):
+    for d in _ONE:
         if chunks.get(d, 1) != 1:
             raise ValueError(
                 f"chunks[{d!r}] = {chunks[d]}: realization and init_time chunks must be 1, the unit "
@@ -58,7 +63,7 @@ def _chunks(dims: Sequence[str], shape: Sequence[int], chunks: Mapping[str, int]
     unknown = set(chunks) - set(dims)
     if unknown:
         raise ValueError(f"chunks names dims {sorted(unknown)} that the output does not have ({list(dims)})")
-    return tuple(1 if d in ("realization", "init_time") else min(int(chunks.get(d, n)), n)
+    return tuple(1 if d in _ONE else min(int(chunks.get(d, n)), n)
                  for d, n in zip(dims, shape, strict=True))
 
 
@@ -186,6 +191,47 @@ def sample_template(
     ds = xr.Dataset(_variables(store, dims, shape, chunks, _UNIT_DIMS["sample"]),
                     coords={"realization": _realization(members), **spatial_coords})
     ds.attrs["simdiff_mode"] = "sample"
+    return ds
+
+
+def conditional_template(
+    store: TrainingStore,
+    members: Sequence[int],
+    indices: Sequence[int],
+    *,
+    chunks: Mapping[str, int] | None = None,
+) -> xr.Dataset:
+    """The empty store of members drawn for the conditions of given samples (molecules).
+
+    ``VAR (realization, condition, [D], Y, X)`` and ``written (realization, condition)``;
+    coordinates ``condition_index (condition)`` (the store samples whose conditions were used)
+    and the per-sample conditions of those samples (label, electron count, atoms), so each
+    column says which molecule and geometry its members were drawn for.
+    """
+    src = store.dataset()
+    sdim = store.layout.sample_dim
+    members, idx = _ids(members, "members"), _ids(indices, "indices")
+    if idx.min() < 0 or idx.max() >= store.n_samples:
+        raise ValueError(f"indices must lie in [0, {store.n_samples}), got {idx.tolist()}")
+    spatial_dims, spatial_shape, spatial_coords = _spatial(store, src)
+    dims = ("realization", "condition", *spatial_dims)
+    shape = (members.size, idx.size, *spatial_shape)
+    coords: dict[str, Any] = {
+        "realization": _realization(members),
+        "condition_index": xr.Variable(
+            ("condition",), idx.astype(np.int32),
+            {"long_name": f"index of the conditioning sample in the store's {sdim}", "units": "1"}),
+        **spatial_coords,
+    }
+    for name in COPIED_CONDITIONS:
+        if name in src:
+            var = src[name].isel({sdim: idx}).variable.load()
+            coords[name] = xr.Variable(("condition", *var.dims[1:]), var.values, dict(var.attrs))
+            for d in var.dims[1:]:
+                if d in src.coords and d not in coords:
+                    coords[d] = src[d].variable.load()
+    ds = xr.Dataset(_variables(store, dims, shape, chunks, _UNIT_DIMS["conditional"]), coords=coords)
+    ds.attrs["simdiff_mode"] = "conditional"
     return ds
 
 

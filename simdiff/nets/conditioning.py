@@ -6,7 +6,9 @@ A conditional denoiser ``D(x; sigma, c)`` takes its conditions in two forms (Ho 
 * ``spatial`` (B, C_s, [D], H, W), concatenated to the noisy state: the previous state(s)
   ``x_t, x_{t-1}, ...`` when forecasting ``x_{t+1}`` (oldest first, as the loader gives them),
   then static fields (e.g. the latent cell weights, which carry cos(lat), or a land mask),
-  then one indicator channel per droppable spatial condition (1 present, 0 dropped);
+  then per-sample fields (``atoms``: a molecule's geometry as Gaussian atom densities on the
+  latent grid, :mod:`simdiff.data.stores.atoms`), then one indicator channel per droppable
+  spatial condition (1 present, 0 dropped);
 * ``vector`` (B, E), added to the noise-level embedding: time features (sin/cos of day of
   year and hour), scalar covariates (e.g. forcing) through small MLPs, and class labels
   (e.g. molecule identity) through an embedding table; their sum.
@@ -28,7 +30,7 @@ from torch import nn
 
 from simdiff.data.loading.patch import crop_shared
 
-DROPPABLE = ("previous", "time_features", "covariates", "label")
+DROPPABLE = ("previous", "time_features", "covariates", "label", "atoms")
 
 
 def _mlp(n_in: int, n_out: int) -> nn.Sequential:
@@ -47,6 +49,7 @@ class Conditioner(nn.Module):
         time_features: F, number of time features (0: not used).
         covariates: K, number of scalar covariates (0: not used).
         labels: number of label classes (0: not used).
+        atoms: channels of the per-sample ``atoms`` fields (0: not used).
         dropout: per condition name in ``DROPPABLE``, the training drop probability.
     """
 
@@ -60,6 +63,7 @@ class Conditioner(nn.Module):
         time_features: int = 0,
         covariates: int = 0,
         labels: int = 0,
+        atoms: int = 0,
         dropout: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
@@ -81,6 +85,7 @@ class Conditioner(nn.Module):
         self.n_time_features = int(time_features)
         self.n_covariates = int(covariates)
         self.n_labels = int(labels)
+        self.n_atoms = int(atoms)
         self.dropout = {k: float(v) for k, v in dropout.items() if self.uses(k)}
         self.time_mlp = _mlp(self.n_time_features, self.emb_dim) if self.n_time_features else None
         self.covariate_mlp = _mlp(self.n_covariates, self.emb_dim) if self.n_covariates else None
@@ -93,13 +98,15 @@ class Conditioner(nn.Module):
             "time_features": self.n_time_features > 0,
             "covariates": self.n_covariates > 0,
             "label": self.n_labels > 0,
+            "atoms": self.n_atoms > 0,
         }[name]
 
     @property
     def spatial_channels(self) -> int:
         """C_s, the channels of ``spatial`` (0 when there is none)."""
         n = self.previous * self.state_channels + (0 if self.static is None else int(self.static.shape[0]))
-        return n + (1 if self.previous and "previous" in self.dropout else 0)
+        n += self.n_atoms
+        return n + sum(1 for k in ("previous", "atoms") if self.uses(k) and k in self.dropout)
 
     @property
     def has_vector(self) -> bool:
@@ -124,6 +131,7 @@ class Conditioner(nn.Module):
         time_features: torch.Tensor | None = None,
         covariates: torch.Tensor | None = None,
         label: torch.Tensor | None = None,
+        atoms: torch.Tensor | None = None,
         drop: Mapping[str, torch.Tensor] | None = None,
         origin: torch.Tensor | None = None,
         size: tuple[int, ...] | None = None,
@@ -135,6 +143,7 @@ class Conditioner(nn.Module):
             previous: (B, W-1, C, [D], H, W) previous states, oldest first; the last
                 ``self.previous`` are used.
             time_features: (B, F); covariates: (B, K); label: (B,) int64.
+            atoms: (B, A, [D], H, W) per-sample fields on the state's grid.
             drop: per condition, (B,) bool, True where it is dropped.
             origin, size: for states that are crops (``simdiff.data.loading.patch``): (B, ndim) crop
                 origins and the crop's spatial ``([D], H, W)``; the static fields are cropped
@@ -167,6 +176,19 @@ class Conditioner(nn.Module):
                 spatial.append(crop_shared(self.static.to(dtype), origin, size))
             else:
                 spatial.append(self.static.to(dtype).expand(batch_size, *self.static.shape))
+        if self.n_atoms:
+            if atoms is None or atoms.shape[1] != self.n_atoms:
+                got = None if atoms is None else tuple(atoms.shape)
+                raise ValueError(f"Conditioner: needs atoms (B, {self.n_atoms}, ...), got {got}")
+            if origin is not None:
+                raise ValueError("Conditioner: atoms fields are not cropped; train on whole fields "
+                                 "(diffusion.patch=null)")
+            a = atoms.to(spatial[0].dtype if spatial else torch.float32)
+            if "atoms" in self.dropout:
+                keep = self._keep(drop.get("atoms"), batch_size, a)
+                a = a * keep
+                indicator.append(keep.expand(-1, 1, *a.shape[2:]))
+            spatial.append(a)
         spatial += indicator
         if spatial:
             out["spatial"] = torch.cat(spatial, dim=1)

@@ -32,14 +32,15 @@ from simdiff.data.stores.training import TrainingStore
 from simdiff.diffusion.samplers import sample_heun
 from simdiff.diffusion.sampling import Sampling
 from simdiff.generate.augment import physical
+from simdiff.generate.output import COLUMN_INDEX
 from simdiff.generate.rollout import SamplerSpec
 from simdiff.runs.evaluation import Scoring, score_forecast
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import Models, load_autoencoder, load_models, open_latents, residual_summary
-from simdiff.runs.modes import Forecast, Generation, Sample
+from simdiff.runs.modes import Conditional, Forecast, Generation, Sample
 
 #: What guidance acts on by default (conf/generate/default.yaml).
-GUIDED = ("label", "covariates", "time_features")
+GUIDED = ("label", "covariates", "time_features", "atoms")
 
 
 def open_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -186,6 +187,26 @@ class Run:
             gen.conditions["label"] = self._labels(labels, gen)
         return self._labelled(_fill(Sample(split=split), gen, [(m, -1) for m in gen.members]), gen)
 
+    def conditional(
+        self,
+        index: int | Sequence[int],
+        *,
+        members: int | Sequence[int] = 10,
+        seed: int = 0,
+        decoder_noise: bool = False,
+        decoder_noise_samples: int = 64,
+        batch_size: int = 16,
+        **sampling: Any,
+    ) -> xr.Dataset:
+        """Members drawn for the conditions (molecule, electron count, geometry) of store sample
+        ``index`` (or of several): ``VAR (realization, condition, [D], Y, X)`` with the conditions
+        copied per condition, as ``simdiff generate`` with ``generate/mode=conditional`` writes
+        them (the same members for the same seed). ``sampling``: see :meth:`sampler`."""
+        indices = [int(i) for i in np.atleast_1d(index)]
+        gen = self._generation(members, seed, decoder_noise, decoder_noise_samples, batch_size, **sampling)
+        mode = Conditional(indices=indices, cubes=False)
+        return self._labelled(_fill(mode, gen, [(m, i) for i in indices for m in gen.members]), gen)
+
     def _labelled(self, ds: xr.Dataset, gen: Generation) -> xr.Dataset:
         """The attrs ``simdiff generate`` gives its output that the members themselves determine."""
         ds.attrs["simdiff_seed"] = gen.seed
@@ -255,21 +276,19 @@ class Run:
         return score_forecast(self.dir, forecast, Scoring(**scoring), seed=seed)
 
 
-def _fill(mode: Forecast | Sample, gen: Generation, units: list[tuple[int, int]]) -> xr.Dataset:
+def _fill(mode: Forecast | Sample | Conditional, gen: Generation, units: list[tuple[int, int]]) -> xr.Dataset:
     """Compute every block of ``mode`` and return them in the output's template, in memory."""
     template = mode.template(gen)
     names = [str(v) for v in template.data_vars if v != "written"]
     out = {n: np.full(template[n].shape, np.nan, dtype=template[n].dtype) for n in names}
     position = {int(m): k for k, m in enumerate(template["realization"].values)}
-    column = (
-        {int(i): k for k, i in enumerate(template["init_index"].values)}
-        if "init_index" in template
-        else {-1: None}
-    )
+    index = next((c for c in COLUMN_INDEX.values() if c in template), None)
+    column = {int(i): k for k, i in enumerate(template[index].values)} if index else {-1: None}
+    coldim = template[index].dims[0] if index else None
     for init, members in mode.blocks(gen, units):
         block = mode.compute(gen, init, members)
         for name in names:
-            dims = [d for d in template[name].dims if d != "init_time"]
+            dims = [d for d in template[name].dims if d != coldim]
             values = np.asarray(block[name].transpose(*dims).values, dtype=template[name].dtype)
             for j, m in enumerate(members):
                 index = (position[m],) if column[init] is None else (position[m], column[init])

@@ -139,3 +139,59 @@ def score_augmented(run: RunDir, synthetic: xr.Dataset) -> dict[str, Any]:
         periodic=set(store.attrs["geometry"].get("periodic", [])),
         sample_dim=sdim,
     )
+
+
+def score_conditional(run: RunDir, output: xr.Dataset) -> dict[str, Any]:
+    """metrics.json's ``molecular`` part: each conditional member against the density of the
+    sample it was drawn for (same molecule, geometry and grid), per variable of a voxel grid."""
+    from simdiff.evaluate.molecular import molecular_scores
+
+    store = TrainingStore(run.store)
+    sdim = store.layout.sample_dim
+    truth = denormalise(store.dataset())
+    idx = np.asarray(output["condition_index"].values, dtype=np.int64)
+    weights = np.asarray(store.array("weights"), dtype=np.float64)
+    dv = float(np.median(weights))
+    axes = [np.asarray(truth[d].values, np.float64) for d in store.layout.spatial_dims]
+    labels = np.asarray(output["label"].values) if "label" in output.coords else None
+    names = output["label"].attrs.get("label_names") if labels is not None else None
+    train_idx = store.indices("train")
+    out: dict[str, Any] = {}
+    for name in [str(v) for v in output.data_vars]:
+        dims = ("realization", "condition", *store.layout.spatial_dims)
+        members = np.asarray(output[name].transpose(*dims).values)
+        refs = np.asarray(truth[name].isel({sdim: idx}).values)
+        train = np.asarray(truth[name].isel({sdim: train_idx}).values) if len(train_idx) >= 2 else None
+        out[name] = molecular_scores(members, refs, axes, dv, labels=labels, label_names=names, train=train)
+        out[name]["split"] = sorted({
+            {0: "train", 1: "val", 2: "test"}.get(int(s), str(s)) for s in store.array("split")[idx]
+        })
+    return out
+
+
+def molecular_report(run: RunDir, output: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``molecular`` metrics of a conditional output and their figures (slices and
+    projections of the first conditions, radial profiles)."""
+    from simdiff.evaluate.plots import density_figure, radial_profile_figure
+
+    scores = score_conditional(run, output)
+    figures: dict[str, Any] = {}
+    labels = output["label"].values if "label" in output.coords else None
+    names = output["label"].attrs.get("label_names") if labels is not None else None
+    truth = denormalise(TrainingStore(run.store).dataset())
+    sdim = TrainingStore(run.store).layout.sample_dim
+    idx = [int(i) for i in output["condition_index"].values]
+
+    def title(c: int) -> str:
+        molecule = names[int(labels[c])] if names is not None and labels is not None else "sample"
+        return f"{molecule}, sample {idx[c]}"
+
+    for name, entry in scores.items():
+        profiles = entry.pop("_profiles")
+        for c in range(min(3, len(idx))):
+            members = output[name].isel(condition=c).transpose("realization", ...).values
+            ref = truth[name].isel({sdim: idx[c]}).values
+            figures[f"{name}_density_{c}"] = density_figure(ref, members, f"{name}: {title(c)}")
+        figures[f"{name}_radial_profiles"] = radial_profile_figure(
+            profiles, entry["radial_bin_bohr"], {c: title(c) for c in profiles})
+    return scores, figures

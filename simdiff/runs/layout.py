@@ -11,6 +11,8 @@
                                train_summary.json, logs/
     forecast.zarr | .nc        generate (forecast mode)
     samples.zarr | .nc         generate (sample mode)
+    conditional.zarr | .nc     generate (conditional mode: members per conditioning sample)
+    cubes/                     generate (conditional mode on voxel grids): one Gaussian cube per member
     augmented.zarr | .nc       augment
     report/                    evaluate: metrics.json, metrics.csv, figures, index.html
     logs/                      one folder per sub-command invocation (Hydra)
@@ -78,12 +80,17 @@ class RunDir:
 
     # outputs
     def output(self, kind: str, fmt: str = "zarr") -> Path:
-        """``forecast``, ``samples`` or ``augmented``, as zarr or netcdf."""
-        if kind not in ("forecast", "samples", "augmented"):
-            raise ValueError(f"no output {kind!r}: forecast, samples or augmented")
+        """``forecast``, ``samples``, ``conditional`` or ``augmented``, as zarr or netcdf."""
+        if kind not in ("forecast", "samples", "conditional", "augmented"):
+            raise ValueError(f"no output {kind!r}: forecast, samples, conditional or augmented")
         if fmt not in SUFFIX:
             raise ValueError(f"format {fmt!r}: use zarr or netcdf")
         return self.root / f"{kind}{SUFFIX[fmt]}"
+
+    @property
+    def cubes(self) -> Path:
+        """Gaussian cube files of a conditional output on a voxel grid."""
+        return self.root / "cubes"
 
     @property
     def report(self) -> Path:

@@ -175,6 +175,7 @@ def build_model(
         time_features=sizes.get("time_features", 0) if cond["time_features"] else 0,
         covariates=sizes.get("covariates", 0) if cond["covariates"] else 0,
         labels=sizes.get("label", 0) if cond["label"] else 0,
+        atoms=sizes.get("atoms", 0) if cond.get("atoms") else 0,
         dropout=dict(cond.get("dropout") or {}),
     )
     periodic = list(signature["periodic"])

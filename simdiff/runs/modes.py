@@ -5,11 +5,14 @@ A mode is chosen in the config by its ``_target_`` (``conf/generate/mode/``):
 * :class:`Forecast`: for each init time of a split, members rolled out ``lead_steps`` steps
   autoregressively in latent space, decoded per step -> ``forecast.zarr``;
 * :class:`Sample`: independent draws (unconditional, or with the labels/covariates of real
-  samples of a split) -> ``samples.zarr``.
+  samples of a split) -> ``samples.zarr``;
+* :class:`Conditional`: for each chosen sample of a split, members drawn for that sample's
+  conditions (a molecule's identity, electron count and geometry) -> ``conditional.zarr``, to
+  be compared with that sample (its reference density on the same grid).
 
-Both compute blocks of members (:meth:`compute`) that the output runner
+Each computes blocks of members (:meth:`compute`) that the output runner
 (:mod:`simdiff.runs.outputs`) writes, or the Python API (:mod:`simdiff.runs.api`) returns; a
-new mode (e.g. conditional molecular densities) is one more class with the same methods.
+new mode is one more class with the same methods.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from simdiff.data.loading.loader import contiguous_runs, window_targets
 from simdiff.data.stores.latents import LatentStore
 from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import SPLITS, TrainingStore
+from simdiff.generate.noise import SAMPLE_INIT
 from simdiff.generate.output import missing, write_block
 from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches, rollout
-from simdiff.generate.template import forecast_template, sample_template
+from simdiff.generate.template import conditional_template, forecast_template, sample_template
 from simdiff.runs.models import Models
 
 #: The store arrays a model may be conditioned on, per sample.
-CONDITIONS = ("time_features", "covariates", "label")
+CONDITIONS = ("time_features", "covariates", "label", "atoms")
 
 
 @dataclass
@@ -61,6 +65,23 @@ class Generation:
     def source(self) -> xr.Dataset:
         return self.store.dataset()
 
+    def draw(
+        self, conditions: dict[str, torch.Tensor], members: list[int], init: int = SAMPLE_INIT
+    ) -> xr.Dataset:
+        """Independent draws ``members`` for ``conditions`` (noise keyed by ``init``):
+        ``(realization, [D], Y, X)`` per variable, physical."""
+        fields = draw_samples(
+            self.models.model,
+            self.models.decoder,
+            self.spec,
+            latent_shape=tuple(self.latents.data.shape[1:]),
+            conditions=conditions,
+            members=members,
+            seed=self.seed,
+            init=init,
+        )
+        return self.physical(fields, members, ("realization", "channel", *self.store.layout.spatial_dims))
+
     def physical(self, fields: np.ndarray, members: Sequence[int], dims: tuple[str, ...]) -> xr.Dataset:
         """Normalised fields (B, [L,] C, [D], Y, X) -> physical Dataset per variable, masked cells NaN."""
         src = self.source
@@ -70,6 +91,16 @@ class Generation:
         )
         realization = np.asarray(members, dtype=np.int32)
         return denormalise(ds).assign_coords(realization=("realization", realization))
+
+
+def without_previous(gen: Generation, what: str) -> None:
+    """Refuse a mode that draws without an initial state for a forecasting model."""
+    if gen.models.previous:
+        raise DataError(
+            f"the model forecasts from {gen.models.previous} previous state(s), so it cannot draw {what} "
+            "without an initial state; use generate/mode=forecast, or train a model without previous "
+            "states (diffusion.conditioning.previous=0)"
+        )
 
 
 def longest_run(split: np.ndarray, block: np.ndarray, code: int) -> int:
@@ -200,12 +231,7 @@ class Sample:
             raise DataError(f"generate.mode.split={self.split!r} is not one of {sorted(SPLITS)}")
 
     def template(self, gen: Generation) -> xr.Dataset:
-        if gen.models.previous:
-            raise DataError(
-                f"the model forecasts from {gen.models.previous} previous state(s), so it cannot draw "
-                "samples without an initial state; use generate/mode=forecast, or train an unconditional "
-                "model (diffusion.conditioning.previous=0)"
-            )
+        without_previous(gen, "samples")
         return sample_template(gen.store, gen.members, chunks=gen.chunks)
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
@@ -216,20 +242,69 @@ class Sample:
         pool = gen.latents.indices(self.split)
         rows = pool[np.asarray(members) % len(pool)] if len(pool) else np.zeros(0, np.int64)
         conds = {n: torch.from_numpy(np.asarray(v[rows])) for n, v in gen.conditions.items()}
-        fields = draw_samples(
-            gen.models.model,
-            gen.models.decoder,
-            gen.spec,
-            latent_shape=tuple(gen.latents.data.shape[1:]),
-            conditions=conds,
-            members=members,
-            seed=gen.seed,
-        )
-        return gen.physical(fields, members, ("realization", "channel", *gen.store.layout.spatial_dims))
+        return gen.draw(conds, members)
 
     @staticmethod
     def write(target: Path, block: xr.Dataset, init: int) -> None:
         write_block(target, block)
+
+
+@dataclass
+class Conditional:
+    """Members drawn for the conditions of chosen samples: ``indices``, else every ``every``-th
+    sample of ``split``, at most ``max_conditions``. Used on molecules: sample ``i``'s molecule
+    and geometry (atoms, electron count, label) condition ``members`` draws, and sample ``i``
+    itself is the reference they are scored against (``split=train``: a geometry seen in
+    training; ``test``: a held-out geometry)."""
+
+    split: str = "test"
+    every: int = 1
+    max_conditions: int = 12
+    indices: list[int] | None = None
+    cubes: bool = True  # also write run_dir/cubes/ (voxel grids with atoms: simdiff.generate.cubes)
+
+    kind = "conditional"  # the output's name (conditional.zarr)
+
+    def __post_init__(self) -> None:
+        if self.indices is None and self.split not in SPLITS:
+            raise DataError(f"generate.mode.split={self.split!r} is not one of {sorted(SPLITS)}")
+        if int(self.every) < 1 or int(self.max_conditions) < 1:
+            raise DataError(f"generate.mode.every={self.every}, max_conditions={self.max_conditions}: "
+                            "both must be >= 1")
+        if self.indices is not None and (not len(self.indices) or min(int(i) for i in self.indices) < 0):
+            raise DataError(f"generate.mode.indices={list(self.indices)}: give store sample indices >= 0")
+
+    def chosen(self, latents: LatentStore) -> list[int]:
+        """The conditioning samples: store indices."""
+        if self.indices is not None:
+            n = len(latents.array("split"))
+            bad = [int(i) for i in self.indices if int(i) >= n]
+            if bad:
+                raise DataError(f"generate.mode.indices={list(self.indices)}: {bad} lie beyond the store's "
+                                f"{n} samples ({latents.path})")
+            return [int(i) for i in self.indices]
+        pool = latents.indices(self.split)
+        if not len(pool):
+            raise DataError(f"{latents.path}: the {self.split!r} split is empty; choose another "
+                            "generate.mode.split or pass generate.mode.indices")
+        return [int(i) for i in pool[:: int(self.every)][: int(self.max_conditions)]]
+
+    def template(self, gen: Generation) -> xr.Dataset:
+        without_previous(gen, "conditional draws")
+        return conditional_template(gen.store, gen.members, self.chosen(gen.latents), chunks=gen.chunks)
+
+    def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+        return Forecast.blocks(self, gen, pending)  # type: ignore[arg-type]
+
+    def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
+        """Members ``members`` for the conditions of sample ``init``: ``(realization, [D], Y, X)``."""
+        conds = {n: torch.from_numpy(np.repeat(np.asarray(v[init : init + 1]), len(members), axis=0))
+                 for n, v in gen.conditions.items()}
+        return gen.draw(conds, members, init)
+
+    @staticmethod
+    def write(target: Path, block: xr.Dataset, init: int) -> None:
+        write_block(target, block, init=init)
 
 
 @dataclass

@@ -124,14 +124,15 @@ def _build_diffusion(dmc: DictConfig, sampler: DictConfig) -> None:
 
     cond = dmc.conditioning
     conditioner = Conditioner(int(dmc.net.emb_dim), 2, previous=int(cond.previous), time_features=4,
-                              dropout=dict(cond.dropout))
-    unet = instantiate(dmc.net, in_channels=2, out_channels=2, periodic=[False, True],
+                              atoms=3 if cond.get("atoms") else 0, dropout=dict(cond.dropout))
+    periodic = [False, True] if dmc.get("fold_depth", True) else _periodic(dmc.net.factors)
+    unet = instantiate(dmc.net, in_channels=2, out_channels=2, periodic=periodic,
                        cond_channels=conditioner.spatial_channels)
     model = ConditionalDenoiser(unet, conditioner, sigma_data=float(dmc.sigma_data),
                                 residual=bool(dmc.residual), residual_scale=torch.ones(2))
     sampling = instantiate(sampler)  # as train-diffusion: joined after instantiate (a dataclass)
-    module = instantiate(dmc.module, model=model, weights=torch.ones(4, 4), seed=0, signature={},
-                         _convert_="all", _partial_=True)(sampling=sampling)
+    module = instantiate(dmc.module, model=model, weights=torch.ones((4,) * len(periodic)), seed=0,
+                         signature={}, _convert_="all", _partial_=True)(sampling=sampling)
     assert module.sigmas()[0] == pytest.approx(float(sampler.sigma_max))
     _check_optimizer(module, dmc.module.optimizer)
 

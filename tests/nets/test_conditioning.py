@@ -74,3 +74,18 @@ def test_bad_configuration_and_missing_conditions_are_refused() -> None:
         Conditioner(8, 2, previous=2)(3, previous=batch(w=2)["previous"])
     with pytest.raises(ValueError, match="'label' is configured"):
         Conditioner(8, 2, labels=3)(3)
+
+
+def test_atoms_fields_follow_static_fields_and_dropping_them_is_flagged() -> None:
+    g = torch.Generator().manual_seed(1)
+    atoms = torch.rand(3, 3, 2, 4, 6, generator=g)  # (B, atom channels, D, H, W)
+    cond = Conditioner(8, 2, static=torch.ones(1, 2, 4, 6), atoms=3, dropout={"atoms": 0.5})
+    assert cond.spatial_channels == 1 + 3 + 1
+    drop = {"atoms": torch.tensor([False, True, False])}
+    sp = cond(3, atoms=atoms, drop=drop)["spatial"]
+    assert sp.shape == (3, 5, 2, 4, 6)
+    torch.testing.assert_close(sp[[0, 2], 1:4], atoms[[0, 2]])
+    assert torch.all(sp[1, 1:4] == 0) and torch.all(sp[1, 4] == 0)  # dropped: zeroed, indicator 0
+    assert torch.all(sp[[0, 2], 4] == 1)
+    with pytest.raises(ValueError, match="atoms"):
+        cond(3)

@@ -33,6 +33,7 @@ Each batch is a dict of tensors (``B`` = batch, ``W`` = window)::
   time_features  float32 (B, time_feature)             when the store has them
   label          int64   (B,)                          when the store has them
   covariates     float32 (B, covariate)                when the store has them
+  atoms          float32 (B, atom_channel, D, Y, X)    when the store has them (molecular latents)
   origin         int64   (B, ndim)                     with ``patch``: each crop's start per axis
 
 With ``patch`` (``simdiff.data.loading.patch``) every sample is a crop of ``patch`` cells of the trailing
@@ -84,7 +85,7 @@ from simdiff.data.loading.chunk_decoder import ChunkDecoder
 from simdiff.data.loading.patch import crop, full_patch, patch_origins
 from simdiff.data.stores.training import SPLITS, TrainingStore
 
-CONDITIONS = ("time_features", "label", "covariates")
+CONDITIONS = ("time_features", "label", "covariates", "atoms")
 #: Seeds the crop origins' streams, apart from the shuffle's ``(seed, epoch)``.
 PATCH_STREAM = 0x9A7C4
 
@@ -345,6 +346,7 @@ class ChunkedSampleDataset(IterableDataset):
         return len(self.targets)
 
     def _rank_samples(self) -> int:
+        """Targets this rank draws its batches from per epoch."""
         n, w = len(self.targets), self.world_size
         if w == 1:
             return n

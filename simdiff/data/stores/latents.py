@@ -44,6 +44,7 @@ from zarr.codecs import BloscCodec
 
 import simdiff
 from simdiff.base.errors import DataError
+from simdiff.data.stores.atoms import ELECTRON_SCALE, has_atoms, molecular_conditions
 from simdiff.data.stores.chunking import samples_per_chunk
 from simdiff.data.stores.training import FORMAT_VERSION, TrainingStore
 
@@ -148,6 +149,8 @@ def write_latent_store(
             for d in cond.dims[1:]:
                 if d in src.coords:
                     ds = ds.assign_coords({d: src[d].variable.copy(deep=False)})
+    if has_atoms(source) and depth_dim is not None:
+        ds = _with_molecular_conditions(ds, source, spatial, values.shape[2:], factors)
     geometry = {
         "dims": list(spatial),
         "periodic": sorted(d for d, p in zip(spatial, periodic, strict=True) if p),
@@ -179,6 +182,31 @@ def write_latent_store(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _with_molecular_conditions(ds: xr.Dataset, source: TrainingStore, spatial: Sequence[str],
+                               shape: Sequence[int], factors: Sequence[int]) -> xr.Dataset:
+    """``ds`` with the ``atoms`` condition and ``n_electrons / 10`` appended to the covariates."""
+    conds = molecular_conditions(source, shape, factors)
+    dims, atoms, attrs = conds["atoms"]
+    ds["atoms"] = ((dims[0], dims[1], *spatial), atoms, attrs)
+    sdim = dims[0]
+    electrons = (conds["n_electrons"][1] / ELECTRON_SCALE).astype(np.float32)[:, None]
+    name = np.array([f"n_electrons/{ELECTRON_SCALE:g}"], dtype=object)
+    if "covariates" in ds:
+        cdim = ds["covariates"].dims[1]
+        old = ds["covariates"]
+        names = np.concatenate([np.asarray(ds[cdim].values, dtype=object) if cdim in ds.coords
+                                else np.array([f"covariate{k}" for k in range(old.shape[1])], dtype=object),
+                                name])
+        ds = ds.drop_vars([v for v in ("covariates", cdim) if v in ds.variables])
+        ds["covariates"] = ((sdim, cdim), np.concatenate([old.values.astype(np.float32), electrons], axis=1),
+                            dict(old.attrs))
+        ds = ds.assign_coords({cdim: names})
+    else:
+        ds["covariates"] = ((sdim, "covariate"), electrons, {"long_name": "scalar conditions"})
+        ds = ds.assign_coords(covariate=name)
+    return ds
 
 
 class LatentStore(TrainingStore):
