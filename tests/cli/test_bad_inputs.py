@@ -304,8 +304,7 @@ CASES: list[Case] = [
     Case("latents-missing-generate", "generate", (), ("{file}",), setup=latents_missing),
     Case("latents-missing-train-diffusion", "train-diffusion", ("force=true",), ("{file}",),
          setup=latents_missing),
-    Case("latents-chunk-deleted", "train-diffusion", ("force=true",), ("{file}",),
-         setup=latents_chunk_deleted, slow=True),
+    Case("latents-chunk-deleted", "generate", (), ("{file}",), setup=latents_chunk_deleted),
     Case("latents-zarr-json-corrupt", "augment", (), ("{file}",), setup=latents_zarr_json_corrupt),
     # -- damaged checkpoints ------------------------------------------------------------------
     Case("autoencoder-ckpt-truncated", "generate", (), ("{file}",), setup=ae_ckpt_truncated),
