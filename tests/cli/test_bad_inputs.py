@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,9 @@ import pytest
 import torch
 import zarr
 from clirun import simdiff
+from test_security_cli import FAST, base_run  # noqa: F401  (the module fixture: one tiny trained run)
 
 from simdiff.base.provenance import sha256_path
-
-FAST = ("debug=tiny", "debug.ae_max_epochs=1", "debug.dm_max_epochs=1")
 
 Setup = Callable[[Path, Path, Path], dict[str, str]]
 
@@ -47,7 +46,6 @@ class Case:
     setup: Setup = nothing
     trained: bool = True  # on a copy of the tiny trained run; False: an empty run_dir
     slow: bool = False
-    marks: tuple = field(default=())
 
 
 # -- damage done by a case's setup -----------------------------------------------------------
@@ -323,17 +321,6 @@ assert len({c.id for c in CASES}) == len(CASES)
 
 
 # -- fixtures and checks ------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
-    tmp = tmp_path_factory.mktemp("bad")
-    run_dir = tmp / "run"
-    common = (*FAST, f"cache_dir={tmp / 'cache'}")
-    for stage in ("prepare", "train-autoencoder", "encode", "train-diffusion"):
-        out = simdiff(stage, f"run_dir={run_dir}", *common)
-        assert out.returncode == 0, out.stderr[-4000:]
-    return run_dir, common
-
 
 def _snapshot(run_dir: Path) -> dict[str, str]:
     """sha256 of every file under run_dir (logs aside): nothing may change or appear."""
