@@ -132,13 +132,13 @@ def store_chunk_deleted(run, tmp, shared):
 def store_zarr_json_corrupt(run, tmp, shared):
     path = run / "data" / "train.zarr" / "zarr.json"
     path.write_text(path.read_text()[:50])
-    return {"file": str(path)}
+    return {"file": str(path.parent)}
 
 
 def store_data_zarr_json_corrupt(run, tmp, shared):
     path = run / "data" / "train.zarr" / "data" / "zarr.json"
     path.write_text("{not json")
-    return {"file": str(path)}
+    return {"file": str(path.parents[1])}
 
 
 def store_data_wrong_shape(run, tmp, shared):
@@ -162,8 +162,7 @@ def latents_missing(run, tmp, shared):
 
 def latents_chunk_deleted(run, tmp, shared):
     store = run / "latents.zarr"
-    arrays = [p.parent for p in store.rglob("zarr.json") if p.parent != store]
-    chunks = sorted(p for a in arrays for p in (a / "c").rglob("*") if p.is_file()) if arrays else []
+    chunks = sorted(p for p in (store / "data" / "c").rglob("*") if p.is_file())
     chunks[0].unlink()
     return {"file": str(store)}
 
@@ -334,13 +333,10 @@ def _partials(*roots: Path) -> list[Path]:
     return [p for r in roots if r.is_dir() for p in r.rglob(".*.partial")]
 
 
-def _params():
-    for c in CASES:
-        marks = [pytest.mark.slow] if c.slow else []
-        yield pytest.param(c, id=c.id, marks=marks)
+PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES]
 
 
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", PARAMS)
 def test_bad_input(case: Case, request, tmp_path, shared_data):
     if case.trained:
         src, common = request.getfixturevalue("base_run")
