@@ -28,10 +28,10 @@ import xarray as xr
 
 from simdiff.base.errors import DataError
 from simdiff.data.stores.latents import LatentStore
-from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import TrainingStore
 from simdiff.diffusion.samplers import sample_heun
 from simdiff.diffusion.sampling import Sampling
+from simdiff.generate.augment import physical
 from simdiff.generate.rollout import SamplerSpec
 from simdiff.runs.evaluation import Scoring, score_forecast
 from simdiff.runs.layout import RunDir
@@ -217,23 +217,17 @@ class Run:
     def encode(self, ds: xr.Dataset) -> xr.DataArray:
         """Physical fields (the store's variables, one per data variable; a sample dim first)
         -> standardised latents ``(sample, latent_channel, [d], h, w)``, as ``latents.zarr`` holds."""
-        from simdiff.data.stores.stats import transform_of
+        from simdiff.data.stores.stats import normalise
 
         src = self.store.dataset()
         names = self.store.variables
         missing = [v for v in names if v not in ds]
         if missing:
             raise DataError(f"encode: the dataset lacks {missing}; it needs {names}")
-        parts = []
-        for name in names:
-            x = np.asarray(ds[name].values, dtype=np.float64)
-            t = transform_of(self.store.transforms, name).forward(x)
-            mean = np.asarray(src["mean"].sel(channel=name).values, dtype=np.float32)
-            std = np.asarray(src["std"].sel(channel=name).values, dtype=np.float32)
-            view = (-1, 1, 1) if mean.ndim == 1 and x.ndim == 4 else ()
-            z = (t - mean.reshape(view)) / std.reshape(view)
-            parts.append(np.where(src["mask"].values, z, 0).astype(np.float32))
-        x = torch.from_numpy(np.stack(parts, axis=1)).to(self.device)
+        n = ds[names[0]].shape[0]  # prepare's normalisation, the store's own statistics
+        fields = normalise(ds[names], src[["mean", "std"]], src["mask"], self.store.transforms,
+                           block_samples=n)
+        x = torch.from_numpy(np.asarray(fields.values, dtype=np.float32)).to(self.device)
         with torch.no_grad():
             mu = self.autoencoder.encode(x).float().cpu().numpy()
         view = (1, -1, *([1] * (mu.ndim - 2)))
@@ -252,14 +246,7 @@ class Run:
         """Standardised latents ``(sample, c, [d], h, w)`` -> the decoder's mean fields, physical units."""
         z = torch.from_numpy(np.asarray(latents, dtype=np.float32)).to(self.device)
         decoder = self.models(0).decoder
-        fields = decoder(z).float().cpu().numpy()
-        src = self.store.dataset()
-        sdim = self.store.layout.sample_dim
-        data = xr.DataArray(fields, dims=(sdim, *src["data"].dims[1:]), coords={"channel": src["channel"]})
-        ds = xr.Dataset(
-            {"data": data, "mean": src["mean"], "std": src["std"], "mask": src["mask"]}, attrs=src.attrs
-        )
-        return denormalise(ds).load()
+        return physical(decoder(z).float().cpu().numpy(), self.store)
 
     # -- scoring ---------------------------------------------------------------------------
     def evaluate(self, forecast: xr.Dataset, *, seed: int = 0, **scoring: Any) -> dict[str, Any]:

@@ -246,9 +246,6 @@ class Sample:
         write_block(target, block)
 
 
-Mode = Forecast | Sample
-
-
 @dataclass
 class GenerateJob:
     """A mode's output as a :class:`simdiff.runs.outputs.Job`."""

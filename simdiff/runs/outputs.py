@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import xarray as xr
 
 from simdiff.generate.output import create_partial, finalize, is_complete
+from simdiff.generate.template import WRITTEN
 
 log = logging.getLogger("simdiff")
 
@@ -37,16 +38,6 @@ class Ranks(Protocol):
     world_size: int
 
     def barrier(self) -> None: ...
-
-
-class OneProcess:
-    """:class:`Ranks` of a single process (the Python API, a notebook)."""
-
-    global_rank = 0
-    world_size = 1
-
-    def barrier(self) -> None:
-        return None
 
 
 class Job(Protocol):
@@ -111,11 +102,13 @@ def publish(job: Job, target: Path, *, config: str, ranks: Ranks, force: bool = 
     ranks.barrier()  # every rank has read the same list before any rank writes
     mine = job.blocks(todo)[rank :: ranks.world_size]
     total = sum(job.size(b) for b in mine)
+    units = int(template[WRITTEN].size)  # one flag per unit (member x init, or row)
     log.info(
-        "%s: %d %s to write, %d on rank %d of %d, to %s",
+        "%s: %d %s to write (%d done before), %d on rank %d of %d, to %s",
         job.stage,
         len(todo),
         job.unit,
+        units - len(todo),
         total,
         rank,
         ranks.world_size,
