@@ -251,7 +251,10 @@ def write_training_store(
     try:
         log.info("prepare: writing %s (chunks %s)", path, chunks)
         with _progress(options.progress):
-            ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+            # every chunk on disk, even one equal to the fill value (a fully masked sample is all 0):
+            # TrainingStore reads an absent chunk of data as damage
+            ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding,
+                       write_empty_chunks=True)
         os.replace(tmp / path.name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -99,6 +99,8 @@ class TrainingStore:
         except (KeyError, ValueError, TypeError, OSError) as err:  # JSONDecodeError is a ValueError
             raise DataError(f"{self.path}: cannot be read as a zarr store ({type(err).__name__}: {err}); "
                             f"{fix}") from None
+        # The writers write every chunk of data (write_empty_chunks=True), and its fill value is NaN,
+        # which a store never holds (0 at masked cells): an absent chunk was lost, not skipped as empty.
         if missing and data is not None:
             raise DataError(f"{self.path}: array data has {missing} of its {data.nchunks} chunks missing "
                             f"(they would read as fill values); {fix}")
