@@ -2,15 +2,19 @@
 
 Each case (``CASES``, one row each: an id, the sub-command, its overrides, the damage done
 before it runs, and what stderr must name) runs the real ``simdiff`` in a subprocess on either a
-copy of one tiny trained run (prepare, train-autoencoder, encode, train-diffusion; built once
-per module) or an empty run_dir, and checks: exit code 2, one ``simdiff STAGE: ...`` line naming
-the file or the key and its value, no Python traceback, and nothing written that looks complete
-(no file of the run changed or appeared, logs aside, and no ``.NAME.partial`` store left).
+copy of one tiny trained run (prepare, train-autoencoder, encode, train-diffusion; ``tiny_run``
+of tests/cli/conftest.py, built once per session) or an empty run_dir, and checks: exit code 2,
+one ``simdiff STAGE: ...`` line naming the file or the key and its value, no Python traceback,
+and nothing written that looks complete (no file of the run changed or appeared, logs aside, and
+no ``.NAME.partial`` store left).
 
 Files come from the shared reference data (``../shared/data``: climate netCDF/GRIB, cube files
 incl. ``molecular/edge_cases``) or from the tiny run, damaged by the case. To add a case, add a
 row: ``overrides`` and ``needles`` are formatted with ``run`` (the run_dir), ``tmp`` (a scratch
 folder outside it), ``shared`` (the shared data) and whatever the setup returns.
+
+Every case is a ``simdiff`` process (about 10 s of imports and config alone), so only the rows
+marked ``quick`` (one per kind of check) run in the default suite; the others are marked slow.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from clirun import simdiff
-from test_security_cli import FAST, base_run  # noqa: F401  (the module fixture: one tiny trained run)
+from clirun import FAST, simdiff
 
 from simdiff.base.provenance import sha256_path
 
@@ -45,7 +48,7 @@ class Case:
     needles: tuple[str, ...]  # what stderr must name (the file, or the key and the value)
     setup: Setup = nothing
     trained: bool = True  # on a copy of the tiny trained run; False: an empty run_dir
-    slow: bool = False
+    quick: bool = False  # in the default suite; else marked slow
 
 
 # -- damage done by a case's setup -----------------------------------------------------------
@@ -225,7 +228,7 @@ CUSTOM = ("data=custom",)
 
 CASES: list[Case] = [
     # -- counts, ranges, lists, splits, modes and formats: refused when the config is read ----
-    Case("generate-members-0", "generate", ("generate.members=0",), ("generate.members", "0")),
+    Case("generate-members-0", "generate", ("generate.members=0",), ("generate.members", "0"), quick=True),
     Case("generate-members-negative", "generate", ("generate.members=-3",), ("generate.members", "-3")),
     Case("generate-members-duplicate", "generate", ("generate.members=[1,1]",),
          ("generate.members", "[1, 1]")),
@@ -248,7 +251,8 @@ CASES: list[Case] = [
     Case("augment-split-nope", "augment", ("augment.split=nope",), ("augment.split", "nope")),
     Case("generate-format-grib", "generate", ("generate.format=grib",), ("generate.format", "grib")),
     Case("augment-format-xyz", "augment", ("augment.format=xyz",), ("augment.format", "xyz")),
-    Case("generate-mode-unknown", "generate", ("generate/mode=nope",), ("generate/mode", "nope")),
+    Case("generate-mode-unknown", "generate", ("generate/mode=nope",), ("generate/mode", "nope"),
+         quick=True),
     Case("generate-batch-size-0", "generate", ("generate.batch_size=0",), ("generate.batch_size", "0")),
     Case("augment-max-rounds-0", "augment", ("augment.max_rounds=0",), ("augment.max_rounds", "0")),
     Case("augment-filter-unknown-variable", "augment", ("augment.filter.nonnegative=[nope]",), ("nope",)),
@@ -256,7 +260,7 @@ CASES: list[Case] = [
          ("generate.out", "forecast.txt")),
     Case("augment-out-bad-suffix", "augment", ("augment.out={tmp}/aug.csv",), ("augment.out", "aug.csv")),
     Case("prepare-split-sum", "prepare", ("prepare.split.train=0.5",),
-         ("prepare.split", "0.5"), trained=False),
+         ("prepare.split", "0.5"), trained=False, quick=True),
     Case("prepare-split-negative", "prepare", ("prepare.split.train=1.2", "prepare.split.val=-0.2",
                                                 "prepare.split.test=0.0"), ("prepare.split", "-0.2"),
          trained=False),
@@ -272,7 +276,7 @@ CASES: list[Case] = [
     Case("prepare-unknown-level", "prepare", ("data=era_interim", "data.levels=[123]"), ("123", "level"),
          trained=False),
     Case("run-dir-under-a-file", "prepare", ("run_dir={bad_run}",), ("{bad_run}",),
-         setup=regular_file_run_dir, trained=False),
+         setup=regular_file_run_dir, trained=False, quick=True),
     # -- damaged source files -----------------------------------------------------------------
     Case("netcdf4-truncated", "prepare", (*CUSTOM, "data.source={file}"), ("{file}",),
          setup=truncated_netcdf4, trained=False),
@@ -283,7 +287,7 @@ CASES: list[Case] = [
     Case("empty-file-named-nc", "prepare", (*CUSTOM, "data.source={file}"), ("{file}",),
          setup=empty_nc, trained=False),
     Case("grib-truncated", "prepare", (*CUSTOM, "data.source={file}"), ("{file}",),
-         setup=truncated_grib, trained=False, slow=True),
+         setup=truncated_grib, trained=False),
     Case("cube-broken-header", "prepare", ("data=cubes", "data.source={file}"), ("{file}",),
          setup=broken_cube_header, trained=False),
     Case("cube-truncated", "prepare", ("data=cubes", "data.source={file}"), ("{file}",),
@@ -291,7 +295,8 @@ CASES: list[Case] = [
     Case("cube-garbled-counts", "prepare", ("data=cubes", "data.source={file}"), ("{file}",),
          setup=garbled_cube_counts, trained=False),
     # -- damaged stores -----------------------------------------------------------------------
-    Case("train-store-chunk-deleted", "encode", ("force=true",), ("{file}",), setup=store_chunk_deleted),
+    Case("train-store-chunk-deleted", "encode", ("force=true",), ("{file}",), setup=store_chunk_deleted,
+         quick=True),
     Case("train-store-zarr-json-corrupt", "encode", ("force=true",), ("{file}",),
          setup=store_zarr_json_corrupt),
     Case("train-store-data-zarr-json-corrupt", "generate", (), ("{file}",),
@@ -312,8 +317,7 @@ CASES: list[Case] = [
     Case("diffusion-ckpt-random-bytes", "generate", (), ("{file}",), setup=dm_ckpt_random),
     Case("diffusion-ckpt-truncated", "augment", (), ("{file}",), setup=dm_ckpt_truncated),
     Case("diffusion-ckpt-foreign-tensor", "generate", (), ("{file}",), setup=dm_ckpt_foreign_tensor),
-    Case("last-ckpt-truncated-at-resume", "train-autoencoder", (), ("{file}",), setup=last_ckpt_truncated,
-         slow=True),
+    Case("last-ckpt-truncated-at-resume", "train-autoencoder", (), ("{file}",), setup=last_ckpt_truncated),
 ]
 
 assert len({c.id for c in CASES}) == len(CASES)
@@ -333,13 +337,13 @@ def _partials(*roots: Path) -> list[Path]:
     return [p for r in roots if r.is_dir() for p in r.rglob(".*.partial")]
 
 
-PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES]
+PARAMS = [pytest.param(c, id=c.id, marks=[] if c.quick else [pytest.mark.slow]) for c in CASES]
 
 
 @pytest.mark.parametrize("case", PARAMS)
 def test_bad_input(case: Case, request, tmp_path, shared_data):
     if case.trained:
-        src, common = request.getfixturevalue("base_run")
+        src, common = request.getfixturevalue("tiny_run")
         run_dir = tmp_path / "run"
         shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("logs"))
     else:
