@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -132,9 +133,57 @@ def check_targets(cfg: DictConfig) -> None:
     register(*allowed)
 
 
+def _check_group_choice(key: str, value: str) -> None:
+    """``group=option`` (``generate/mode=sample``): refuse an option with no file in ``conf/GROUP/``."""
+    group = key.lstrip("+~").split("@")[0]
+    folder = config_dir() / group
+    if not group or "." in group or not folder.is_dir() or group.startswith("hydra"):
+        return
+    if "(" in value or "$" in value:
+        return  # a sweep function or an interpolation: Hydra reads it
+    for option in value.split(","):
+        option = option.strip()
+        if option and option != "null" and not (folder / f"{option}.yaml").is_file():
+            choices = sorted(p.stem for p in folder.glob("*.yaml"))
+            raise DataError(f"{group}={option}: no such option in {folder}; choose one of {choices}")
+
+
+def _check_run_dir(value: str) -> None:
+    """``run_dir=DIR``: refuse a folder that cannot be created or written (before Hydra writes its logs)."""
+    if not value or "$" in value:
+        return
+    path = Path(value).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"run_dir={value}: {existing} is a file, not a folder; choose a run_dir in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"run_dir={value}: {existing} is not writable (permission denied); choose a run_dir "
+                        "you can write, or fix the folder's permissions")
+
+
+def check_argv(argv: list[str]) -> None:
+    """Refuse (DataError) what Hydra would otherwise report with exit code 1 or a traceback: an
+    unknown config group option, and a run_dir that cannot be written."""
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or key.startswith("-"):
+            continue
+        if key == "run_dir":
+            _check_run_dir(value)
+        elif "." not in key.split("@")[0]:
+            _check_group_choice(key, value)
+
+
 def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
     """Run ``task`` as the Hydra app ``simdiff NAME`` with the overrides in ``argv``."""
     _register_resolvers()
+    try:
+        check_argv(argv)
+    except DataError as err:
+        print(f"simdiff {name}: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
     def _main(cfg: DictConfig) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from simdiff.base.errors import DataError
-from simdiff.cli.generate import launch, member_ids, model_inputs
+from simdiff.cli.generate import check_output_node, launch, member_ids, model_inputs
 from simdiff.cli.nodes import build, plain_node, sampler_spec
-from simdiff.data.stores.training import TrainingStore
+from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.augment import training_range
 from simdiff.runs.augment import AugmentJob
 from simdiff.runs.completion import Identity
@@ -31,16 +31,26 @@ RUN_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "batch_size", "ou
 
 def output_path(cfg: DictConfig) -> Path:
     """``augment.out``, else ``run_dir/augmented.{zarr,nc}``."""
+    check_output_node("augment", cfg.augment)
     if cfg.augment.get("out"):
         return Path(cfg.augment.out)
-    if cfg.augment.format not in ("zarr", "netcdf"):
-        raise DataError(f"augment.format={cfg.augment.format!r}: use zarr or netcdf")
     return RunDir(cfg.run_dir).output("augmented", str(cfg.augment.format))
+
+
+def check_values(aug: DictConfig) -> None:
+    """Refuse (DataError) bad counts and splits before anything runs."""
+    member_ids(aug.samples, "augment.samples")
+    if aug.split not in SPLITS:
+        raise DataError(f"augment.split={aug.split!r} is not one of {sorted(SPLITS)}")
+    rounds = aug.max_rounds
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise DataError(f"augment.max_rounds={rounds!r}: give a count >= 1 (draws per sample at most)")
 
 
 def identity(cfg: DictConfig) -> Identity:
     """augment depends on its node (less how it runs), the seed, the stores and the models."""
     run = RunDir(cfg.run_dir)
+    check_values(cfg.augment)
     config = {"augment": plain_node(cfg.augment, drop=RUN_KEYS), "sampler": plain_node(cfg.sampler),
               "seed": int(cfg.seed)}
     return Identity(config, model_inputs(run), [output_path(cfg)])

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.cli.nodes import build, plain_node, ranks, sampler_spec
 from simdiff.data.stores.atoms import has_atoms
@@ -24,7 +25,7 @@ from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.cubes import write_cubes
 from simdiff.generate.output import open_output, output_attrs
 from simdiff.runs.completion import Identity, trained
-from simdiff.runs.layout import RunDir
+from simdiff.runs.layout import SUFFIX, RunDir
 from simdiff.runs.models import (
     checkpoint_checksums,
     load_models,
@@ -41,13 +42,43 @@ log = logging.getLogger("simdiff")
 RUN_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "batch_size", "out")
 
 
-def member_ids(value: Any) -> list[int]:
-    """``generate.members`` / ``augment.samples``: a count N (ids 0..N-1) or an explicit list of ids."""
-    return list(range(value)) if isinstance(value, int) else [int(m) for m in value]
+def member_ids(value: Any, key: str = "generate.members") -> list[int]:
+    """``generate.members`` / ``augment.samples``: a count N (ids 0..N-1) or an explicit list of ids.
+
+    Anything else (a count < 1, a negative or repeated id, text) is refused (DataError naming ``key``).
+    """
+    fix = f"give a count N >= 1 (ids 0..N-1) or a list of distinct ids >= 0, e.g. {key}=[17]"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise DataError(f"{key}={value}: {fix}")
+        return list(range(value))
+    try:
+        if isinstance(value, str | bytes | bool | float) or value is None:
+            raise TypeError
+        ids = [m if isinstance(m, int) and not isinstance(m, bool) else int(str(m)) for m in value]
+    except (TypeError, ValueError):
+        raise DataError(f"{key}={value!r}: {fix}") from None
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise DataError(f"{key}={ids}: {fix}")
+    return ids
+
+
+def check_output_node(key: str, node: DictConfig) -> None:
+    """Refuse (DataError) a generating stage's ``format``/``out``/``batch_size`` it cannot write with."""
+    fmt = node.get("format")
+    if fmt not in SUFFIX:
+        raise DataError(f"{key}.format={fmt!r}: use zarr or netcdf")
+    out = node.get("out")
+    if out and Path(str(out)).suffix not in SUFFIX.values():
+        raise DataError(f"{key}.out={out}: the output must end in .zarr (a zarr store) or .nc (netCDF)")
+    batch = node.get("batch_size")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise DataError(f"{key}.batch_size={batch!r}: give a count >= 1")
 
 
 def output_path(cfg: DictConfig, mode: Any) -> Path:
     """``generate.out``, else ``run_dir/forecast.{zarr,nc}`` (``samples.*`` in sample mode)."""
+    check_output_node("generate", cfg.generate)
     if cfg.generate.get("out"):
         return Path(cfg.generate.out)
     return RunDir(cfg.run_dir).output(mode.kind, str(cfg.generate.format))
@@ -67,6 +98,7 @@ def writes_cubes(mode: Any, store: TrainingStore) -> bool:
 def identity(cfg: DictConfig) -> Identity:
     """generate depends on its node (less how it runs), the seed, the stores and the models."""
     run = RunDir(cfg.run_dir)
+    member_ids(cfg.generate.members)  # refuse bad values before anything runs
     config = {"generate": plain_node(cfg.generate, drop=RUN_KEYS), "sampler": plain_node(cfg.sampler),
               "seed": int(cfg.seed)}
     mode = build(cfg.generate.mode)

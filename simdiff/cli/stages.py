@@ -21,6 +21,7 @@ from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
 from simdiff.cli.generate import generate_stage
+from simdiff.cli.nodes import build
 from simdiff.evaluate.html import report_summary
 from simdiff.runs import completion
 from simdiff.runs.completion import Identity
@@ -39,6 +40,7 @@ def source_inputs(data: DictConfig) -> dict[str, Path]:
 
 
 def prepare_identity(cfg: DictConfig) -> Identity:
+    build(cfg.prepare)  # refuse bad options (prepare.split, ...) before anything runs
     return Identity(to_plain(cfg, "data", "prepare"), source_inputs(cfg.data), [RunDir(cfg.run_dir).store])
 
 
@@ -47,7 +49,7 @@ def prepare_stage(cfg: DictConfig) -> None:
     from simdiff.data.stores.prepare import prepare
 
     source = instantiate(cfg.data, _convert_="object")
-    options = instantiate(cfg.prepare)
+    options = build(cfg.prepare)
     path = prepare(
         source, cfg.run_dir, options=options, config=to_plain(cfg, "data", "prepare"), force=cfg.force
     )

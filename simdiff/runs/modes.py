@@ -134,15 +134,29 @@ class Forecast:
             )
         if self.init_indices is None and self.split not in SPLITS:
             raise DataError(f"generate.mode.split={self.split!r} is not one of {sorted(SPLITS)}")
-        if int(self.init_every) < 1 or int(self.max_inits) < 1:
-            raise DataError(
-                f"generate.mode.init_every={self.init_every}, max_inits={self.max_inits}: both must be >= 1"
-            )
+        if self.init_indices is not None:
+            bad = [i for i in self.init_indices if not isinstance(i, int) or isinstance(i, bool) or i < 0]
+            if bad or not len(self.init_indices):
+                raise DataError(
+                    f"generate.mode.init_indices={list(self.init_indices)}: give store sample indices >= 0 "
+                    f"(not {bad}), or null to choose the inits of generate.mode.split"
+                )
+        for key in ("init_every", "max_inits"):
+            if int(getattr(self, key)) < 1:
+                raise DataError(f"generate.mode.{key}={getattr(self, key)}: give a count >= 1")
 
     def inits(self, latents: LatentStore, window: int) -> list[int]:
         """The forecast inits in ``latents`` for a model that conditions on ``window - 1`` states."""
         leads = int(self.lead_steps)
         if self.init_indices:
+            n = len(latents.array("split"))
+            far = [int(i) for i in self.init_indices if int(i) + leads >= n]
+            if far:
+                raise DataError(
+                    f"{latents.path}: generate.mode.init_indices={list(self.init_indices)}: {far} leave no "
+                    f"room for generate.mode.lead_steps={leads} later states in its {n} samples; give "
+                    f"indices <= {n - 1 - leads}"
+                )
             return [int(i) for i in self.init_indices]
         context = max(window - 1, 1)
         valid = (

@@ -13,6 +13,8 @@ from pathlib import Path
 from simdiff.generate.output import partial_path
 
 ENTRY = [sys.executable, "-m", "simdiff.cli.main"]
+#: Overrides of the tiny trained run (tests/cli/conftest.py ``tiny_run``): debug=tiny, one epoch each.
+FAST = ("debug=tiny", "debug.ae_max_epochs=1", "debug.dm_max_epochs=1")
 
 
 def simdiff(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

@@ -1,9 +1,10 @@
 """Executable payloads planted wherever the CLI reads specs back, or passed as config overrides.
 
 One tiny run (prepare, train-autoencoder, encode, train-diffusion; debug=tiny) is built once per
-module; each test copies it, plants one payload (a ``_target_`` or pickled object that would
-create a marker file if built), runs the real ``simdiff`` in a subprocess and checks: exit code 2,
-one message naming the file (or config key) and the value, no marker, nothing written. The
+session (``tiny_run``, tests/cli/conftest.py); each test copies it, plants one payload (a
+``_target_`` or pickled object that would create a marker file if built), runs the real
+``simdiff`` in a subprocess and checks: exit code 2, one message naming the file (or config key)
+and the value, no marker, nothing written. The
 payloads are shown to be live in tests/base/test_registry.py (``test_payloads_are_live``,
 ``test_pickled_checkpoint_payload_is_live``).
 """
@@ -23,8 +24,6 @@ from clirun import simdiff
 
 from simdiff.base.provenance import sha256_path
 
-FAST = ("debug=tiny", "debug.ae_max_epochs=1", "debug.dm_max_epochs=1")
-
 
 class Payload:
     def __init__(self, marker: Path) -> None:
@@ -34,21 +33,10 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
-    tmp = tmp_path_factory.mktemp("sec")
-    run_dir = tmp / "run"
-    common = (*FAST, f"cache_dir={tmp / 'cache'}")
-    for stage in ("prepare", "train-autoencoder", "encode", "train-diffusion"):
-        out = simdiff(stage, f"run_dir={run_dir}", *common)
-        assert out.returncode == 0, out.stderr[-4000:]
-    return run_dir, common
-
-
 @pytest.fixture
-def run(base_run, tmp_path) -> tuple[Path, tuple[str, ...], Path]:
+def run(tiny_run, tmp_path) -> tuple[Path, tuple[str, ...], Path]:
     """A fresh copy of the tiny run, its common overrides, and the marker a payload would create."""
-    src, common = base_run
+    src, common = tiny_run
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("logs"))
     return run_dir, common, tmp_path / "MARKER"

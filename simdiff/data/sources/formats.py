@@ -42,6 +42,42 @@ def _zarr_consolidated(path: Path) -> dict[str, Any]:
     return {"consolidated": False}
 
 
+def _grib_complete(path: Path) -> dict[str, Any]:
+    """Refuse (DataError) a GRIB file whose last message is cut short: cfgrib would read the
+    messages before it and silently drop the rest. Walks the message headers (lengths only)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        pos = 0
+        while pos < size:
+            f.seek(pos)
+            window = f.read(1 << 16)
+            start = window.find(b"GRIB")
+            if start < 0:
+                break  # padding at the end
+            pos += start
+            f.seek(pos)
+            head = f.read(16)
+            if len(head) < 16:
+                length = size + 1
+            elif head[7] == 1:
+                length = int.from_bytes(head[4:7], "big")
+                if length & 0x800000:  # GRIB1 large-message coding: lengths not checked
+                    break
+            else:
+                length = int.from_bytes(head[8:16], "big")
+            if pos + length > size:
+                raise DataError(
+                    f"{path}: the GRIB message at byte {pos} needs {length} bytes but the file ends after "
+                    f"{size - pos}: the file is truncated; download or copy it again (compare its checksum)"
+                )
+            f.seek(pos + length - 4)
+            if f.read(4) != b"7777":
+                raise DataError(f"{path}: the GRIB message at byte {pos} does not end with 7777: the file is "
+                                "damaged; download or copy it again (compare its checksum)")
+            pos += length
+    return {}
+
+
 FORMATS: tuple[FileFormat, ...] = (
     FileFormat("netCDF 3/4", (".nc", ".nc4", ".netcdf", ".cdf"), "netcdf4", "netCDF4", "pip install netCDF4"),
     FileFormat("zarr v2/v3 (directory)", (".zarr",), "zarr", "zarr", "pip install zarr",
@@ -53,6 +89,7 @@ FORMATS: tuple[FileFormat, ...] = (
         "cfgrib",
         "pip install simdiff[grib]",
         {"backend_kwargs": {"indexpath": ""}},
+        probe=_grib_complete,
     ),
 )
 

@@ -177,7 +177,9 @@ def write_latent_store(
                          "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)}}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+        # every chunk on disk, even one equal to the fill value: an absent chunk of data is damage
+        ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding,
+                   write_empty_chunks=True)
         os.replace(tmp / path.name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -79,13 +79,13 @@ class PrepareOptions:
     def __post_init__(self) -> None:
         split = {str(k): float(v) for k, v in self.split.items()}
         if sorted(split) != sorted(SPLITS):
-            raise ValueError(f"prepare.split must name exactly {list(SPLITS)}, got {sorted(split)}")
+            raise DataError(f"prepare.split must name exactly {list(SPLITS)}, got {sorted(split)}")
         object.__setattr__(self, "split", split)
         fr = self.fractions
         if min(fr) < 0 or not np.isclose(sum(fr), 1.0) or not self.train > 0:
-            raise ValueError(f"prepare.split fractions must be >= 0, train > 0, sum to 1; got {split}")
+            raise DataError(f"prepare.split fractions must be >= 0, train > 0, sum to 1; got {split}")
         if not (self.chunk_mb > 0 and self.work_mb > 0):
-            raise ValueError(f"prepare.chunk_mb and work_mb must be > 0, got {self.chunk_mb}, {self.work_mb}")
+            raise DataError(f"prepare.chunk_mb and work_mb must be > 0, got {self.chunk_mb}, {self.work_mb}")
         self.compressor()  # fail early on a bad codec name or level
 
     @property
@@ -251,7 +251,10 @@ def write_training_store(
     try:
         log.info("prepare: writing %s (chunks %s)", path, chunks)
         with _progress(options.progress):
-            ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+            # every chunk on disk, even one equal to the fill value (a fully masked sample is all 0):
+            # TrainingStore reads an absent chunk of data as damage
+            ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding,
+                       write_empty_chunks=True)
         os.replace(tmp / path.name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

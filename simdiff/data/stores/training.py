@@ -90,8 +90,20 @@ class TrainingStore:
             raise DataError(
                 f"{self.path}: no training store here; run `simdiff prepare run_dir=...` first"
             )
-        self.group = zarr.open_group(str(self.path), mode="r")
-        attrs = dict(self.group.attrs)
+        fix = "it is damaged or incomplete: re-run the stage that wrote it with force=true"
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r")
+            attrs = dict(self.group.attrs)
+            data = self.group["data"] if "data" in self.group else None
+            missing = 0 if data is None else data.nchunks - data.nchunks_initialized
+        except (KeyError, ValueError, TypeError, OSError) as err:  # JSONDecodeError is a ValueError
+            raise DataError(f"{self.path}: cannot be read as a zarr store ({type(err).__name__}: {err}); "
+                            f"{fix}") from None
+        # The writers write every chunk of data (write_empty_chunks=True), and its fill value is NaN,
+        # which a store never holds (0 at masked cells): an absent chunk was lost, not skipped as empty.
+        if missing and data is not None:
+            raise DataError(f"{self.path}: array data has {missing} of its {data.nchunks} chunks missing "
+                            f"(they would read as fill values); {fix}")
         if attrs.get("simdiff_store") not in READABLE_KINDS:
             raise DataError(f"{self.path}: not a simdiff training store (attrs {sorted(attrs)})")
         if attrs.get("format_version") != FORMAT_VERSION:

@@ -294,3 +294,37 @@ def test_directory_checksum_covers_names_and_bytes(tmp_path: Path) -> None:
     assert sha256_path(d)[0] != digest
     with pytest.raises(DataError, match="does not exist"):
         sha256_path(tmp_path / "missing.nc")
+
+
+def test_a_chunk_of_zeros_is_on_disk_and_the_store_opens(tmp_path: Path) -> None:
+    """A sample NaN at every masked cell and at the channel means elsewhere normalises to all 0s.
+    zarr leaves out a chunk equal to the fill value unless told to write empty chunks; the reader
+    refuses a store with a chunk of data absent, so the writer must have put that chunk on disk."""
+    ds, mask = make_dataset()
+    train = int(N * 0.8)  # OPTS: the first 32 samples are train
+    pm = np.where(np.arange(N) % 2, 1.0, -1.0)  # +-1 around 0 in pairs: the train means are exactly 0
+    pm[0] = pm[train - 1] = 0.0  # sample 0: the means (its pair partner too, to keep the balance)
+    for name in ("t2m", "tp"):
+        values = np.broadcast_to(pm[:, None, None], ds[name].shape).astype(np.float32).copy()
+        values[:, ~mask] = np.nan
+        ds[name] = (ds[name].dims, values, ds[name].attrs)
+    opts = PrepareOptions(progress=False, chunk_mb=1e-5)  # one sample per chunk
+    path = write_training_store(make_field(ds, mask), tmp_path / "t.zarr", transforms={}, options=opts,
+                                provenance={})
+    store = TrainingStore(path)
+    assert store.chunk_samples == 1
+    np.testing.assert_array_equal(store.array("mean"), 0.0)
+    assert not store.data[0].any() and store.data[1][:, mask].all()  # chunk 0 holds nothing but 0s
+    assert store.data.nchunks_initialized == store.data.nchunks == N
+
+
+def test_a_lost_chunk_of_data_is_refused(tmp_path: Path) -> None:
+    ds, mask = make_dataset()
+    opts = PrepareOptions(progress=False, chunk_mb=1e-5)
+    path = write_training_store(make_field(ds, mask), tmp_path / "t.zarr", transforms={}, options=opts,
+                                provenance={})
+    chunk = path / "data" / "c" / "5" / "0" / "0" / "0"
+    assert chunk.is_file()
+    chunk.unlink()
+    with pytest.raises(DataError, match=r"t.zarr: array data has 1 of its 40 chunks missing"):
+        TrainingStore(path)
