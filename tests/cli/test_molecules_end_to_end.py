@@ -1,4 +1,5 @@
-"""The molecular main job end to end: `simdiff run data=molecules debug=tiny`.
+"""The molecular recipe end to end: `workflows/molecular_densities/run.sh RUN_DIR debug=tiny`
+(`simdiff run data=molecules`, then members for training geometries).
 
 PySCF densities of small molecules -> a 3D autoencoder -> a latent diffusion model conditioned
 on each molecule's label, electron count and geometry (Gaussian atom densities on the latent
@@ -12,7 +13,10 @@ report's molecular scores.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from functools import partial
+from pathlib import Path
 
 import clirun
 import numpy as np
@@ -26,6 +30,7 @@ from simdiff.generate.output import open_output
 from simdiff.runs.api import open_run
 
 simdiff = partial(clirun.simdiff, timeout=900)
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "molecular_densities" / "run.sh"
 BOHR_PER_ANGSTROM = 1 / 0.529177210903
 
 
@@ -33,9 +38,11 @@ BOHR_PER_ANGSTROM = 1 / 0.529177210903
 def molecule_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("molecules")
     run_dir = tmp / "run"
-    out = simdiff("run", f"run_dir={run_dir}", "data=molecules", "debug=tiny", f"cache_dir={tmp / 'cache'}",
-                  "generate.mode.split=test")
+    env = {**os.environ, "SIMDIFF": " ".join(clirun.ENTRY)}
+    out = subprocess.run([str(WORKFLOW), str(run_dir), "debug=tiny", f"cache_dir={tmp / 'cache'}"],
+                         capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
+    assert (run_dir / "seen.zarr").is_dir() and "report:" in out.stdout
     log = "".join(p.read_text() for p in (run_dir / "logs").rglob("*.log"))
     return run_dir, tmp / "cache", log
 

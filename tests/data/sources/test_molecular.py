@@ -184,3 +184,22 @@ def test_cubes_preset_takes_a_glob(shared_data: Path, tmp_path: Path) -> None:
     )
     field = instantiate(cfg.data, _convert_="partial").open()
     assert field.variables == ["mo_6", "mo_7", "mo_8"]
+
+
+def test_the_documented_transforms_override_works_as_written(shared_data: Path) -> None:
+    """datasets/cubes/README.md: `data=cubes data.source=... data.transforms='{density:{...}}'`
+    (no '+'; Hydra's struct mode refused it while the preset said `transforms: {}`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    readme = (Path(__file__).resolve().parents[3] / "datasets" / "cubes" / "README.md").read_text()
+    value = "{density:{_target_:simdiff.data.transforms.Log1p,scale:1.0e-3}}"
+    assert f"`data.transforms='{value}'`" in readme
+    override = f"data.transforms={value}"
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        source = f"data.source={shared_data}/molecular/cclib_nh3.cube"
+        cfg = compose("config", overrides=["data=cubes", source, override])
+    source = instantiate(cfg.data, _convert_="object")  # as `simdiff prepare` does
+    assert source.transforms == {"density": Log1p(scale=1.0e-3)}
+    assert source.open().variables == ["density"]

@@ -25,3 +25,28 @@ def test_channels_peak_where_the_atom_is():
 def test_cell_centres_average_each_footprint():
     np.testing.assert_allclose(cell_centres(np.arange(8.0), 4, 2), [1.5, 5.5])
     np.testing.assert_allclose(cell_centres(np.arange(6.0), 4, 2), [1.5, 5.5])  # edge-extended
+
+
+def test_a_real_cube_files_atoms_land_on_their_voxels(shared_data, tmp_path):
+    """Psi4's NH3 cube states its atoms in its own frame, off the grid origin: each atom's
+    channel peaks in the latent cell holding the voxel of the density's cusp nearest to it."""
+    from simdiff.data.sources.molecular import CubeSource
+    from simdiff.data.stores.atoms import molecular_conditions
+    from simdiff.data.stores.prepare import PrepareOptions, write_training_store
+    from simdiff.data.stores.training import TrainingStore
+    from simdiff.data.transforms import Log1p
+
+    field = CubeSource(source=str(shared_data / "molecular" / "cclib_nh3.cube"), units="bohr-3").open()
+    path = write_training_store(field, tmp_path / "train.zarr", transforms={"density": Log1p(1e-3)},
+                                options=PrepareOptions(split={"train": 1.0, "val": 0.0, "test": 0.0},
+                                                       progress=False), provenance={})
+    store = TrainingStore(path)
+    rho = store.dataset()["data"].values[0, 0]  # normalised log density: its maximum is the cusp
+    nz, ny, nx = rho.shape
+    factors = (2, 2, 2)
+    latent = tuple(-(-n // f) for n, f in zip(rho.shape, factors, strict=True))
+    atoms = molecular_conditions(store, latent, factors)["atoms"][1][0]
+    cusp = np.unravel_index(np.argmax(rho), rho.shape)  # the N nucleus: the density's maximum
+    heavy = np.unravel_index(np.argmax(atoms[1]), atoms[1].shape)
+    assert all(abs(h - c // f) <= 1 for h, c, f in zip(heavy, cusp, factors, strict=True))
+    assert (nz, ny, nx) == (112, 48, 54)
