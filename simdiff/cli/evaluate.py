@@ -1,9 +1,12 @@
-"""``simdiff evaluate``: the forecast and/or the augmented dataset -> ``run_dir/report/``.
+"""``simdiff evaluate``: the forecast, conditional or sample draws and/or the augmented dataset ->
+``run_dir/report/``.
 
 Scores the ensemble against the truth of the training store and its baselines
 (:mod:`simdiff.runs.evaluation`): a climatological ensemble of training states, persistence,
 and the autoencoder ceiling. When ``augmented.zarr`` (``augment.out``) exists, the report gets
-an ``augment`` section. Writes ``metrics.json``, ``metrics.csv``, the figures and ``index.html``
+an ``augment`` section. Conditional mode's members (molecules) are scored against the density of
+the sample each was drawn for (``molecular``), sample mode's draws against held-out data
+(``samples``). Writes ``metrics.json``, ``metrics.csv``, the figures and ``index.html``
 (:mod:`simdiff.evaluate.report`) and prints a summary table.
 """
 
@@ -22,7 +25,7 @@ from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.output import open_output
 from simdiff.runs.completion import Identity, trained
-from simdiff.runs.evaluation import Scoring, molecular_report, score_augmented, score_forecast
+from simdiff.runs.evaluation import Scoring, molecular_report, score_augmented, score_forecast, score_samples
 from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
@@ -30,26 +33,26 @@ log = logging.getLogger("simdiff")
 
 def _inputs(cfg: DictConfig) -> tuple[Path, Path, Path | None]:
     """What evaluate scores: forecast mode's output (else run_dir/forecast.zarr), the augmented
-    set, and conditional mode's output (None in the other modes)."""
+    set, and conditional or sample mode's output (None in forecast mode)."""
     mode = build(cfg.generate.mode)
     forecast = output_path(cfg, mode) if mode.kind == "forecast" else RunDir(cfg.run_dir).output("forecast")
-    conditional = output_path(cfg, mode) if mode.kind == "conditional" else None
-    return forecast, augment_output_path(cfg), conditional
+    other = output_path(cfg, mode) if mode.kind in ("conditional", "samples") else None
+    return forecast, augment_output_path(cfg), other
 
 
-def _scores_forecast(forecast: Path, augmented: Path, conditional: Path | None) -> bool:
+def _scores_forecast(forecast: Path, augmented: Path, drawn: Path | None) -> bool:
     """The forecast is scored when it is there, or when nothing else is (then its absence is the error)."""
-    return forecast.exists() or not (augmented.exists() or (conditional is not None and conditional.exists()))
+    return forecast.exists() or not (augmented.exists() or (drawn is not None and drawn.exists()))
 
 
 def identity(cfg: DictConfig) -> Identity:
     """evaluate depends on its node, the seed, the truth, the outputs it scores and the autoencoder."""
     run = RunDir(cfg.run_dir)
-    forecast, augmented, conditional = _inputs(cfg)
+    forecast, augmented, drawn = _inputs(cfg)
     inputs = {"training store": run.store}
-    if conditional is not None and conditional.exists():
-        inputs["conditional"] = conditional
-    if _scores_forecast(forecast, augmented, conditional):
+    if drawn is not None and drawn.exists():
+        inputs["generated"] = drawn
+    if _scores_forecast(forecast, augmented, drawn):
         inputs["forecast"] = forecast
     if augmented.exists():
         inputs["augmented"] = augmented
@@ -96,19 +99,24 @@ def evaluate_stage(cfg: DictConfig) -> None:
         climatology_window_days=float(ev.climatology_window_days),
         spectra=bool(ev.spectra),
     )
-    path, augmented, conditional = _inputs(cfg)
+    path, augmented, drawn = _inputs(cfg)
     store = TrainingStore(run.store)
     truth = denormalise(store.dataset())  # the truth first: a store with a foreign transform stops here
     metrics: dict[str, Any] = {}
     forecast = None
     figures: dict[str, Any] = {}
-    if conditional is not None and conditional.exists():
-        output = open_output(conditional)
-        log.info("evaluate: %s, %d members x %d conditions", conditional, output.sizes["realization"],
-                 output.sizes["condition"])
-        metrics["molecular"], figures = molecular_report(run, output)
-        metrics["molecular"]["source"] = str(conditional)
-    if _scores_forecast(path, augmented, conditional):
+    if drawn is not None and drawn.exists():
+        output = open_output(drawn)
+        if "condition" in output.dims:
+            log.info("evaluate: %s, %d members x %d conditions", drawn, output.sizes["realization"],
+                     output.sizes["condition"])
+            metrics["molecular"], figures = molecular_report(run, output)
+            metrics["molecular"]["source"] = str(drawn)
+        else:
+            log.info("evaluate: %s, %d samples", drawn, output.sizes["realization"])
+            metrics["samples"] = score_samples(run, output)
+            metrics["samples"]["source"] = str(drawn)
+    if _scores_forecast(path, augmented, drawn):
         forecast = open_output(path)
         log.info(
             "evaluate: %s, %d members x %d inits x %d leads",

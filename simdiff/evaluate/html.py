@@ -76,14 +76,9 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
         parts.extend(_baselines_html(metrics.get("baselines") or {}))
         parts.extend(_domain_html(metrics.get("domain") or {}))
     parts.extend(_molecular_html(metrics.get("molecular") or {}))
-    augment = metrics.get("augment")
-    if augment:
-        parts.append(f"<h2>Augmentation ({augment['samples']} synthetic samples)</h2>")
-        rows = [[key, e["wasserstein1"], e["wasserstein1_train_test"], e["spectrum_ratio"]]
-                for key, e in augment["variables"].items()]
-        parts.append(_table(["variable", "W1 synthetic-test", "W1 train-test", "spectrum_ratio"], rows))
-        mem = augment.get("memorisation", {})
-        parts.append(_table(list(mem), [list(mem.values())]))
+    for key, title in (("samples", "Samples (generate/mode=sample) against held-out data"),
+                       ("augment", "Augmentation")):
+        parts.extend(_distribution_html(metrics.get(key), title))
     parts.append("<p>Data: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>"
                                           for f in data_files) + "</p>")
     for png in pngs:
@@ -91,6 +86,19 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
         parts.append(f"<h3>{html.escape(png.removesuffix('.png'))}</h3><img src='{name}' alt='{name}'>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _distribution_html(augment: dict[str, Any] | None, title: str) -> list[str]:
+    """Synthetic samples against held-out data: W1, spectra, memorisation."""
+    parts: list[str] = []
+    if augment:
+        parts.append(f"<h2>{html.escape(title)} ({augment['samples']} synthetic samples)</h2>")
+        rows = [[key, e["wasserstein1"], e["wasserstein1_train_test"], e["spectrum_ratio"]]
+                for key, e in augment["variables"].items()]
+        parts.append(_table(["variable", "W1 synthetic-test", "W1 train-test", "spectrum_ratio"], rows))
+        mem = augment.get("memorisation", {})
+        parts.append(_table(list(mem), [list(mem.values())]))
+    return parts
 
 
 def _molecular_html(molecular: dict[str, Any]) -> list[str]:

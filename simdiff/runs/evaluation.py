@@ -141,6 +141,29 @@ def score_augmented(run: RunDir, synthetic: xr.Dataset) -> dict[str, Any]:
     )
 
 
+def score_samples(run: RunDir, samples: xr.Dataset) -> dict[str, Any]:
+    """metrics.json's ``samples`` part: sample mode's draws against held-out data (quantiles,
+    Wasserstein-1, spectra, memorisation), as an augmented set is scored."""
+    from simdiff.evaluate.report import evaluate_augmented
+
+    store = TrainingStore(run.store)
+    sdim = store.layout.sample_dim
+    ds = store.dataset()
+    truth = denormalise(ds)
+    test_idx = store.indices("test")
+    if not len(test_idx):
+        test_idx = store.indices("val")
+    return evaluate_augmented(
+        samples[list(truth.data_vars)].drop_vars(sdim, errors="ignore"),
+        truth.isel({sdim: store.indices("train")}),
+        truth.isel({sdim: test_idx}),
+        weights=ds["weights"],
+        periodic=set(store.attrs["geometry"].get("periodic", [])),
+        sample_dim=sdim,
+        synthetic_dim="realization",
+    )
+
+
 def score_conditional(run: RunDir, output: xr.Dataset) -> dict[str, Any]:
     """metrics.json's ``molecular`` part: each conditional member against the density of the
     sample it was drawn for (same molecule, geometry and grid), per variable of a voxel grid."""

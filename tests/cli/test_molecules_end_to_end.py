@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -124,3 +125,22 @@ def test_seen_geometries_with_guidance_and_the_python_api(molecule_run, tmp_path
                                published["density"].sel(realization=1).isel(condition=0).values,
                                rtol=1e-5, atol=1e-9)
     assert isinstance(one, xr.Dataset)
+
+
+def test_sample_mode_draws_are_scored_against_held_out_densities(molecule_run, tmp_path):
+    """generate/mode=sample (labels and atoms of test samples, cycled) and evaluate's `samples`
+    section (it crashed with StopIteration, then had no score for samples)."""
+    run_dir, cache, _ = molecule_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    common = (f"run_dir={copy}", "data=molecules", "debug=tiny", f"cache_dir={cache}", "generate/mode=sample")
+    assert simdiff("generate", *common).returncode == 0
+    samples = open_output(copy / "samples.zarr")
+    assert samples["density"].dims == ("realization", "z", "y", "x")
+    assert (samples["density"].values >= 0).all()
+    res = simdiff("evaluate", *common, "force=true")  # the report scored the conditional draws
+    assert res.returncode == 0, res.stderr[-3000:]
+    scores = json.loads((copy / "report" / "metrics.json").read_text())["samples"]
+    assert scores["samples"] == samples.sizes["realization"]
+    assert np.isfinite(scores["variables"]["density"]["wasserstein1"])
+    assert "Samples (generate/mode=sample)" in (copy / "report" / "index.html").read_text()
