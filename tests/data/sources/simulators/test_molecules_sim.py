@@ -133,17 +133,15 @@ def test_bad_parameters(tmp_path: Path) -> None:
 
 
 def test_preset_with_debug_tiny(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from simdiff.data.transforms import Log1p
 
     conf = Path(__file__).resolve().parents[4] / "conf"
-    cfg = OmegaConf.merge(
-        {"cache_dir": str(tmp_path)},
-        OmegaConf.load(conf / "debug" / "tiny.yaml"),
-        {"data": OmegaConf.load(conf / "data" / "molecules.yaml")},
-    )
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose("config", overrides=["data=molecules", "debug=tiny", f"cache_dir={tmp_path}"])
+    assert cfg.generate.mode._target_.endswith("Conditional") and cfg.diffusion.conditioning.previous == 0
     source = instantiate(cfg.data, _convert_="partial")  # what the CLI must do
     assert isinstance(source, MoleculeDensities)
     assert (source.grid, source.basis, source.n_samples, source.xc_grid_level) == (12, "sto-3g", 8, 1)
