@@ -21,6 +21,7 @@ import yaml
 from simdiff.base.atomic import atomic_file
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml
+from simdiff.lit.checkpoint import resume_point
 from simdiff.runs.completion import is_primary_process
 
 log = logging.getLogger("simdiff")
@@ -78,10 +79,12 @@ def claim(out: Path, config: dict[str, Any], *, final: str, stage: str, force: b
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(saved) as f:
         f.write(config_yaml(config))
-    resume = out / "checkpoints" / "last.ckpt"
-    if resume.is_file():
+    resume = resume_point(out / "checkpoints", stage=stage)
+    if resume is not None:
         log.info("%s: resuming from %s", stage, resume)
         return str(resume)
+    if any((out / "checkpoints").glob("*.ckpt.damaged-*")):
+        log.warning("%s: no readable checkpoint left in %s; starting over", stage, out / "checkpoints")
     return ""
 
 
@@ -96,5 +99,5 @@ def _follow(out: Path, config: dict[str, Any], final: str, timeout: float = 60.0
         time.sleep(0.5)
     if (out / final).is_file():
         return None
-    resume = out / "checkpoints" / "last.ckpt"
-    return str(resume) if resume.is_file() else ""
+    resume = resume_point(out / "checkpoints", stage="", primary=False)
+    return "" if resume is None else str(resume)

@@ -213,14 +213,6 @@ def ae_ckpt_missing(run, tmp, shared):
     return {"file": str(_ckpt(run, "autoencoder"))}
 
 
-def last_ckpt_truncated(run, tmp, shared):
-    """An unfinished autoencoder run (no final checkpoint) whose last.ckpt was cut short."""
-    _ckpt(run, "autoencoder").unlink()
-    last = run / "autoencoder" / "checkpoints" / "last.ckpt"
-    _cut(last, last)
-    return {"file": str(last)}
-
-
 def regular_file_run_dir(run, tmp, shared):
     (tmp / "afile").write_text("a regular file\n")
     return {"bad_run": str(tmp / "afile" / "run")}
@@ -319,7 +311,6 @@ CASES: list[Case] = [
     Case("diffusion-ckpt-random-bytes", "generate", (), ("{file}",), setup=dm_ckpt_random),
     Case("diffusion-ckpt-truncated", "augment", (), ("{file}",), setup=dm_ckpt_truncated),
     Case("diffusion-ckpt-foreign-tensor", "generate", (), ("{file}",), setup=dm_ckpt_foreign_tensor),
-    Case("last-ckpt-truncated-at-resume", "train-autoencoder", (), ("{file}",), setup=last_ckpt_truncated),
 ]
 
 assert len({c.id for c in CASES}) == len(CASES)
