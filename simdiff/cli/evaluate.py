@@ -77,6 +77,11 @@ def molecular_table(molecular: dict[str, Any]) -> Any:
         radial, peak = e["radial_profile_relative_error"]["median"], e["peak_ratio"]["median"]
         table.add_row(name, "all", f"{c['median']:.3%}", f"{c['p90']:.3%}", f"{radial:.3g}", f"{peak:.3g}",
                       f"{e['negative_fraction']:.3g}")
+        for base, b in (e.get("baselines") or {}).items():
+            bc = b["electron_count_relative_error"]
+            table.add_row("", f"({base})", f"{bc['median']:.3%}", f"{bc['p90']:.3%}",
+                          f"{b['radial_profile_relative_error']['median']:.3g}",
+                          f"{b['peak_ratio']['median']:.3g}", "")
         for mol, m in e.get("by_molecule", {}).items():
             table.add_row("", mol, f"{m['electron_count_relative_error']:.3%}", "",
                           f"{m['radial_profile_relative_error']:.3g}", f"{m['peak_ratio']:.3g}", "")

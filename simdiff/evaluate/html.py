@@ -115,11 +115,20 @@ def _molecular_html(molecular: dict[str, Any]) -> list[str]:
             "N = sum(rho dV) on the grid; radial error: fraction of charge at the wrong distance from "
             "the centre of charge.</p>"
         )
+        rows = [["members", c["median"], c["p90"], e["negative_fraction"],
+                 e["radial_profile_relative_error"]["median"], e["peak_ratio"]["median"], e["spectrum_ratio"],
+                 e["spectrum_ratio_high_k"]]]
+        for base, b in (e.get("baselines") or {}).items():
+            bc = b["electron_count_relative_error"]
+            rows.append([f"{base} (baseline)", bc["median"], bc["p90"], None,
+                         b["radial_profile_relative_error"]["median"], b["peak_ratio"]["median"],
+                         b["spectrum_ratio"], b["spectrum_ratio_high_k"]])
         parts.append(_table(
-            ["count error median", "count error p90", "negative fraction", "radial error median",
-             "peak ratio median", "spectrum ratio", "spectrum ratio (high k)"],
-            [[c["median"], c["p90"], e["negative_fraction"], e["radial_profile_relative_error"]["median"],
-              e["peak_ratio"]["median"], e["spectrum_ratio"], e["spectrum_ratio_high_k"]]]))
+            ["", "count error median", "count error p90", "negative fraction", "radial error median",
+             "peak ratio median", "spectrum ratio", "spectrum ratio (high k)"], rows))
+        if e.get("baselines"):
+            parts.append("<p>promolecule: the superposition of free-atom densities at the same geometry "
+                         "and grid (PySCF's atomic guess, no SCF), the baseline to beat.</p>")
         per = e.get("by_molecule") or {}
         if per:
             parts.append(_table(["molecule", "conditions", "reference N", "count error", "radial error",
@@ -225,6 +234,13 @@ def report_summary(metrics: dict[str, Any]) -> list[str]:
             lines.append(f"{name}: {e['members']} members x {e['conditions']} conditions; electron count "
                          f"error median {c['median']:.2%}, p90 {c['p90']:.2%}; negative fraction "
                          f"{e['negative_fraction']:.3g}; radial error {fmt(radial)}; peak ratio {fmt(peak)}")
+            pro = (e.get("baselines") or {}).get("promolecule")
+            if pro:
+                verdict = ("beats" if c["median"] < pro["electron_count_relative_error"]["median"]
+                           else "WORSE than")
+                lines.append(f"  electron count {verdict} the promolecule baseline (median "
+                             f"{pro['electron_count_relative_error']['median']:.2%}, radial error "
+                             f"{fmt(pro['radial_profile_relative_error']['median'])})")
     if "variables" in metrics:
         lines.append(f"forecast: {metrics.get('members')} members x {metrics.get('cases')} cases, "
                      f"leads {metrics.get('lead_times')}")

@@ -21,7 +21,9 @@ grid, is its reference. Everything is computed on that grid:
   distance to its own reference; ``copies`` is the fraction of members nearer to a training
   density than the training densities' own median nearest-neighbour distance.
 
-All metrics are per molecule (by label) and pooled.
+All metrics are per molecule (by label) and pooled. On the built-in set the report adds the
+same scores for the **promolecule** (the superposition of free-atom densities at the same
+geometry and grid, no SCF): the baseline a generated density has to beat.
 """
 
 from __future__ import annotations

@@ -164,6 +164,35 @@ def score_samples(run: RunDir, samples: xr.Dataset) -> dict[str, Any]:
     )
 
 
+#: The pooled scores kept for a baseline of the molecular report.
+BASELINE_SCORES = ("electron_count_relative_error", "radial_profile_relative_error", "peak_ratio",
+                   "spectrum_ratio", "spectrum_ratio_high_k")
+
+
+def simulator_basis(store: TrainingStore) -> str | None:
+    """The basis set of a store made by the built-in molecule simulator (from its provenance
+    config), None for any other store (e.g. cube files: their method is not known)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(store.attrs["provenance"]["config"])["data"]
+    except (KeyError, TypeError, yaml.YAMLError):
+        return None
+    if not str(data.get("_target_", "")).endswith("simulators.molecules.MoleculeDensities"):
+        return None
+    return str(data["basis"])
+
+
+def promolecules(store: TrainingStore, indices: np.ndarray, basis: str) -> np.ndarray:
+    """(C, Z, Y, X) promolecular densities of samples ``indices``, on the store's grid."""
+    from simdiff.data.sources.simulators.molecules import promolecule_on_grid
+
+    src = store.dataset()
+    axes = tuple(np.asarray(src[d].values, np.float64) for d in store.layout.spatial_dims)
+    numbers, positions = store.array("atom_numbers"), store.array("atom_positions")
+    return np.stack([promolecule_on_grid(numbers[i], positions[i], axes, basis) for i in indices])
+
+
 def score_conditional(run: RunDir, output: xr.Dataset) -> dict[str, Any]:
     """metrics.json's ``molecular`` part: each conditional member against the density of the
     sample it was drawn for (same molecule, geometry and grid), per variable of a voxel grid."""
@@ -186,6 +215,10 @@ def score_conditional(run: RunDir, output: xr.Dataset) -> dict[str, Any]:
         refs = np.asarray(truth[name].isel({sdim: idx}).values)
         train = np.asarray(truth[name].isel({sdim: train_idx}).values) if len(train_idx) >= 2 else None
         out[name] = molecular_scores(members, refs, axes, dv, labels=labels, label_names=names, train=train)
+        basis = simulator_basis(store)
+        if basis is not None and len(store.variables) == 1:
+            pro = molecular_scores(promolecules(store, idx, basis)[None], refs, axes, dv)
+            out[name]["baselines"] = {"promolecule": {k: pro[k] for k in BASELINE_SCORES}}
         out[name]["split"] = sorted({
             {0: "train", 1: "val", 2: "test"}.get(int(s), str(s)) for s in store.array("split")[idx]
         })

@@ -143,14 +143,46 @@ def density_on_grid(
     dm = mf.make_rdm1()
     if dm.ndim == 3:
         dm = dm[0] + dm[1]
-    z, y, x = np.meshgrid(axis_bohr, axis_bohr, axis_bohr, indexing="ij")
+    return _rho_on_grid(mol, dm, (axis_bohr, axis_bohr, axis_bohr))
+
+
+def _rho_on_grid(mol: Any, dm: np.ndarray, axes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """The density of density matrix ``dm`` on the grid ``axes`` (z, y, x in bohr): (z, y, x)."""
+    from pyscf import dft
+
+    z, y, x = np.meshgrid(*axes, indexing="ij")
     points = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
     rho = np.empty(len(points))
     for start in range(0, len(points), 16384):
         block = points[start : start + 16384]
         rho[start : start + 16384] = dft.numint.eval_rho(mol, dft.numint.eval_ao(mol, block), dm)
-    n = len(axis_bohr)
-    return rho.reshape(n, n, n)
+    return rho.reshape(z.shape)
+
+
+def promolecule_on_grid(
+    numbers: np.ndarray,
+    positions_bohr: np.ndarray,
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    basis: str,
+) -> np.ndarray:
+    """The promolecular density on the grid ``axes`` (z, y, x in bohr): the superposition of the
+    spherically averaged free-atom densities (PySCF's atomic guess, Almlöf et al. 1982) at the
+    same geometry, in the same basis. No SCF: about 0.1 s for a small molecule at 32^3. It
+    carries the nuclear cusps exactly where the molecule's density has them, and is the baseline
+    a generated density has to beat.
+    """
+    from pyscf import gto, scf
+
+    keep = np.asarray(numbers) > 0
+    numbers = np.asarray(numbers)[keep]
+    mol = gto.M(
+        atom=[(int(z), tuple(p)) for z, p in zip(numbers, np.asarray(positions_bohr)[keep], strict=True)],
+        unit="Bohr",
+        basis=basis,
+        spin=int(numbers.sum()) % 2,
+        verbose=0,
+    )
+    return _rho_on_grid(mol, scf.hf.init_guess_by_atom(mol), axes)
 
 
 class MoleculeDensities:
