@@ -1,5 +1,7 @@
-"""``simdiff generate``: the generation mode of the config (``generate/mode=forecast|sample``,
-:mod:`simdiff.runs.modes`) -> ``run_dir/forecast.zarr`` or ``samples.zarr`` (or .nc).
+"""``simdiff generate``: the generation mode of the config (``generate/mode=forecast|sample|
+conditional``, :mod:`simdiff.runs.modes`) -> ``run_dir/forecast.zarr``, ``samples.zarr`` or
+``conditional.zarr`` (or .nc); conditional draws on a voxel grid with atoms also become Gaussian
+cube files in ``run_dir/cubes/`` (:mod:`simdiff.generate.cubes`).
 
 Launched on ``generate.devices`` x ``generate.num_nodes`` processes (Lightning Fabric: GPUs, or
 CPU processes); :func:`simdiff.runs.outputs.publish` shares the blocks among the ranks, resumes
