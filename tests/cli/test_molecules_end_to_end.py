@@ -108,15 +108,19 @@ def test_report_scores_every_member_against_its_reference(molecule_run):
 
 def test_seen_geometries_with_guidance_and_the_python_api(molecule_run, tmp_path):
     run_dir, cache, _ = molecule_run
-    out_path = tmp_path / "seen.zarr"
+    out_path = tmp_path / "seen.nc"  # netCDF too: label_names and the atoms survive
     res = simdiff("generate", f"run_dir={run_dir}", "data=molecules", "debug=tiny", f"cache_dir={cache}",
                   "generate.mode.split=train", "generate.mode.every=1", "generate.mode.max_conditions=2",
                   "generate.mode.cubes=false",
-                  "generate.guidance=2.0", "generate.members=2", f"generate.out={out_path}")
+                  "generate.guidance=2.0", "generate.members=2", "generate.format=netcdf",
+                  f"generate.out={out_path}")
     assert res.returncode == 0, res.stderr[-4000:]
     seen = open_output(out_path)
     store = TrainingStore(run_dir / "data" / "train.zarr")
     np.testing.assert_array_equal(seen["condition_index"].values, store.indices("train")[:2])
+    assert seen["label"].attrs["label_names"] == list(store.group["label"].attrs["label_names"])
+    seen_rows = store.indices("train")[:2]
+    np.testing.assert_array_equal(seen["atom_numbers"].values, store.array("atom_numbers")[seen_rows])
     assert (seen["density"].values >= 0).all()
     # the library draws the same member for the same condition as the CLI did (keyed noise)
     run = open_run(run_dir)
