@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from simdiff.data.stores.stats import denormalise
-from simdiff.data.stores.training import TrainingStore
+from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.data.transforms import domain_of
 from simdiff.evaluate.baselines import climatology_needs_care
 from simdiff.runs.layout import RunDir
@@ -119,15 +119,15 @@ def residual_attr(forecast: xr.Dataset) -> dict[str, float] | None:
     return value
 
 
-def score_augmented(run: RunDir, synthetic: xr.Dataset) -> dict[str, Any]:
-    """metrics.json's ``augment`` part for a published augmented dataset (its synthetic rows)."""
+def _against_held_out(run: RunDir, synthetic: xr.Dataset, synthetic_dim: str | None = None) -> dict[str, Any]:
+    """Synthetic fields against the store's held-out data (test, else val): quantiles,
+    Wasserstein-1, spectra, memorisation (:func:`simdiff.evaluate.report.evaluate_augmented`)."""
     from simdiff.evaluate.report import evaluate_augmented
 
     store = TrainingStore(run.store)
     sdim = store.layout.sample_dim
     ds = store.dataset()
     truth = denormalise(ds)
-    synthetic = synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)})
     test_idx = store.indices("test")
     if not len(test_idx):
         test_idx = store.indices("val")
@@ -138,30 +138,21 @@ def score_augmented(run: RunDir, synthetic: xr.Dataset) -> dict[str, Any]:
         weights=ds["weights"],
         periodic=set(store.attrs["geometry"].get("periodic", [])),
         sample_dim=sdim,
+        synthetic_dim=synthetic_dim,
     )
+
+
+def score_augmented(run: RunDir, synthetic: xr.Dataset) -> dict[str, Any]:
+    """metrics.json's ``augment`` part for a published augmented dataset (its synthetic rows)."""
+    sdim = TrainingStore(run.store).layout.sample_dim
+    return _against_held_out(run, synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)}))
 
 
 def score_samples(run: RunDir, samples: xr.Dataset) -> dict[str, Any]:
-    """metrics.json's ``samples`` part: sample mode's draws against held-out data (quantiles,
-    Wasserstein-1, spectra, memorisation), as an augmented set is scored."""
-    from simdiff.evaluate.report import evaluate_augmented
-
-    store = TrainingStore(run.store)
-    sdim = store.layout.sample_dim
-    ds = store.dataset()
-    truth = denormalise(ds)
-    test_idx = store.indices("test")
-    if not len(test_idx):
-        test_idx = store.indices("val")
-    return evaluate_augmented(
-        samples[list(truth.data_vars)].drop_vars(sdim, errors="ignore"),
-        truth.isel({sdim: store.indices("train")}),
-        truth.isel({sdim: test_idx}),
-        weights=ds["weights"],
-        periodic=set(store.attrs["geometry"].get("periodic", [])),
-        sample_dim=sdim,
-        synthetic_dim="realization",
-    )
+    """metrics.json's ``samples`` part: sample mode's draws against held-out data, as an
+    augmented set is scored."""
+    sdim = TrainingStore(run.store).layout.sample_dim
+    return _against_held_out(run, samples.drop_vars(sdim, errors="ignore"), synthetic_dim="realization")
 
 
 #: The pooled scores kept for a baseline of the molecular report.
@@ -196,11 +187,14 @@ def promolecules(store: TrainingStore, indices: np.ndarray, basis: str) -> np.nd
 def score_conditional(run: RunDir, output: xr.Dataset) -> dict[str, Any]:
     """metrics.json's ``molecular`` part: each conditional member against the density of the
     sample it was drawn for (same molecule, geometry and grid), per variable of a voxel grid."""
+    store = TrainingStore(run.store)
+    return _score_conditional(store, denormalise(store.dataset()), output)
+
+
+def _score_conditional(store: TrainingStore, truth: xr.Dataset, output: xr.Dataset) -> dict[str, Any]:
     from simdiff.evaluate.molecular import molecular_scores
 
-    store = TrainingStore(run.store)
     sdim = store.layout.sample_dim
-    truth = denormalise(store.dataset())
     idx = np.asarray(output["condition_index"].values, dtype=np.int64)
     weights = np.asarray(store.array("weights"), dtype=np.float64)
     dv = float(np.median(weights))
@@ -208,6 +202,8 @@ def score_conditional(run: RunDir, output: xr.Dataset) -> dict[str, Any]:
     labels = np.asarray(output["label"].values) if "label" in output.coords else None
     names = output["label"].attrs.get("label_names") if labels is not None else None
     train_idx = store.indices("train")
+    basis = simulator_basis(store) if len(store.variables) == 1 else None
+    split_names = {code: split for split, code in SPLITS.items()}
     out: dict[str, Any] = {}
     for name in [str(v) for v in output.data_vars]:
         dims = ("realization", "condition", *store.layout.spatial_dims)
@@ -215,13 +211,10 @@ def score_conditional(run: RunDir, output: xr.Dataset) -> dict[str, Any]:
         refs = np.asarray(truth[name].isel({sdim: idx}).values)
         train = np.asarray(truth[name].isel({sdim: train_idx}).values) if len(train_idx) >= 2 else None
         out[name] = molecular_scores(members, refs, axes, dv, labels=labels, label_names=names, train=train)
-        basis = simulator_basis(store)
-        if basis is not None and len(store.variables) == 1:
+        if basis is not None:
             pro = molecular_scores(promolecules(store, idx, basis)[None], refs, axes, dv)
             out[name]["baselines"] = {"promolecule": {k: pro[k] for k in BASELINE_SCORES}}
-        out[name]["split"] = sorted({
-            {0: "train", 1: "val", 2: "test"}.get(int(s), str(s)) for s in store.array("split")[idx]
-        })
+        out[name]["split"] = sorted({split_names.get(int(s), str(s)) for s in store.array("split")[idx]})
     return out
 
 
@@ -230,12 +223,13 @@ def molecular_report(run: RunDir, output: Any) -> tuple[dict[str, Any], dict[str
     projections of the first conditions, radial profiles)."""
     from simdiff.evaluate.plots import density_figure, radial_profile_figure
 
-    scores = score_conditional(run, output)
+    store = TrainingStore(run.store)
+    sdim = store.layout.sample_dim
+    truth = denormalise(store.dataset())
+    scores = _score_conditional(store, truth, output)
     figures: dict[str, Any] = {}
     labels = output["label"].values if "label" in output.coords else None
     names = output["label"].attrs.get("label_names") if labels is not None else None
-    truth = denormalise(TrainingStore(run.store).dataset())
-    sdim = TrainingStore(run.store).layout.sample_dim
     idx = [int(i) for i in output["condition_index"].values]
 
     def title(c: int) -> str:

@@ -103,6 +103,24 @@ def without_previous(gen: Generation, what: str) -> None:
         )
 
 
+def column_blocks(gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+    """``(init, members)`` blocks of at most ``gen.batch_size`` members, init (or conditioning
+    sample) by init."""
+    by_init: dict[int, list[int]] = {}
+    for m, i in pending:
+        by_init.setdefault(i, []).append(m)
+    return [(i, b) for i, ms in sorted(by_init.items()) for b in member_batches(ms, gen.batch_size)]
+
+
+def check_indices(key: str, indices: Sequence[Any], what: str) -> None:
+    """Refuse (DataError) a list of store sample indices that is empty or holds anything but ints >= 0."""
+    bad = [i for i in indices if not isinstance(i, int) or isinstance(i, bool) or i < 0]
+    if bad or not len(indices):
+        raise DataError(
+            f"generate.mode.{key}={list(indices)}: give store sample indices >= 0 (not {bad}), {what}"
+        )
+
+
 def longest_run(split: np.ndarray, block: np.ndarray, code: int) -> int:
     """The longest run of consecutive samples of one block in split ``code``."""
     lengths = np.bincount(contiguous_runs(split, block)[np.asarray(split) == code])
@@ -135,12 +153,8 @@ class Forecast:
         if self.init_indices is None and self.split not in SPLITS:
             raise DataError(f"generate.mode.split={self.split!r} is not one of {sorted(SPLITS)}")
         if self.init_indices is not None:
-            bad = [i for i in self.init_indices if not isinstance(i, int) or isinstance(i, bool) or i < 0]
-            if bad or not len(self.init_indices):
-                raise DataError(
-                    f"generate.mode.init_indices={list(self.init_indices)}: give store sample indices >= 0 "
-                    f"(not {bad}), or null to choose the inits of generate.mode.split"
-                )
+            check_indices("init_indices", self.init_indices,
+                          "or null to choose the inits of generate.mode.split")
         for key in ("init_every", "max_inits"):
             if int(getattr(self, key)) < 1:
                 raise DataError(f"generate.mode.{key}={getattr(self, key)}: give a count >= 1")
@@ -183,11 +197,7 @@ class Forecast:
         )
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
-        """``(init, members)`` blocks of at most ``gen.batch_size`` members, init by init."""
-        by_init: dict[int, list[int]] = {}
-        for m, i in pending:
-            by_init.setdefault(i, []).append(m)
-        return [(i, b) for i, ms in sorted(by_init.items()) for b in member_batches(ms, gen.batch_size)]
+        return column_blocks(gen, pending)
 
     def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
         """Members ``members`` from init ``init``: ``(realization, lead_time, [D], Y, X)`` per variable."""
@@ -285,8 +295,8 @@ class Conditional:
         if int(self.every) < 1 or int(self.max_conditions) < 1:
             raise DataError(f"generate.mode.every={self.every}, max_conditions={self.max_conditions}: "
                             "both must be >= 1")
-        if self.indices is not None and (not len(self.indices) or min(int(i) for i in self.indices) < 0):
-            raise DataError(f"generate.mode.indices={list(self.indices)}: give store sample indices >= 0")
+        if self.indices is not None:
+            check_indices("indices", self.indices, "or null to choose the samples of generate.mode.split")
 
     def chosen(self, latents: LatentStore) -> list[int]:
         """The conditioning samples: store indices."""
@@ -308,7 +318,7 @@ class Conditional:
         return conditional_template(gen.store, gen.members, self.chosen(gen.latents), chunks=gen.chunks)
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
-        return Forecast.blocks(self, gen, pending)  # type: ignore[arg-type]
+        return column_blocks(gen, pending)
 
     def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
         """Members ``members`` for the conditions of sample ``init``: ``(realization, [D], Y, X)``."""

@@ -53,8 +53,8 @@ def grid_frame(store, positions: np.ndarray) -> np.ndarray:
 
 
 def cell_centres(coords: np.ndarray, factor: int, n_latent: int) -> np.ndarray:
-    """Centres of the latent cells along one axis: means of ``factor`` source coordinates
-    (the axis edge-extended as the autoencoder pads it)."""
+    """Centres of the latent cells along one axis: means of ``factor`` source coordinates, the
+    axis continued past its end at its spacing where the autoencoder pads it to a multiple."""
     c = np.asarray(coords, dtype=np.float64)
     pad = n_latent * factor - c.size
     if pad < 0:
