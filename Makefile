@@ -52,7 +52,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_loader.py
 	$(BIN)/python benchmarks/bench_prepare_rss.py
 	$(BIN)/python benchmarks/bench_latent_vs_pixel.py
-	$(BIN)/python benchmarks/kill_resume.py --stage train-autoencoder --kills 10 --override autoencoder.checkpoint_every_n_steps=4
+	PYTHONPATH=. $(BIN)/python benchmarks/kill_resume.py --stage all --kills 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,28 +1,33 @@
-"""Kill a stage with SIGKILL at random points, re-run it, and compare with an uninterrupted run.
+"""Kill every stage with SIGKILL at random points, re-run it, and compare with an uninterrupted run.
 
-For each of ``--kills`` trials a copy of a prepared ``run_dir`` runs the stage's command; once
-the stage logs that its work started, the process is killed after a random fraction of the
-work time an uninterrupted run took (uniform, from ``--seed``; the shortest such time seen so
-far, since the load of a shared machine changes), and the same command is run
-again to completion. The re-run's final checkpoint is compared tensor by tensor with the
-uninterrupted run's (``torch.equal`` on every entry of ``state_dict``: the weights and the EMA
-weights).
+One uninterrupted pipeline (prepare, train-autoencoder, encode, train-diffusion, generate,
+augment, evaluate; each its own command) is the reference; a copy of its run_dir is kept as it
+was before each chosen stage. For each of ``--kills`` trials of a stage, a copy of that snapshot
+runs the stage's command; once the stage logs that its work started, the process is killed after
+a random fraction of the time the work took (uniform, from ``--seed``; the shortest span seen so
+far, since the load of a shared machine changes), and the same command is run again to
+completion. The re-run's outputs are compared with the reference's:
 
-Reported: kills (trials whose process was still running when killed), resumes (re-runs that
-resumed from a checkpoint, rather than starting afresh before the first checkpoint or skipping
-the stage because the kill came after its final checkpoint was written), identical (re-runs
-whose final weights equal the uninterrupted run's bit for bit), per trial the kill time, the
-step the re-run resumed from and the largest absolute weight difference.
+* checkpoints (``*.ckpt``): ``torch.equal`` on every entry of ``state_dict`` (weights, EMA);
+* stores (``*.zarr``, ``*.nc``): every variable and coordinate, values (NaN equal to NaN),
+  dtype and attributes, with the run directory's path written as ``<run_dir>``;
+* JSON and text files of the report: equal after the same path substitution.
 
-Run (``debug=tiny``, one thread per command: ~30-40 s per trial on 2 busy CPU cores)::
+Reported per stage: kills (trials whose process was still running when killed), resumes
+(re-runs that continued from a checkpoint or a partial store; prepare, encode and evaluate have
+none: they redo their work into scratch and publish it atomically), complete (the kill came
+after the outputs were published: the re-run skipped), identical (re-runs whose outputs equal
+the reference bit for bit), leftovers (scratch or partial stores still in the run_dir after the
+re-run; goal 0), and per trial the kill time, the outcome and the first difference.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/kill_resume.py --stage train-autoencoder --kills 10
+Run (``debug=tiny``, one thread per command: ~20-30 s per trial on 2 busy CPU cores)::
+
+    PYTHONPATH=. .venv/bin/python benchmarks/kill_resume.py --stage all --kills 20
     PYTHONPATH=. .venv/bin/python benchmarks/kill_resume.py --stage train-autoencoder --kills 10 \\
         --override bottleneck=kl --override autoencoder.checkpoint_every_n_steps=3
 
-Prints a table and writes ``bench_results/kill_resume_<stage>.json``. A stage is one
-:class:`Stage` entry in ``STAGES``: the commands that build its inputs, its command, the log
-lines that mark the start and end of its work, its final checkpoint and its resume point.
+Prints a table and writes ``bench_results/kill_resume_<stage>.json`` (``kill_resume.json`` for
+several stages). ``tests/cli/test_kill_resume_stages.py`` runs it with 3 kills per stage.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,9 @@ import numpy as np
 import torch
 
 ENTRY = [sys.executable, "-m", "simdiff.cli.main"]
+#: a re-run that continued from a checkpoint or from a partial store with units written
+RESUMED = r"resuming from|\((?!0 done)\d+ done before\)"
+SKIPPED = r"skipping"
 
 
 @dataclass(frozen=True)
@@ -53,39 +61,36 @@ class Stage:
     """How to run, kill and judge one ``simdiff`` sub-command.
 
     Attributes:
-        command: the sub-command.
-        inputs: sub-commands run once, in order, to build the run_dir it reads.
+        command: the sub-command (the stages run in ``STAGES`` order to build each other's inputs).
         start, end: log lines (regex) marking the start and end of the work kills aim at.
-        final: the final checkpoint, relative to run_dir.
-        resume_point: the checkpoint a re-run resumes from, relative to run_dir.
+        outputs: what is compared with the reference, relative to run_dir.
+        rtol: numbers in JSON and CSV outputs compare equal within this relative tolerance (0:
+            bit for bit). evaluate's scores differ in the last bit between two uninterrupted runs
+            of the same command (the order of some float sums follows Python's per-process
+            string hashing: equal under one PYTHONHASHSEED), so it is judged at 1e-12.
     """
 
     command: str
-    inputs: tuple[str, ...]
     start: str
     end: str
-    final: str
-    resume_point: str
-    overrides: tuple[str, ...] = field(default_factory=tuple)
+    outputs: tuple[str, ...]
+    rtol: float = 0.0
 
 
 STAGES: dict[str, Stage] = {
-    "train-autoencoder": Stage(
-        command="train-autoencoder",
-        inputs=("prepare",),
-        start=r"train-autoencoder: \d+ parameters",
-        end=r"Trainer.fit. stopped|train-autoencoder: wrote",
-        final="autoencoder/autoencoder.ckpt",
-        resume_point="autoencoder/checkpoints/last.ckpt",
-    ),
-    "train-diffusion": Stage(
-        command="train-diffusion",
-        inputs=("prepare", "train-autoencoder", "encode"),
-        start=r"train-diffusion: \d+ parameters",
-        end=r"Trainer.fit. stopped|train-diffusion: wrote",
-        final="diffusion/diffusion.ckpt",
-        resume_point="diffusion/checkpoints/last.ckpt",
-    ),
+    s.command: s
+    for s in (
+        Stage("prepare", r"prepare: statistics of", r"prepare: wrote", ("data/train.zarr",)),
+        Stage("train-autoencoder", r"train-autoencoder: \d+ parameters",
+              r"Trainer.fit. stopped|train-autoencoder: wrote", ("autoencoder/autoencoder.ckpt",)),
+        Stage("encode", r"encode: \d+ samples of", r"encode: wrote", ("latents.zarr",)),
+        Stage("train-diffusion", r"train-diffusion: \d+ parameters",
+              r"Trainer.fit. stopped|train-diffusion: wrote", ("diffusion/diffusion.ckpt",)),
+        Stage("generate", r"generate: \d+ members to write", r"generate: published", ("forecast.zarr",)),
+        Stage("augment", r"augment: \d+ rows to write", r"augment: published", ("augmented.zarr",)),
+        Stage("evaluate", r"evaluate: .*members x", r"evaluate: report in",
+              ("report/metrics.json", "report/metrics.csv", "report/index.html"), rtol=1e-12),
+    )
 }
 
 
@@ -135,80 +140,152 @@ def run_to_end(args: list[str], log: Path) -> Run:
     return run
 
 
-def state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+#: keys whose values say when something was made, not what: a store's provenance "created",
+#: the CF "history" attribute ("TIME: command")
+WHEN = frozenset({"created", "history"})
 
 
-def compare(reference: Path, other: Path) -> dict[str, Any]:
-    """Bitwise comparison of two checkpoints' state dicts: model and EMA entries separately."""
-    a, b = state(reference), state(other)
-    out: dict[str, Any] = {"same_keys": sorted(a) == sorted(b), "model_max_abs": 0.0, "ema_max_abs": 0.0,
-                           "differing": []}
-    for k in sorted(set(a) & set(b)):
-        if torch.equal(a[k], b[k]):
-            continue
-        out["differing"].append(k)
-        same_shape = a[k].shape == b[k].shape
-        diff = float((a[k].double() - b[k].double()).abs().max()) if same_shape else float("inf")
-        key = "ema_max_abs" if k.startswith("ema.") else "model_max_abs"
-        out[key] = max(out[key], diff)
-    out["identical"] = out["same_keys"] and not out["differing"]
+def _plain(obj: Any, root: Path) -> Any:
+    """``obj`` with the run directory's path written as ``<run_dir>`` and time stamps (``WHEN``)
+    left out (JSON-like values)."""
+    if isinstance(obj, str):
+        return obj.replace(str(root.resolve()), "<run_dir>").replace(str(root), "<run_dir>")
+    if isinstance(obj, dict):
+        return {k: _plain(v, root) for k, v in obj.items() if k not in WHEN}
+    if isinstance(obj, list | tuple):
+        return [_plain(v, root) for v in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "OU":
+        return [_plain(v, root) for v in obj.tolist()]
+    return obj.tolist() if isinstance(obj, np.ndarray | np.generic) else obj
+
+
+def _checkpoints(a: Path, b: Path) -> list[str]:
+    sa = torch.load(a, map_location="cpu", weights_only=True)["state_dict"]
+    sb = torch.load(b, map_location="cpu", weights_only=True)["state_dict"]
+    if sorted(sa) != sorted(sb):
+        return [f"keys differ: {sorted(set(sa) ^ set(sb))[:3]}"]
+    out = []
+    for k in sorted(sa):
+        if not torch.equal(sa[k], sb[k]):
+            same = sa[k].shape == sb[k].shape
+            d = float((sa[k].double() - sb[k].double()).abs().max()) if same else float("inf")
+            out.append(f"{k}: max|d| {d:.2e}")
     return out
 
 
-def checkpoint_step(path: Path) -> int | None:
-    if not path.is_file():
-        return None
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:  # a truncated file: the re-run will say so
-        return -1
+def _stores(a: Path, ra: Path, b: Path, rb: Path) -> list[str]:
+    import xarray as xr
+
+    kw = {"decode_times": False, "decode_timedelta": False}
+    opened = [xr.open_zarr(p, consolidated=False, **kw) if p.suffix == ".zarr" else xr.open_dataset(p, **kw)
+              for p in (a, b)]
+    with opened[0] as da, opened[1] as db:
+        out = []
+        if _plain(dict(da.attrs), ra) != _plain(dict(db.attrs), rb):
+            keys = sorted(k for k in set(da.attrs) | set(db.attrs)
+                          if _plain(da.attrs.get(k), ra) != _plain(db.attrs.get(k), rb))
+            out.append(f"attrs {keys[:4]}")
+        if sorted(da.variables) != sorted(db.variables):
+            return [*out, f"variables {sorted(set(da.variables) ^ set(db.variables))}"]
+        for name in sorted(da.variables):
+            va, vb = da[name].values, db[name].values
+            nan = va.dtype.kind in "fc"
+            if va.dtype != vb.dtype or va.shape != vb.shape or not np.array_equal(va, vb, equal_nan=nan):
+                out.append(f"{name}: values")
+            elif _plain(dict(da[name].attrs), ra) != _plain(dict(db[name].attrs), rb):
+                out.append(f"{name}: attrs")
+        return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=sorted(STAGES), default="train-autoencoder")
-    p.add_argument("--kills", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
-    p.add_argument("--override", action="append", default=[], help="Hydra override for every command")
-    p.add_argument("--threads", type=int, default=1,
-                   help="OMP_NUM_THREADS of every command (0: leave unset); tiny nets on a busy CPU "
-                        "run ~10x faster on one")
-    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    a = p.parse_args()
-    stage = STAGES[a.stage]
-    if a.threads > 0:
-        os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by every command
-    work = a.work or Path(tempfile.mkdtemp(prefix="kill_resume-"))
-    work.mkdir(parents=True, exist_ok=True)
-    common = ["debug=tiny", f"cache_dir={work / 'cache'}", *stage.overrides, *a.override]
+def _same(a: Any, b: Any, rtol: float) -> bool:
+    """JSON-like values equal, numbers within ``rtol`` (0: exactly)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rtol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, rtol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and rtol > 0:
+        return bool(np.isclose(a, b, rtol=rtol, atol=0.0, equal_nan=True))
+    return a == b
 
-    base = work / "base"
-    if not base.exists():
-        for cmd in stage.inputs:
-            run_to_end([cmd, f"run_dir={base}", *common], work / f"base-{cmd}.log")
+
+def _csv(text: str) -> list[list[Any]]:
+    def cell(c: str) -> Any:
+        try:
+            return float(c)
+        except ValueError:
+            return c
+
+    return [[cell(c) for c in line.split(",")] for line in text.splitlines()]
+
+
+def differences(reference: Path, run_dir: Path, outputs: tuple[str, ...], rtol: float = 0.0) -> list[str]:
+    """What differs between the outputs of ``reference`` and ``run_dir`` (empty: identical)."""
+    out = []
+    for rel in outputs:
+        a, b = reference / rel, run_dir / rel
+        if not b.exists():
+            out.append(f"{rel}: missing")
+        elif rel.endswith(".ckpt"):
+            out += [f"{rel} {d}" for d in _checkpoints(a, b)]
+        elif rel.endswith((".zarr", ".nc")):
+            out += [f"{rel} {d}" for d in _stores(a, reference, b, run_dir)]
+        elif rel.endswith(".json"):
+            ja, jb = _plain(json.loads(a.read_text()), reference), _plain(json.loads(b.read_text()), run_dir)
+            if not _same(ja, jb, rtol):
+                out.append(f"{rel}: content")
+        elif rel.endswith(".csv"):
+            if not _same(_csv(_plain(a.read_text(), reference)), _csv(_plain(b.read_text(), run_dir)), rtol):
+                out.append(f"{rel}: content")
+        elif _plain(a.read_text(), reference) != _plain(b.read_text(), run_dir):
+            out.append(f"{rel}: content")
+    return out
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Scratch (``.NAME.tmp-*``, ``.NAME.old-*``, ``.NAME.*.tmp``) and partial stores in ``run_dir``."""
+    from simdiff.base.atomic import scratch_owner
+
+    found = [p for p in run_dir.rglob(".*")
+             if scratch_owner(p.name) is not None or p.name.endswith(".partial")]
+    top = [p for p in found if not any(q in p.parents for q in found)]
+    return sorted(str(p.relative_to(run_dir)) for p in top)
+
+
+def build_snapshots(stages: list[str], work: Path, common: list[str]) -> tuple[Path, dict[str, float]]:
+    """Run the pipeline once into ``work/reference``, keeping ``work/before-STAGE`` for each of
+    ``stages``; returns the reference and each stage's uninterrupted work span (s)."""
     reference = work / "reference"
+    spans = {}
+    last = max(list(STAGES).index(s) for s in stages)
     shutil.rmtree(reference, ignore_errors=True)
-    shutil.copytree(base, reference)
-    ref = run_to_end([stage.command, f"run_dir={reference}", *common], work / "reference.log")
-    t_start, t_end = ref.seen(stage.start), ref.seen(stage.end)
-    if t_start is None or t_end is None:
-        raise SystemExit(f"the reference run never logged {stage.start!r} / {stage.end!r}; see {work}")
-    span = t_end - t_start
-    print(f"{a.stage}: uninterrupted work {span:.1f} s; killing {a.kills} runs at random points of it",
-          flush=True)
+    for name in list(STAGES)[: last + 1]:
+        if name in stages:
+            shutil.rmtree(work / f"before-{name}", ignore_errors=True)
+            if reference.exists():
+                shutil.copytree(reference, work / f"before-{name}", symlinks=True)
+            else:
+                (work / f"before-{name}").mkdir()
+        run = run_to_end([name, f"run_dir={reference}", *common], work / f"reference-{name}.log")
+        t0, t1 = run.seen(STAGES[name].start), run.seen(STAGES[name].end)
+        if name in stages:
+            if t0 is None or t1 is None:
+                raise SystemExit(f"the reference {name} never logged {STAGES[name].start!r} / "
+                                 f"{STAGES[name].end!r}; see {work / f'reference-{name}.log'}")
+            spans[name] = t1 - t0
+    return reference, spans
 
-    rng = np.random.default_rng(a.seed)
+
+def trials(name: str, kills: int, rng: np.random.Generator, span: float, work: Path, reference: Path,
+           common: list[str], keep: bool) -> list[dict[str, Any]]:
+    stage = STAGES[name]
     rows = []
-    for i in range(a.kills):
-        run_dir = work / f"trial{i}"
+    for i in range(kills):
+        run_dir = work / f"{name}-trial{i}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(base, run_dir)
-        args = [stage.command, f"run_dir={run_dir}", *common]
+        shutil.copytree(work / f"before-{name}", run_dir, symlinks=True)
+        args = [name, f"run_dir={run_dir}", *common]
         frac = float(rng.uniform(0.0, 1.0))
-        run = Run(args, work / f"trial{i}-killed.log")
+        run = Run(args, work / f"{name}-trial{i}-killed.log")
         while run.proc.poll() is None and run.seen(stage.start) is None:
             time.sleep(0.02)
         started = run.seen(stage.start)
@@ -216,38 +293,77 @@ def main() -> None:
             time.sleep(max(started + frac * span - (time.monotonic() - run.t0), 0.0))
         killed = run.kill()
         kill_s = time.monotonic() - run.t0 - (started or 0.0)
-        step = checkpoint_step(run_dir / stage.resume_point)
-        rerun = run_to_end(args, work / f"trial{i}-rerun.log")
+        rerun = run_to_end(args, work / f"{name}-trial{i}-rerun.log")
         s0, s1 = rerun.seen(stage.start), rerun.seen(stage.end)
-        if rerun.seen(r"resuming from") is None and s0 is not None and s1 is not None:
+        resumed = rerun.seen(RESUMED) is not None
+        if not resumed and s0 is not None and s1 is not None:
             span = min(span, s1 - s0)  # a whole run: the machine's load changes, aim at the work it sees
-        resumed = rerun.seen(r"resuming from") is not None
-        # what the re-run found: no checkpoint yet, a checkpoint to resume from, or the final one
-        outcome = "resumed" if resumed else "complete" if rerun.seen(r"skipping") is not None else "fresh"
-        cmp = compare(reference / stage.final, run_dir / stage.final)
+        outcome = "resumed" if resumed else "complete" if rerun.seen(SKIPPED) is not None else "redone"
+        diff = differences(reference, run_dir, stage.outputs, stage.rtol)
+        left = leftovers(run_dir)
         row = {"trial": i, "killed": killed, "kill_after_s": round(kill_s, 2), "fraction": round(frac, 3),
-               "resumed": resumed, "outcome": outcome, "resumed_from_step": step, **cmp}
+               "outcome": outcome, "identical": not diff, "differences": diff[:5], "leftovers": left}
         rows.append(row)
-        print(f"  trial {i:2d}: killed={killed!s:5} at {kill_s:6.1f} s ({frac:4.2f}) "
-              f"{outcome:8} from step {step!s:>4}  identical={cmp['identical']!s:5} "
-              f"max|d| model {cmp['model_max_abs']:.2e} ema {cmp['ema_max_abs']:.2e}", flush=True)
-        if not a.keep:
+        print(f"  {name} trial {i:2d}: killed={killed!s:5} at {kill_s:6.1f} s ({frac:4.2f}) {outcome:8} "
+              f"identical={not diff!s:5} leftovers={len(left)} {'; '.join(diff[:2])}", flush=True)
+        if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
+    return rows
 
-    kills = sum(r["killed"] for r in rows)
-    complete = sum(r["killed"] and r["outcome"] == "complete" for r in rows)
-    resumes = sum(r["killed"] and r["resumed"] for r in rows)
-    same_resumed = sum(r["killed"] and r["resumed"] and r["identical"] for r in rows)
-    same_killed = sum(r["killed"] and r["identical"] for r in rows)
-    summary = {"stage": a.stage, "overrides": common, "trials": len(rows), "kills": kills,
-               "resumes": resumes, "complete_before_kill": complete, "identical_of_resumes": same_resumed,
-               "identical_of_kills": same_killed,
-               "work_span_s": round(span, 2), "seed": a.seed, "threads": a.threads, "rows": rows}
-    print(f"\n| stage | overrides | kills/trials | resumes/kills (final already written) | identical/resumes "
-          f"| identical/kills |\n|---|---|---|---|---|---|\n"
-          f"| {a.stage} | {' '.join(a.override) or '-'} | {kills}/{len(rows)} | {resumes}/{kills} "
-          f"({complete}) | {same_resumed}/{resumes} | {same_killed}/{kills} |")
-    out = a.json or Path("bench_results") / f"kill_resume_{a.stage}.json"
+
+def summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    killed = [r for r in rows if r["killed"]]
+    resumed = [r for r in killed if r["outcome"] == "resumed"]
+    return {
+        "stage": name, "trials": len(rows), "kills": len(killed), "resumes": len(resumed),
+        "redone": sum(r["outcome"] == "redone" for r in killed),
+        "complete_before_kill": sum(r["outcome"] == "complete" for r in killed),
+        "identical_of_resumes": sum(r["identical"] for r in resumed),
+        "identical_of_kills": sum(r["identical"] for r in killed),
+        "leftovers": sum(len(r["leftovers"]) for r in rows), "rows": rows,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stage", action="append", choices=[*STAGES, "all"], default=None,
+                   help="a stage (repeatable), or all (default: train-autoencoder)")
+    p.add_argument("--kills", type=int, default=10, help="trials per stage")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    p.add_argument("--override", action="append", default=[], help="Hydra override for every command")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of every command (0: leave unset); tiny nets on a busy CPU "
+                        "run ~10x faster on one")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder and the trials' run_dirs")
+    a = p.parse_args()
+    chosen = a.stage or ["train-autoencoder"]
+    stages = list(STAGES) if "all" in chosen else [s for s in STAGES if s in chosen]
+    if a.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by every command
+    work = a.work or Path(tempfile.mkdtemp(prefix="kill_resume-"))
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["debug=tiny", f"cache_dir={work / 'cache'}", *a.override]
+    reference, spans = build_snapshots(stages, work, common)
+    rng = np.random.default_rng(a.seed)
+    results = []
+    for name in stages:
+        print(f"{name}: uninterrupted work {spans[name]:.1f} s; killing {a.kills} runs at random points "
+              "of it", flush=True)
+        rows = trials(name, a.kills, rng, spans[name], work, reference, common, a.keep)
+        results.append(summarise(name, rows))
+    print("\n| stage | kills/trials | resumes/kills | redone/kills | published before the kill | "
+          "identical/resumes | identical/kills | leftovers |\n|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['stage']} | {r['kills']}/{r['trials']} | {r['resumes']}/{r['kills']} "
+              f"| {r['redone']}/{r['kills']} | {r['complete_before_kill']} "
+              f"| {r['identical_of_resumes']}/{r['resumes']} "
+              f"| {r['identical_of_kills']}/{r['kills']} | {r['leftovers']} |")
+    summary = {"stages": results, "overrides": common, "seed": a.seed, "threads": a.threads,
+               "kills_per_stage": a.kills, "spans_s": {k: round(v, 2) for k, v in spans.items()}}
+    out = a.json or Path("bench_results") / (f"kill_resume_{stages[0]}.json" if len(stages) == 1
+                                             else "kill_resume.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}")

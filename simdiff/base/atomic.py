@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,3 +63,68 @@ def exclusive(path: str | Path) -> Iterator[Path]:
             yield path
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# Scratch beside an output: ``.NAME.tmp-XXXX`` (being written) and ``.NAME.old-XXXX`` (the
+# previous version, moved aside while the new one is renamed in). A process killed between
+# creating one and renaming or deleting it leaves it behind; the next run of the stage that owns
+# ``NAME`` (holding its lock, so no writer of it is alive) removes it with :func:`sweep_scratch`.
+SCRATCH_KINDS = ("tmp", "old")
+
+
+def scratch_dir(path: str | Path, kind: str = "tmp") -> Path:
+    """A new empty folder beside ``path`` for writing (``kind="tmp"``) or moving aside (``"old"``)."""
+    if kind not in SCRATCH_KINDS:
+        raise ValueError(f"scratch kind {kind!r}: one of {SCRATCH_KINDS}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-", dir=path.parent))
+
+
+def sweep_scratch(path: str | Path) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it; returns what was removed.
+
+    That is the scratch folders of :func:`scratch_dir` and the temporary files of
+    :func:`atomic_file` (``.NAME.XXXX.tmp``). Call it only while no other process writes
+    ``path`` (under the lock of the stage that owns it).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    patterns = [f".{path.name}.{kind}-*" for kind in SCRATCH_KINDS] + [f".{path.name}.*.tmp"]
+    removed = sorted({p for pattern in patterns for p in path.parent.glob(pattern)})
+    return _remove(removed)
+
+
+def sweep_owned(folder: str | Path) -> list[Path]:
+    """Remove every scratch entry (see :func:`sweep_scratch`) anywhere under ``folder``, a folder
+    one stage owns whole (``run_dir/autoencoder``, ``run_dir/report``); only under its lock."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.rglob(".*") if scratch_owner(p.name) is not None)
+    removed = [p for p in found if not any(q in p.parents for q in found)]  # not inside another
+    return _remove(removed)
+
+
+def scratch_owner(name: str) -> str | None:
+    """``NAME`` for a scratch entry ``.NAME.tmp-X`` / ``.NAME.old-X`` / ``.NAME.X.tmp``, else None."""
+    if not name.startswith("."):
+        return None
+    stem = name[1:]
+    for kind in SCRATCH_KINDS:
+        head, sep, _ = stem.rpartition(f".{kind}-")
+        if sep and head:
+            return head
+    if stem.endswith(".tmp") and stem.count(".") >= 2:
+        return stem[: -len(".tmp")].rpartition(".")[0]
+    return None
+
+
+def _remove(paths: list[Path]) -> list[Path]:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return paths

@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from simdiff.base.atomic import atomic_file, write_json
+from simdiff.base.atomic import atomic_file, scratch_dir, write_json
 from simdiff.base.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.evaluate.baselines import (
@@ -530,7 +529,7 @@ def write_report(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = scratch_dir(out_dir)
     try:
         figures = report_figures(metrics) if figures is None else figures
         pngs = []
@@ -546,7 +545,7 @@ def write_report(
             fh.write(index_html(metrics, pngs, data_files))
         old = None
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            old = scratch_dir(out_dir, "old")
             os.replace(out_dir, old / out_dir.name)
         os.replace(tmp, out_dir)
         if old is not None:

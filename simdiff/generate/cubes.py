@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.data.sources.cube import Cube, CubeHeader, write_cube
 
@@ -80,7 +80,7 @@ def write_cubes(output: xr.Dataset, directory: str | Path, geometry: Mapping[str
     indices = output["condition_index"].values
     units = field.attrs.get("units", "")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = scratch_dir(directory)
     written = []
     try:
         for c in range(output.sizes["condition"]):

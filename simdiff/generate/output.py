@@ -75,6 +75,7 @@ import xarray as xr
 import zarr
 
 import simdiff
+from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.generate.template import WRITTEN
 
@@ -217,7 +218,7 @@ def create_partial(
                        "fill_value": np.nan if np.issubdtype(v.dtype, np.floating) else v.dtype.type(0)}
                 for name, v in ds.data_vars.items()}
     partial.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=partial.parent))
+    tmp = scratch_dir(target)
     try:
         # compute=False writes the metadata and the coordinates, no data chunks: an unwritten
         # chunk reads as its fill value (NaN, or 0 in `written`).
@@ -380,7 +381,7 @@ def _replace(src: Path, dst: Path) -> None:
     if not dst.exists():
         os.replace(src, dst)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    aside = scratch_dir(dst, "old")
     os.replace(dst, aside / dst.name)
     os.replace(src, dst)
     shutil.rmtree(aside)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.data.stores.training import TrainingStore
@@ -77,6 +78,7 @@ def encode_run(run: RunDir) -> Path:
     check_fits(saved, store, run.stage_dir("autoencoder"))
     digest, _ = sha256_path(final)
     shape = [int(n) for n in store.data.shape[2:]]
+    log.info("encode: %d samples of %s with %s", store.data.shape[0], run.store, final)
     latents = encode_store(net, store, batch_size=int(saved["autoencoder"]["encode_batch_size"]))
     info = {
         "checkpoint": str(final.resolve()),
@@ -88,7 +90,7 @@ def encode_run(run: RunDir) -> Path:
         "factors": list(net.total_factors),
         "compression_ratio": float(net.compression_ratio(shape)),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=".latents.tmp-", dir=run.root))
+    tmp = scratch_dir(target)
     try:
         write_latent_store(
             latents,

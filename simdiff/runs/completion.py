@@ -5,7 +5,8 @@ resolved config its outputs depend on, the files and folders it reads (its input
 outputs that must exist for it to count as done. Inside, under the stage's lock:
 
 * no record, or an output missing: the stage runs (a killed stage resumes through its own
-  resume points: checkpoints, partial stores), and a record is written when it returns;
+  resume points: checkpoints, partial stores; the scratch a killed run left is removed first,
+  :func:`sweep_leftovers`), and a record is written when it returns;
 * a record with the same config and the same input checksums: the stage is skipped;
 * anything changed: refused with a message listing what changed (config keys, inputs whose
   sha256 differs), unless ``force``, which runs the stage again.
@@ -16,7 +17,8 @@ the bytes again while a file's size and modification time are those recorded wit
 
 Locks. Only one process may run a stage of a run_dir at a time: ``run_dir/.simdiff/locks/STAGE.lock``
 holds the owner's host, PID and command. A second run refuses with a message naming the first;
-a lock whose process is gone (same host, PID not running) is stale and taken over. Only the
+a lock whose process is gone (same host, PID not running; or the same SLURM job before it was
+requeued, SLURM_RESTART_COUNT) is stale and taken over. Only the
 primary process of a multi-process launch (rank 0) takes locks and writes records.
 """
 
@@ -37,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from simdiff.base.atomic import write_json
+from simdiff.base.atomic import sweep_owned, sweep_scratch, write_json
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml, sha256_path
 from simdiff.runs.layout import RunDir
@@ -171,6 +173,7 @@ def stage(run: RunDir, name: str, identity: Identity, *, force: bool = False) ->
             log.info("%s: force=true, redoing it (%s)", name, "; ".join(changes))
         # The old record stays until the stage succeeds: outputs are published atomically, so
         # they are either those it describes, or newer ones it refuses as changed (never trusted).
+        sweep_leftovers(run, name, identity.outputs)
         yield True
         # the inputs as the stage read them (a stage may refresh a cached checksum)
         now = {k: fingerprint(Path(p), now.get(k) or known.get(k)) for k, p in identity.inputs.items()}
@@ -185,6 +188,48 @@ def stage(run: RunDir, name: str, identity: Identity, *, force: bool = False) ->
             },
             path,
         )
+
+
+def _slurm_incarnation() -> dict[str, Any]:
+    """This process's SLURM job and how often it was requeued (empty outside SLURM)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    return {"slurm_job": job, "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+
+
+def _earlier_incarnation(owner: Mapping[str, Any], me: Mapping[str, Any]) -> bool:
+    """The lock was taken by this same SLURM job before a requeue: SLURM starts a requeued job
+    only once the previous run of it has ended, on whichever node, so that owner is gone."""
+    return (
+        "slurm_job" in me
+        and owner.get("slurm_job") == me["slurm_job"]
+        and isinstance(owner.get("slurm_restart"), int)
+        and owner["slurm_restart"] < me["slurm_restart"]
+    )
+
+
+def sweep_leftovers(run: RunDir, name: str, outputs: list[Path]) -> list[Path]:
+    """Remove what a killed run of stage ``name`` left half-written (under the stage's lock).
+
+    The scratch beside each output and beside each of its folders inside the run directory,
+    and anything scratch inside a folder the stage owns (an output's folder other than the run
+    directory itself: ``data/``, ``autoencoder/``, ``report/``). Partial outputs a stage resumes
+    (``.forecast.zarr.partial``) and checkpoints are not scratch and stay.
+    """
+    root = run.root.resolve()
+    removed: list[Path] = []
+    for out in outputs:
+        out = Path(out).resolve()
+        removed += sweep_scratch(out)
+        for folder in out.parents:
+            if folder == root or not folder.is_relative_to(root):
+                break
+            removed += sweep_scratch(folder) + sweep_owned(folder)
+    if removed:
+        log.info("%s: removed %d leftover(s) of a killed run: %s", name, len(removed),
+                 ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in removed))
+    return removed
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -219,6 +264,7 @@ def lock(run: RunDir, name: str) -> Iterator[Path]:
         "pid": os.getpid(),
         "started": time.time(),
         "command": " ".join(sys.argv),
+        **_slurm_incarnation(),
     }
     for _ in range(2):
         try:
@@ -232,6 +278,13 @@ def lock(run: RunDir, name: str) -> Iterator[Path]:
             ):
                 log.warning(
                     "%s: stale lock of PID %s (no longer running); taking it over", path, owner["pid"]
+                )
+                path.unlink(missing_ok=True)
+                continue
+            if _earlier_incarnation(owner, me):
+                log.warning(
+                    "%s: lock of SLURM job %s before its requeue (run %s, on %s); taking it over",
+                    path, owner["slurm_job"], owner["slurm_restart"], owner.get("host"),
                 )
                 path.unlink(missing_ok=True)
                 continue

@@ -110,6 +110,22 @@ def test_a_lock_held_on_another_host_is_never_broken(run):
             pass
 
 
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node(run, monkeypatch):
+    path = run.root / ".simdiff" / "locks" / "train-diffusion.lock"
+    path.parent.mkdir(parents=True)
+    before = {"host": "node-a", "pid": 1, "started": 0, "slurm_job": "77", "slurm_restart": 0}
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    path.write_text(json.dumps(before))
+    with lock(run, "train-diffusion") as held:
+        assert json.loads(held.read_text())["slurm_restart"] == 1
+    # another job, or the same run of this one, on another node: never broken
+    for other in ({**before, "slurm_job": "78"}, {**before, "slurm_restart": 1}):
+        path.write_text(json.dumps(other))
+        with pytest.raises(DataError, match="node-a"), lock(run, "train-diffusion"):
+            pass
+
+
 def test_worker_processes_neither_lock_nor_record(run, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     ident = _identity(tmp_path)
@@ -124,3 +140,22 @@ def test_a_stage_that_fails_on_a_fresh_run_dir_leaves_nothing_behind(tmp_path):
     with pytest.raises(DataError), stage(run, "prepare", ident):
         raise DataError("bad input")
     assert not run.root.exists()
+
+
+def test_a_stage_that_runs_removes_the_scratch_a_killed_run_left(run, tmp_path):
+    from simdiff.base.atomic import scratch_dir
+
+    out = tmp_path / "report" / "index.html"
+    out.parent.mkdir()
+    ident = Identity({"a": 1}, {"source": tmp_path / "in.txt"}, [out, tmp_path / "forecast.zarr"])
+    left = [scratch_dir(tmp_path / "report"), scratch_dir(tmp_path / "report", "old"),
+            scratch_dir(tmp_path / "forecast.zarr"), tmp_path / "report" / ".metrics.json.x1.tmp"]
+    left[-1].write_text("half")
+    partial = tmp_path / ".forecast.zarr.partial"  # resumed by generate, not scratch
+    partial.mkdir()
+    other = scratch_dir(tmp_path / "latents.zarr")  # another stage's: its own lock, its own sweep
+    with stage(run, "evaluate", ident) as todo:
+        assert todo and not any(p.exists() for p in left)
+        out.write_text("made")
+        (tmp_path / "forecast.zarr").mkdir()
+    assert partial.is_dir() and other.is_dir()

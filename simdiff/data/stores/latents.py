@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +42,7 @@ import xarray as xr
 from zarr.codecs import BloscCodec
 
 import simdiff
+from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.data.stores.atoms import ELECTRON_SCALE, has_atoms, molecular_conditions
 from simdiff.data.stores.chunking import samples_per_chunk
@@ -175,7 +175,7 @@ def write_latent_store(
         v.encoding = {}
     encoding = {"data": {"chunks": (k, *values.shape[1:]),
                          "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)}}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = scratch_dir(path)
     try:
         # every chunk on disk, even one equal to the fill value: an absent chunk of data is damage
         ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding,

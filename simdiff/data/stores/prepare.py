@@ -3,7 +3,7 @@
 Two passes over the source, both out of core with dask: (1) statistics and checks
 (:mod:`simdiff.data.stores.stats`) on the transformed, masked variables, (2) transform, normalise,
 stack the variables into channels and stream the result into zarr v3 in whole-sample chunks
-(:mod:`simdiff.data.stores.chunking`). Everything is written into ``run_dir/data.tmp-*`` and published
+(:mod:`simdiff.data.stores.chunking`). Everything is written into ``run_dir/.data.tmp-*`` and published
 by an atomic rename to ``run_dir/data``; on any error the temporary directory is removed, so a
 failed prepare leaves nothing behind.
 
@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -33,6 +32,7 @@ import yaml
 from dask.diagnostics import ProgressBar
 from zarr.codecs import BloscCodec
 
+from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml, provenance
 from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
@@ -247,7 +247,7 @@ def write_training_store(
     chunks = (k, len(names), *(data.sizes[d] for d in field.spatial_dims))
     encoding = {"data": {"chunks": chunks, "compressors": (options.compressor(),)}}
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = scratch_dir(path)
     try:
         log.info("prepare: writing %s (chunks %s)", path, chunks)
         with _progress(options.progress):
@@ -271,7 +271,7 @@ def _publish(tmp: Path, data_dir: Path) -> None:
     if not data_dir.exists():
         os.replace(tmp, data_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix="data.old-", dir=data_dir.parent))
+    old = scratch_dir(data_dir, "old")
     os.replace(data_dir, old / "data")
     try:
         os.replace(tmp, data_dir)
@@ -325,7 +325,7 @@ def prepare(
 
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="data.tmp-", dir=run_dir))
+    tmp = scratch_dir(run_dir / "data")
     try:
         field = source.open()
         prov = provenance(field.sources, config)
