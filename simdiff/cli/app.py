@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simdiff.base.errors import DataError
 from simdiff.base.registry import check_config, register
+from simdiff.lit.preempt import Preempted
 
 log = logging.getLogger("simdiff")
 
@@ -194,6 +195,9 @@ def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> No
             log.error("%s", err)
             print(f"simdiff {name}: {err}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+        except Preempted as err:  # its checkpoint is written: the same command resumes (exit code 3)
+            log.warning("simdiff %s: %s; the same command resumes from it", name, err)
+            raise
         except Exception:
             # into the job's own log too: a launcher (submitit) keeps the exception in the job's
             # result and its log would otherwise hold no traceback

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
-from simdiff.cli.nodes import plain_node
+from simdiff.cli.nodes import plain_node, preemption_signal
 from simdiff.data.stores.training import TrainingStore
 from simdiff.runs.autoencoder import encode_run, publish_checkpoint, reconstruction_report
 from simdiff.runs.completion import Identity, trained
@@ -57,6 +57,7 @@ def identity(cfg: DictConfig) -> Identity:
     from simdiff.lit.autoencoder import data_signature
 
     run = RunDir(cfg.run_dir)
+    preemption_signal(cfg)  # refuse a bad preemption.signals before anything runs
     config = stage_config(cfg, data_signature(TrainingStore(run.store)))
     return Identity(config, {"training store": run.store}, [run.final("autoencoder")])
 
@@ -130,7 +131,8 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     net = build_net(ae_plain, signature)
     module = instantiate(ae.module, net=net, loss=instantiate(ae.loss), weights=dm.weights, mask=dm.mask,
                          seed=int(cfg.seed), signature=signature, _convert_="all")
-    last, checkpoint = resume_checkpoints(ckpt_dir, int(ae.get("checkpoint_every_n_steps") or 0))
+    last, checkpoint = resume_checkpoints(ckpt_dir, int(ae.get("checkpoint_every_n_steps") or 0),
+                                          preemption=preemption_signal(cfg))
     shape = signature["spatial_shape"]
     budget = TimeBudget(ae.max_time, started=started, reserve=report_seconds(net, store, shape))
     callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), instantiate(ae.early_stopping),

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
-from simdiff.cli.nodes import build
+from simdiff.cli.nodes import build, preemption_signal
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_model, latent_signature, open_latents, residual_scale, static_fields
@@ -48,6 +48,7 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
 def identity(cfg: DictConfig) -> Identity:
     """train-diffusion depends on its config (with the latent signature) and the latent store."""
     run = RunDir(cfg.run_dir)
+    preemption_signal(cfg)  # refuse a bad preemption.signals before anything runs
     config = stage_config(cfg, latent_signature(open_latents(run)))
     return Identity(config, {"latents": run.latents}, [run.final("diffusion")])
 
@@ -89,7 +90,8 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     # the Sampling object joins after instantiate: Hydra would turn a dataclass argument into a dict
     module = instantiate(cfg.diffusion.module, model=model, weights=dm.weights, seed=int(cfg.seed),
                          signature=signature, _convert_="all", _partial_=True)(sampling=build(cfg.sampler))
-    last, best = resume_checkpoints(ckpt_dir, int(dm_cfg["checkpoint_every_n_steps"]))
+    last, best = resume_checkpoints(ckpt_dir, int(dm_cfg["checkpoint_every_n_steps"]),
+                                    preemption=preemption_signal(cfg))
     # after fit: the summary and a checkpoint copy (a second or two)
     budget = TimeBudget(dm_cfg["max_time"], started=started, reserve=3.0)
     callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), last, best, KeepStopped(), EpochLog(),

@@ -57,3 +57,16 @@ def sampler_spec(cfg: DictConfig, node: DictConfig) -> Any:
     sampling = build(cfg.sampler)
     return SamplerSpec(sampling.sampler, sampling.sigmas(), float(node.guidance), tuple(node.guided),
                        bool(node.batch_invariant))
+
+
+def preemption_signal(cfg: DictConfig) -> Any:
+    """The training stages' :class:`simdiff.lit.preempt.PreemptionSignal` from ``cfg.preemption``
+    (a DataError naming the key for a bad signal name)."""
+    from simdiff.lit.preempt import PreemptionSignal
+
+    node = cfg.get("preemption") or {}
+    signals = node.get("signals", ["USR1", "USR2"])
+    if not (OmegaConf.is_list(signals) or isinstance(signals, list)):
+        raise DataError(f"preemption.signals: {signals!r} is not a list; write e.g. "
+                        "preemption.signals=[USR1]")
+    return PreemptionSignal(list(signals), requeue=bool(node.get("requeue", True)))

@@ -32,6 +32,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from simdiff.lit.preempt import PreemptionSignal
+
 GENERATOR_KEY = "simdiff_generator"
 
 
@@ -85,21 +87,46 @@ def global_rng_from(generator: torch.Generator, device: torch.device) -> Iterato
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose step cadence leaves out an epoch's last batch (see the module doc)."""
+    """ModelCheckpoint whose step cadence leaves out an epoch's last batch (see the module doc).
+
+    With a :class:`simdiff.lit.preempt.PreemptionSignal`, it also writes ``last.ckpt`` at the end
+    of the first step (not an epoch's last) after a pre-emption signal, then hands the signal over.
+    """
+
+    def __init__(self, *args: Any, preemption: PreemptionSignal | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.preemption = preemption
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.preemption is not None and stage == "fit":
+            self.preemption.install()  # before Lightning's own SLURM handler, which then stays out
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.preemption is not None:
+            self.preemption.uninstall()
+        super().teardown(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.preemption is not None and self.preemption.requested(trainer.strategy):
+            if self._last_global_step_saved != trainer.global_step:  # what the cadence does
+                candidates = self._monitor_candidates(trainer)
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+            what = f"wrote {self._last_checkpoint_saved} at step {trainer.global_step}"
+            self.preemption.hand_over(rank_zero=trainer.is_global_zero, what=what)
 
 
-def resume_checkpoints(ckpt_dir: Path, every_n_steps: int, monitor: str = "val/loss",
-                       mode: str = "min") -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """``(last, best)``: ``last.ckpt`` every ``every_n_steps`` steps (0: epoch ends only) and at
-    every epoch end; ``best.ckpt`` with the best ``monitor``."""
+def resume_checkpoints(ckpt_dir: Path, every_n_steps: int, monitor: str = "val/loss", mode: str = "min",
+                       preemption: PreemptionSignal | None = None) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``(last, best)``: ``last.ckpt`` every ``every_n_steps`` steps (0: epoch ends only), at
+    every epoch end and at a pre-emption signal; ``best.ckpt`` with the best ``monitor``."""
     last = StepCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=int(every_n_steps) or None,
-                          save_top_k=1, enable_version_counter=False)
+                          save_top_k=1, enable_version_counter=False, preemption=preemption)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                            save_last=True, enable_version_counter=False)
     return last, best

@@ -8,6 +8,8 @@ step, leaving on disk only what the checkpoints had written.
 
 from __future__ import annotations
 
+import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from simdiff.data.stores.prepare import PrepareOptions, prepare
 from simdiff.data.stores.training import TrainingStore
 from simdiff.lit.autoencoder import AutoencoderModule, data_signature
 from simdiff.lit.optim import adamw
+from simdiff.lit.preempt import Preempted, PreemptionSignal
 from simdiff.lit.resume import KeepStopped, resume_checkpoints
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.bottleneck import KLBottleneck
@@ -63,6 +66,17 @@ class KillAt(L.Callback):
             raise Interrupt
 
 
+class SignalAt(L.Callback):
+    """The scheduler's warning: SIGUSR1 to this process as optimizer step ``step + 1`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
 class KillInValidation(L.Callback):
     """Die while epoch ``epoch`` is being validated."""
 
@@ -85,8 +99,9 @@ class Validated(L.Callback):
 
 
 def fit(run: Path, ckpt_dir: Path, every: int, kill: int | L.Callback | None = None, resume: bool = False,
-        stop_below: float | None = None,
-        extra: tuple[L.Callback, ...] = ()) -> tuple[L.Trainer, AutoencoderModule, Path]:
+        stop_below: float | None = None, extra: tuple[L.Callback, ...] = (),
+        preemption: PreemptionSignal | None = None,
+        expect: type[BaseException] = Interrupt) -> tuple[L.Trainer, AutoencoderModule, Path]:
     """One fit as ``simdiff train-autoencoder`` wires it; returns the trainer, module and best.ckpt."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
@@ -98,7 +113,7 @@ def fit(run: Path, ckpt_dir: Path, every: int, kill: int | L.Callback | None = N
                       bottleneck=KLBottleneck(weight=1e-3), depth_kernel_size=1, groups=4)
     module = AutoencoderModule(net, ReconstructionLoss(), dm.weights, dm.mask, optimizer=adamw(lr=3e-3),
                                warmup_steps=2, ema_decay=0.9, seed=0, signature=sig)
-    last, best = resume_checkpoints(ckpt_dir, every)
+    last, best = resume_checkpoints(ckpt_dir, every, preemption=preemption)
     stopping = EarlyStopping(monitor="val/loss", mode="min", patience=20, stopping_threshold=stop_below)
     killer = KillAt(kill) if isinstance(kill, int) else kill
     callbacks = [stopping, last, best, KeepStopped(), *extra, *([killer] if killer is not None else [])]
@@ -110,7 +125,7 @@ def fit(run: Path, ckpt_dir: Path, every: int, kill: int | L.Callback | None = N
     if kill is None:
         trainer.fit(module, datamodule=dm, ckpt_path=path)
     else:
-        with pytest.raises(Interrupt):
+        with pytest.raises(expect):
             trainer.fit(module, datamodule=dm, ckpt_path=path)
     return trainer, module, Path(best.best_model_path)
 
@@ -178,3 +193,41 @@ def test_a_run_that_stopped_early_stays_stopped_when_resumed(qg_run: Path, tmp_p
     again, module, _ = fit(qg_run, tmp_path, 3, resume=True, stop_below=1e9)
     assert again.global_step == per_epoch
     assert_same(stopped, module.state_dict(), "model and EMA")
+
+
+@pytest.mark.parametrize("where", ["mid_epoch", "last_batch"])
+def test_a_preemption_signal_checkpoints_that_step_and_the_resumed_fit_ends_with_the_same_weights(
+        qg_run: Path, tmp_path: Path, reference, where: str) -> None:
+    """SIGUSR1 (SLURM's warning before pre-emption) between two step checkpoints: ``last.ckpt`` is
+    written at the end of that step (of the next one when it is an epoch's last: that checkpoint
+    would precede the epoch's validation), the fit ends with Preempted, and resuming from it ends
+    with the uninterrupted weights."""
+    per_epoch, final, best = reference
+    step = {"mid_epoch": per_epoch + 1, "last_batch": per_epoch - 1}[where]
+    saved_at = {"mid_epoch": step + 1, "last_batch": per_epoch + 1}[where]
+    fit(qg_run, tmp_path, 0, kill=SignalAt(step), preemption=PreemptionSignal(["USR1"], requeue=False),
+        expect=Preempted)
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == saved_at
+    trainer, module, best_path = fit(qg_run, tmp_path, 0, resume=True)
+    assert trainer.global_step == EPOCHS * per_epoch
+    assert_same(final, module.state_dict(), "model and EMA")
+    assert_same(best, weights(best_path), "best.ckpt")
+
+
+def test_a_launchers_own_handler_runs_after_the_checkpoint(qg_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """submitit installs a handler that requeues the job: it runs once, after last.ckpt is written."""
+    calls = []
+
+    def launcher(signum, frame):
+        calls.append((signum, (tmp_path / "last.ckpt").is_file()))
+
+    previous = signal.signal(signal.SIGUSR1, launcher)
+    monkeypatch.setenv("SLURM_JOB_ID", "not-a-job")  # must not reach scontrol: the launcher requeues
+    try:
+        fit(qg_run, tmp_path, 0, kill=SignalAt(2), preemption=PreemptionSignal(["USR1"]), expect=Preempted)
+        assert calls == [(signal.SIGUSR1, True)]
+        signal.raise_signal(signal.SIGUSR1)  # after the fit: the launcher's handler, as before it
+        assert len(calls) == 2
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
