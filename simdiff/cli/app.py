@@ -93,6 +93,21 @@ def sweep_point(sweep_dir: str | None, overrides: str) -> str:
     return str(Path(sweep_dir) / point_name(overrides))
 
 
+def log_stamp(now: str) -> str:
+    """The folder of one invocation's logs under ``run_dir/logs/COMMAND/``: ``now`` (its start
+    time), except in a SLURM step of several tasks (``srun`` starting one DDP rank per task).
+    There the ranks share ``slurm-JOB.STEP-runN`` (N: how often the job was requeued before),
+    rank 0 writing into it and rank R into its ``rankR/``: one folder per job, however far apart
+    the ranks start, instead of one timestamped folder per rank."""
+    env = os.environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
+    if not env.get("SLURM_JOB_ID") or not tasks.isdigit() or int(tasks) < 2 or "SLURM_STEP_ID" not in env:
+        return now
+    stamp = f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}-run{env.get('SLURM_RESTART_COUNT') or 0}"
+    rank = int(env.get("SLURM_PROCID") or 0)
+    return stamp if rank == 0 else f"{stamp}/rank{rank}"
+
+
 def _if_set(value: Any, then: Any, otherwise: Any) -> Any:
     return otherwise if value is None else then
 
@@ -102,6 +117,7 @@ def _register_resolvers() -> None:
         "simdiff.repo_root": lambda: str(REPO_ROOT),
         "simdiff.point": point_name,
         "simdiff.sweep_point": sweep_point,
+        "simdiff.log_stamp": log_stamp,  # ${simdiff.log_stamp:${now:...}}
         "simdiff.if_set": _if_set,  # ${simdiff.if_set:VALUE,THEN,OTHERWISE}: OTHERWISE when VALUE is null
     }
     for name, resolver in resolvers.items():

@@ -63,7 +63,16 @@ def test_a_two_task_job_trains_with_ddp_in_one_run_dir(slurm_env, tmp_path):
     # one run_dir, written once: no rank made its own copy or relaunched the command
     assert sorted(p.name for p in (run_dir / "logs").iterdir()) == \
         ["encode", "prepare", "train-autoencoder", "train-diffusion"]
-    assert len(list((run_dir / "logs" / "train-diffusion").iterdir())) == 1
+    # the ranks' Hydra logs: one folder for the job (not one timestamped folder per rank)
+    (folder,) = (run_dir / "logs" / "train-diffusion").iterdir()
+    assert folder.name == f"slurm-{job}.0-run0", folder
+    assert (folder / "train-diffusion.log").is_file() and (folder / "rank1" / "train-diffusion.log").is_file()
+
+
+def _requeued(job: str, env: dict[str, str]) -> bool:
+    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True,
+                         timeout=30)
+    return "Restarts=1" in out.stdout and "JobState=PENDING" in out.stdout
 
 
 def _step(path: Path) -> int:
@@ -87,7 +96,7 @@ def test_a_preempted_training_job_requeues_resumes_and_matches_the_uninterrupted
     script = _script(tmp_path / "train.sbatch",
                      ["--requeue", "--ntasks=1", "--cpus-per-task=1", "--mem=2G", "--time=10",
                       f"--output={log}", "--open-mode=append", "--job-name=simdiff-preempt"],
-                     ['echo "run $SLURM_RESTART_COUNT of job $SLURM_JOB_ID"',
+                     ["echo \"run ${SLURM_RESTART_COUNT:-0} of job $SLURM_JOB_ID\"",
                       f"srun {PY} train-autoencoder run_dir={run_dir} {' '.join(train)}"])
     job = sbatch(script, slurm_env)
     last = run_dir / "autoencoder" / "checkpoints" / "last.ckpt"
@@ -96,6 +105,12 @@ def test_a_preempted_training_job_requeues_resumes_and_matches_the_uninterrupted
         time.sleep(0.2)
     assert 4 <= _step(last) < total, f"no mid-run checkpoint to signal at: {log.read_text()[-3000:]}"
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm_env, check=True, timeout=30)
+    # SLURM holds a requeued job back for a while (its begin time is set ~2 min ahead): once it
+    # is pending again, make it eligible now, as a free cluster would start it
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _requeued(job, slurm_env):
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env, timeout=30)
     assert wait_for_job(job, slurm_env) == "COMPLETED", log.read_text()[-4000:]
 
     text = log.read_text()

@@ -8,7 +8,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from simdiff.cli.app import POINT_NAME_MAX, _register_resolvers, config_dir, point_name, sweep_point
+from simdiff.cli.app import (
+    POINT_NAME_MAX,
+    _register_resolvers,
+    config_dir,
+    log_stamp,
+    point_name,
+    sweep_point,
+)
 
 
 def _run_dir(overrides: list[str]) -> str:
@@ -46,3 +53,23 @@ def test_point_names_are_one_folder_and_short_enough():
     assert len(name) == POINT_NAME_MAX and "/" not in name
     assert name != point_name(long + ",x=1") and name == point_name(long)
     assert sweep_point("runs/s", "seed=1") == "runs/s/seed=1"
+
+
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_PROCID",
+              "SLURM_RESTART_COUNT")
+
+
+def test_the_ranks_of_a_slurm_step_share_one_log_folder_per_job(monkeypatch):
+    for var in SLURM_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert log_stamp("2026-12-02_10-00-00") == "2026-12-02_10-00-00"  # not in SLURM
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert log_stamp("T") == "T"  # one task: its start time, as outside SLURM
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert log_stamp("T0") == "slurm-41.0-run0"
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert log_stamp("T1") == "slurm-41.0-run2/rank1"
