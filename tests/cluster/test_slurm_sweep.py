@@ -6,15 +6,14 @@ evaluate) as one job of a SLURM array, each in its own run_dir derived from its 
 
 Needs a SLURM cluster whose ``sinfo`` answers (CI: ``scripts/slurm-up.sh``, a single node on the
 CI machine; ``SLURM_CONF`` is taken from ``$SIMDIFF_SLURM_DIR/slurm.conf`` when unset); skips
-otherwise. The jobs run this interpreter (submitit submits ``sys.executable``) with this
-environment (sbatch exports it), so ``PYTHONPATH`` points them at this checkout.
+otherwise (the ``slurm_env`` fixture of tests/cluster/conftest.py). The jobs run this interpreter
+(submitit submits ``sys.executable``) with this environment (sbatch exports it), so
+``PYTHONPATH`` points them at this checkout.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,49 +22,12 @@ import pytest
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[2]
-SLURM_DIR = Path(os.environ.get("SIMDIFF_SLURM_DIR", "/tmp/simdiff-slurm"))
 STAGES = ("prepare", "train-autoencoder", "encode", "train-diffusion", "generate", "evaluate")
 #: The points' folders: their overrides as the sweeper writes them, sorted (Hydra's override_dirname).
 POINTS = tuple(f"autoencoder.module.optimizer.lr={lr},debug=tiny" for lr in ("0.001", "0.003"))
 OUTPUTS = ("data/train.zarr/zarr.json", "autoencoder/autoencoder.ckpt", "autoencoder/reconstruction.json",
            "latents.zarr/zarr.json", "diffusion/diffusion.ckpt", "forecast.zarr/zarr.json",
            "report/metrics.json")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    conf = SLURM_DIR / "slurm.conf"
-    if "SLURM_CONF" not in env and conf.is_file():
-        env["SLURM_CONF"] = str(conf)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _no_cluster(reason: str) -> None:
-    """Skip, or fail where a cluster must be up (CI sets SIMDIFF_REQUIRE_SLURM after slurm-up)."""
-    reason = f"{reason} (scripts/slurm-up.sh starts a single-node cluster)"
-    if os.environ.get("SIMDIFF_REQUIRE_SLURM"):
-        pytest.fail(f"SIMDIFF_REQUIRE_SLURM is set, but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def slurm_env() -> dict[str, str]:
-    """The environment of a command that submits to the cluster; skips when none answers."""
-    env = _env()
-    if shutil.which("sinfo") is None:
-        _no_cluster("no SLURM here: sinfo not found")
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        _no_cluster("no SLURM here: sinfo did not answer in 10 s")
-    states = out.stdout.split()
-    if out.returncode != 0 or not {"idle", "mixed"} & set(states):
-        _no_cluster(f"no SLURM node to run on: sinfo exit {out.returncode}, node states {states}, "
-                    f"{out.stderr.strip()[-300:]}")
-    return env
 
 
 def _sweep(sweep_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,55 @@
+"""What the cluster tests share: the environment of a command that submits to SLURM, and the
+fixture that skips (or fails, under ``SIMDIFF_REQUIRE_SLURM``) where no SLURM cluster answers.
+
+CI starts a single-node cluster with ``scripts/slurm-up.sh``; ``SLURM_CONF`` is taken from
+``$SIMDIFF_SLURM_DIR/slurm.conf`` when unset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SLURM_DIR = Path(os.environ.get("SIMDIFF_SLURM_DIR", "/tmp/simdiff-slurm"))
+
+
+def slurm_environ() -> dict[str, str]:
+    """This environment with ``SLURM_CONF`` (when unset and the CI cluster's file exists), this
+    checkout on ``PYTHONPATH`` and one BLAS thread: what jobs inherit from sbatch."""
+    env = dict(os.environ)
+    conf = SLURM_DIR / "slurm.conf"
+    if "SLURM_CONF" not in env and conf.is_file():
+        env["SLURM_CONF"] = str(conf)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _no_cluster(reason: str) -> None:
+    """Skip, or fail where a cluster must be up (CI sets SIMDIFF_REQUIRE_SLURM after slurm-up)."""
+    reason = f"{reason} (scripts/slurm-up.sh starts a single-node cluster)"
+    if os.environ.get("SIMDIFF_REQUIRE_SLURM"):
+        pytest.fail(f"SIMDIFF_REQUIRE_SLURM is set, but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_env() -> dict[str, str]:
+    """The environment of a command that submits to the cluster; skips when none answers."""
+    env = slurm_environ()
+    if shutil.which("sinfo") is None:
+        _no_cluster("no SLURM here: sinfo not found")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        _no_cluster("no SLURM here: sinfo did not answer in 10 s")
+    states = out.stdout.split()
+    if out.returncode != 0 or not {"idle", "mixed"} & set(states):
+        _no_cluster(f"no SLURM node to run on: sinfo exit {out.returncode}, node states {states}, "
+                    f"{out.stderr.strip()[-300:]}")
+    return env
