@@ -6,13 +6,21 @@ store chunk by chunk, opens it lazily as a Field, runs ``prepare`` in a child pr
 polling the child's RSS with psutil, prints a table and writes ``bench_results/prepare_rss.json``.
 The synthetic data is removed afterwards unless ``--keep``.
 
+With ``--workers N`` the passes run on a ``prepare.cluster`` LocalCluster of N worker processes
+of one thread each (:class:`simdiff.data.stores.cluster.LocalCluster`), and the peak RSS of each
+worker process is reported beside the child's and the estimate its memory limit is derived from
+(:func:`simdiff.data.stores.chunking.task_mb`).
+
     .venv/bin/python benchmarks/bench_prepare_rss.py            # ~4 GB
     .venv/bin/python benchmarks/bench_prepare_rss.py --gb 0.2   # quick check
+    .venv/bin/python benchmarks/bench_prepare_rss.py --gb 0.3 --workers 2 \
+        --out bench_results/prepare_rss_cluster.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -106,24 +114,36 @@ class SyntheticZarrSource:
         return Field(ds, geometry, sources=(self.path,))
 
 
-def child(source: str, run_dir: str, chunk_mb: float, work_mb: float) -> None:
-    """Run prepare (what `simdiff prepare` calls) in this process."""
+def child(source: str, run_dir: str, chunk_mb: float, work_mb: float, workers: int,
+          memory_limit: str) -> None:
+    """Run prepare (what `simdiff prepare` calls) in this process, on a LocalCluster of ``workers``
+    processes when ``workers`` > 0."""
+    from simdiff.data.stores.cluster import LocalCluster
     from simdiff.data.stores.prepare import PrepareOptions, prepare
 
-    options = PrepareOptions(chunk_mb=chunk_mb, work_mb=work_mb, progress=False)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
+                           memory_limit=memory_limit or None) if workers else None
+    options = PrepareOptions(chunk_mb=chunk_mb, work_mb=work_mb, progress=False, cluster=cluster)
     config = {"data": {"source": source}, "prepare": {"chunk_mb": chunk_mb, "work_mb": work_mb}}
     prepare(SyntheticZarrSource(source), run_dir, options=options, config=config)
 
 
-def measure(source: Path, run_dir: Path, chunk_mb: float, work_mb: float) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", str(source), str(run_dir), str(chunk_mb), str(work_mb)]
+def measure(source: Path, run_dir: Path, chunk_mb: float, work_mb: float, workers: int = 0,
+            memory_limit: str = "") -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", str(source), str(run_dir), str(chunk_mb), str(work_mb),
+           str(workers), memory_limit]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     ps = psutil.Process(proc.pid)
     peak = 0
+    worker_peaks: dict[int, int] = {}  # the dask worker processes (spawned by their nannies) by PID
     while proc.poll() is None:
         try:
             peak = max(peak, ps.memory_info().rss)
+            for sub in ps.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if sub.pid in worker_peaks or "spawn_main" in " ".join(sub.cmdline()):
+                        worker_peaks[sub.pid] = max(worker_peaks.get(sub.pid, 0), sub.memory_info().rss)
         except psutil.NoSuchProcess:
             break
         time.sleep(0.05)
@@ -131,7 +151,23 @@ def measure(source: Path, run_dir: Path, chunk_mb: float, work_mb: float) -> dic
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed with exit code {proc.returncode}")
     ru = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: kB
-    return {"peak_rss_mb_psutil": peak / 1e6, "peak_rss_mb_ru_maxrss": ru / 1e6, "wall_s": wall}
+    out = {"peak_rss_mb_psutil": peak / 1e6, "peak_rss_mb_ru_maxrss": ru / 1e6, "wall_s": wall}
+    if workers:
+        out["worker_peak_rss_mb_psutil"] = sorted(v / 1e6 for v in worker_peaks.values())
+    return out
+
+
+def _worker_estimate(chunk_mb: float, work_mb: float, memory_limit: str) -> dict[str, float]:
+    """What prepare estimates for one task and one single-threaded worker, and the limit it sets."""
+    from simdiff.data.stores.chunking import samples_per_chunk, task_mb, work_samples
+    from simdiff.data.stores.cluster import LocalCluster, worker_need_mb
+
+    var_bytes = NLAT * NLON * 4
+    block = work_samples(samples_per_chunk(2 * var_bytes, chunk_mb), var_bytes, work_mb)
+    task = task_mb(block, var_bytes, 2)
+    limit = LocalCluster(threads_per_worker=1, memory_limit=memory_limit or None).memory_bytes(task)
+    return {"block_samples": block, "task_mb": task, "worker_need_mb": worker_need_mb(1, task),
+            "memory_limit_mb": limit / 1e6}
 
 
 def main() -> None:
@@ -142,10 +178,13 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where the synthetic data goes (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the synthetic data and the store")
     p.add_argument("--out", default="bench_results/prepare_rss.json")
-    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=0, help="run the passes on a LocalCluster of N processes")
+    p.add_argument("--memory-limit", default="", help="each worker's memory limit (default: derived)")
+    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], float(args.child[2]), float(args.child[3]))
+        child(args.child[0], args.child[1], float(args.child[2]), float(args.child[3]), int(args.child[4]),
+              args.child[5])
         return
 
     work = Path(tempfile.mkdtemp(prefix="simdiff-bench-prepare-", dir=args.workdir))
@@ -155,7 +194,7 @@ def main() -> None:
         n = make_dataset(source, args.gb)
         gen_s = time.perf_counter() - t0
         data_gb = 2 * n * NLAT * NLON * 4 / 1e9
-        result = measure(source, run_dir, args.chunk_mb, args.work_mb)
+        result = measure(source, run_dir, args.chunk_mb, args.work_mb, args.workers, args.memory_limit)
         store = run_dir / "data" / "train.zarr"
         store_gb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 1e9
     finally:
@@ -164,7 +203,8 @@ def main() -> None:
     record = {
         "benchmark": "prepare_rss",
         "dataset": {"variables": ["t2m", "tp"], "shape": [n, NLAT, NLON], "dtype": "float32", "gb": data_gb},
-        "options": {"chunk_mb": args.chunk_mb, "work_mb": args.work_mb},
+        "options": {"chunk_mb": args.chunk_mb, "work_mb": args.work_mb, "workers": args.workers,
+                    "memory_limit": args.memory_limit or None},
         **result,
         "store_gb": store_gb,
         "throughput_mb_s": data_gb * 1e3 / result["wall_s"],
@@ -186,6 +226,16 @@ def main() -> None:
         ("wall time prepare", f"{result['wall_s']:.1f} s ({record['throughput_mb_s']:.0f} MB/s)"),
         ("store on disk", f"{store_gb:.2f} GB (blosc-lz4)"),
     ]
+    if args.workers:
+        record.update(_worker_estimate(args.chunk_mb, args.work_mb, args.memory_limit))
+        peaks = result["worker_peak_rss_mb_psutil"]
+        rows += [
+            ("workers (1 thread each)", f"{args.workers}: peak RSS {', '.join(f'{v:.0f}' for v in peaks)}"
+                                        " MB"),
+            ("estimate: one task", f"{record['task_mb']:.0f} MB (simdiff.data.stores.chunking.task_mb)"),
+            ("estimate: worker needs", f"{record['worker_need_mb']:.0f} MB; memory limit "
+                                       f"{record['memory_limit_mb']:.0f} MB"),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"\n{'prepare peak RSS':<{width}}  value\n{'-' * width}  {'-' * 40}")
     for k, v in rows:

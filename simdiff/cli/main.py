@@ -1,4 +1,10 @@
-"""The ``simdiff`` console script: ``simdiff SUB-COMMAND [hydra overrides]``."""
+"""The ``simdiff`` console script: ``simdiff SUB-COMMAND [hydra overrides]``.
+
+This module imports the sub-commands (Hydra, torch, Lightning) only when :func:`main` runs:
+worker processes started with multiprocessing's spawn (``prepare/cluster=local``'s dask workers)
+import the main module again, and each would otherwise carry ~340 MB of libraries it never uses
+(tests/cli/test_cli.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,6 @@ import os
 import sys
 
 from simdiff import __version__
-from simdiff.cli.app import run_app
-from simdiff.cli.stages import STAGES, run_all
 
 SUBCOMMAND_ENV = "SIMDIFF_SUBCOMMAND"
 USAGE = """usage: simdiff SUB-COMMAND run_dir=DIR [key=value ...] [-m]
@@ -27,6 +31,8 @@ example:
 
 
 def usage() -> str:
+    from simdiff.cli.stages import STAGES
+
     rows = "\n".join(f"  {s.name:<18} {s.help}" for s in STAGES)
     return USAGE.format(rows=rows, run="run")
 
@@ -40,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "--version":
         print(f"simdiff {__version__}")
         return
+    from simdiff.cli.app import run_app
+    from simdiff.cli.stages import STAGES, run_all
+
     name, rest = argv[0], argv[1:]
     stages = {s.name: s for s in STAGES}
     relaunched = os.environ.get(SUBCOMMAND_ENV)

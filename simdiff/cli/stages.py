@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -39,9 +40,17 @@ def source_inputs(data: DictConfig) -> dict[str, Path]:
     return {f"source {f.name}" if len(files) < 50 else f"source {f}": f for f in files}
 
 
+def prepare_config(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data`` and ``prepare`` nodes a store records and its stage is known by, without
+    ``prepare.cluster``: where the dask passes run changes no byte of the store."""
+    plain = to_plain(cfg, "data", "prepare")
+    plain["prepare"].pop("cluster", None)
+    return plain
+
+
 def prepare_identity(cfg: DictConfig) -> Identity:
-    build(cfg.prepare)  # refuse bad options (prepare.split, ...) before anything runs
-    return Identity(to_plain(cfg, "data", "prepare"), source_inputs(cfg.data), [RunDir(cfg.run_dir).store])
+    build(cfg.prepare)  # refuse bad options (prepare.split, prepare.cluster, ...) before anything runs
+    return Identity(prepare_config(cfg), source_inputs(cfg.data), [RunDir(cfg.run_dir).store])
 
 
 def prepare_stage(cfg: DictConfig) -> None:
@@ -51,7 +60,7 @@ def prepare_stage(cfg: DictConfig) -> None:
     source = instantiate(cfg.data, _convert_="object")
     options = build(cfg.prepare)
     path = prepare(
-        source, cfg.run_dir, options=options, config=to_plain(cfg, "data", "prepare"), force=cfg.force
+        source, cfg.run_dir, options=options, config=prepare_config(cfg), force=cfg.force
     )
     log.info("training store: %s", path)
 

@@ -15,8 +15,9 @@ folder outside it), ``shared`` (the shared data) and whatever the setup returns.
 
 Every case is a ``simdiff`` process (about 10 s of imports and config alone), so only the rows
 marked ``quick`` run in the default suite (a config group option and a run_dir refused before
-Hydra, a count and prepare.split refused when the config is read, a lost store chunk: about 2 min
-with the tiny run built); the others are marked slow (``-m slow``: about 9 min).
+Hydra, a count and prepare.split refused when the config is read, a scheduler address where
+none answers, a lost store chunk: about 2 min with the tiny run built); the others are marked
+slow (``-m slow``: about 10 min).
 """
 
 from __future__ import annotations
@@ -258,6 +259,23 @@ CASES: list[Case] = [
     Case("prepare-split-negative", "prepare", ("prepare.split.train=1.2", "prepare.split.val=-0.2",
                                                 "prepare.split.test=0.0"), ("prepare.split", "-0.2"),
          trained=False),
+    # -- where prepare's dask passes run (prepare.cluster) -------------------------------------
+    Case("prepare-cluster-workers-0", "prepare", ("prepare/cluster=local", "prepare.cluster.n_workers=0"),
+         ("prepare.cluster.n_workers", "0"), trained=False),
+    Case("prepare-cluster-address-malformed", "prepare",
+         ("prepare/cluster=address", "prepare.cluster.address=localhost:8786"),
+         ("prepare.cluster.address", "localhost:8786", "tcp://"), trained=False),
+    Case("prepare-cluster-address-unreachable", "prepare",
+         ("prepare/cluster=address", "prepare.cluster.address=tcp://127.0.0.1:9",
+          "prepare.cluster.timeout_s=2"),
+         ("prepare.cluster.address", "tcp://127.0.0.1:9", "no dask scheduler answered"), trained=False,
+         quick=True),
+    Case("prepare-cluster-slurm-walltime", "prepare",
+         ("prepare/cluster=slurm", "prepare.cluster.walltime=soon"),
+         ("prepare.cluster.walltime", "soon"), trained=False),
+    Case("prepare-cluster-memory-too-small", "prepare",
+         (*CUSTOM, "data.source={file}", "prepare/cluster=local", "prepare.cluster.memory_limit=200MB"),
+         ("prepare.cluster.memory_limit", "200MB", "prepare.work_mb"), setup=one_real_file, trained=False),
     # -- paths ------------------------------------------------------------------------------
     Case("prepare-source-missing", "prepare", (*CUSTOM, "data.source={tmp}/nope.nc"), ("{tmp}/nope.nc",),
          trained=False),

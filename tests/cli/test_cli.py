@@ -20,6 +20,19 @@ def test_help_lists_every_sub_command():
         assert f"  {name} " in out.stdout
 
 
+def test_the_entry_module_imports_no_sub_command():
+    """Processes spawned by multiprocessing import the main module again (prepare/cluster=local's
+    dask workers): simdiff.cli.main must not bring Hydra, torch or Lightning with it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, simdiff.cli.main; print(sorted(m for m in ('hydra', 'torch', 'lightning', "
+            "'simdiff.cli.stages') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_unknown_sub_command_is_refused():
     out = simdiff("prepar", "run_dir=x")
     assert out.returncode == 2

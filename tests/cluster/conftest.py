@@ -1,9 +1,8 @@
-"""What the SLURM tests share: a cluster that answers (or a skip), and the jobs' environment.
+"""What the cluster tests share: the environment of a command that submits to SLURM, and the
+fixture that skips (or fails, under ``SIMDIFF_REQUIRE_SLURM``) where no SLURM cluster answers.
 
-Needs a SLURM cluster whose ``sinfo`` answers (CI: ``scripts/slurm-up.sh``, a single node on the
-CI machine; ``SLURM_CONF`` is taken from ``$SIMDIFF_SLURM_DIR/slurm.conf`` when unset); the tests
-skip otherwise, or fail where ``SIMDIFF_REQUIRE_SLURM`` is set. Jobs run this interpreter with
-this environment (sbatch exports it), so ``PYTHONPATH`` points them at this checkout.
+CI starts a single-node cluster with ``scripts/slurm-up.sh``; ``SLURM_CONF`` is taken from
+``$SIMDIFF_SLURM_DIR/slurm.conf`` when unset.
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = Path(os.environ.get("SIMDIFF_SLURM_DIR", "/tmp/simdiff-slurm"))
 
 
-def slurm_job_env() -> dict[str, str]:
+def slurm_environ() -> dict[str, str]:
+    """This environment with ``SLURM_CONF`` (when unset and the CI cluster's file exists), this
+    checkout on ``PYTHONPATH`` and one BLAS thread: what jobs inherit from sbatch."""
     env = dict(os.environ)
     conf = SLURM_DIR / "slurm.conf"
     if "SLURM_CONF" not in env and conf.is_file():
@@ -30,7 +31,7 @@ def slurm_job_env() -> dict[str, str]:
     return env
 
 
-def no_cluster(reason: str) -> None:
+def _no_cluster(reason: str) -> None:
     """Skip, or fail where a cluster must be up (CI sets SIMDIFF_REQUIRE_SLURM after slurm-up)."""
     reason = f"{reason} (scripts/slurm-up.sh starts a single-node cluster)"
     if os.environ.get("SIMDIFF_REQUIRE_SLURM"):
@@ -38,23 +39,21 @@ def no_cluster(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_env() -> dict[str, str]:
     """The environment of a command that submits to the cluster; skips when none answers."""
-    env = slurm_job_env()
+    env = slurm_environ()
     if shutil.which("sinfo") is None:
-        no_cluster("no SLURM here: sinfo not found")
+        _no_cluster("no SLURM here: sinfo not found")
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
-        no_cluster("no SLURM here: sinfo did not answer in 10 s")
+        _no_cluster("no SLURM here: sinfo did not answer in 10 s")
     states = out.stdout.split()
     if out.returncode != 0 or not {"idle", "mixed"} & set(states):
-        no_cluster(f"no SLURM node to run on: sinfo exit {out.returncode}, node states {states}, "
+        _no_cluster(f"no SLURM node to run on: sinfo exit {out.returncode}, node states {states}, "
                     f"{out.stderr.strip()[-300:]}")
     return env
-
-
 
 
 def job_state(job: str, env: dict[str, str]) -> str:
@@ -67,22 +66,27 @@ def job_state(job: str, env: dict[str, str]) -> str:
     return "GONE"  # no longer known to the controller (MinJobAge passed)
 
 
+#: states of a job that has not ended yet
+LIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+        "SUSPENDED", "RESIZING", "SIGNALING")
+
+
 def wait_for_job(job: str, env: dict[str, str], timeout: float = 600) -> str:
-    """Poll until the job has ended; its final state."""
+    """Poll until the job (every task of an array) has ended; its final state (an array's first task's)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = job_state(job, env)
-        if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
-                         "REQUEUE_FED", "SUSPENDED", "RESIZING", "SIGNALING"):
-            return state
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True,
+                             text=True, timeout=30)
+        if not any(s in LIVE for s in out.stdout.split()):
+            return job_state(job, env)
         time.sleep(1.0)
     subprocess.run(["scancel", job], env=env, timeout=30)
     pytest.fail(f"SLURM job {job} still {job_state(job, env)} after {timeout:.0f} s")
 
 
-def sbatch(script: Path, env: dict[str, str]) -> str:
-    """Submit ``script``; its job id."""
-    out = subprocess.run(["sbatch", "--parsable", str(script)], env=env, capture_output=True, text=True,
-                         timeout=60)
+def sbatch(script: Path, env: dict[str, str], *args: str) -> str:
+    """Submit ``script`` (with sbatch options ``args``); its job id."""
+    out = subprocess.run(["sbatch", "--parsable", *args, str(script)], env=env, capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]

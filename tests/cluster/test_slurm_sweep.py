@@ -6,8 +6,9 @@ evaluate) as one job of a SLURM array, each in its own run_dir derived from its 
 
 Needs a SLURM cluster whose ``sinfo`` answers (CI: ``scripts/slurm-up.sh``, a single node on the
 CI machine; ``SLURM_CONF`` is taken from ``$SIMDIFF_SLURM_DIR/slurm.conf`` when unset); skips
-otherwise. The jobs run this interpreter (submitit submits ``sys.executable``) with this
-environment (sbatch exports it), so ``PYTHONPATH`` points them at this checkout.
+otherwise (the ``slurm_env`` fixture of tests/cluster/conftest.py). The jobs run this interpreter
+(submitit submits ``sys.executable``) with this environment (sbatch exports it), so
+``PYTHONPATH`` points them at this checkout.
 """
 
 from __future__ import annotations

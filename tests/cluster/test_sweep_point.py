@@ -36,6 +36,8 @@ def test_a_point_is_named_by_its_overrides_sorted_without_where_it_runs():
                         "cache_dir=/c", "force=true"])
     assert run_dir == "/s/autoencoder.module.optimizer.lr=0.001,seed=3"
     assert _run_dir(["autoencoder.module.optimizer.lr=0.001", "seed=3", "sweep_dir=/s"]) == run_dir
+    # where prepare's dask passes run is where it runs, too
+    assert _run_dir(["sweep_dir=/s", "seed=3", "prepare/cluster=local"]) == "/s/seed=3"
 
 
 def test_an_explicit_run_dir_wins_and_none_at_all_is_a_clear_error():

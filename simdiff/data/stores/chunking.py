@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 MB = 1_000_000
+#: Blocks a task holds besides the variables' parts and their join (see :func:`task_mb`).
+TASK_EXTRA_BLOCKS = 4
 
 
 def samples_per_chunk(sample_bytes: int, target_mb: float) -> int:
@@ -32,3 +34,17 @@ def work_samples(store_k: int, sample_bytes: int, work_mb: float) -> int:
     tasks; peak memory grows with block size times the number of worker threads.
     """
     return store_k * max(1, math.floor(work_mb * MB / (store_k * sample_bytes)))
+
+
+def task_mb(block: int, sample_bytes: int, n_variables: int) -> float:
+    """Peak memory of one task of prepare's passes, MB, for blocks of ``block`` samples of
+    ``sample_bytes`` (float32, one variable) and ``n_variables`` variables.
+
+    The write pass joins the variables' normalised blocks into one block of all channels, holding
+    the parts and the whole (``2 x n_variables`` blocks), while a block is read and normalised
+    beside them (the raw block and its temporaries: ``TASK_EXTRA_BLOCKS``). An upper bound: on
+    two variables of 721 x 1440 (``benchmarks/bench_prepare_rss.py --gb 0.3 --workers 2``), a
+    single-threaded worker grew by 210 MB over its idle ~165 MB with 29 MB blocks (estimate 233 MB)
+    and by 360 MB with 62 MB blocks (estimate 498 MB).
+    """
+    return (2 * n_variables + TASK_EXTRA_BLOCKS) * block * sample_bytes / MB

@@ -36,7 +36,8 @@ from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml, provenance
 from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
-from simdiff.data.stores.chunking import samples_per_chunk, work_samples
+from simdiff.data.stores.chunking import samples_per_chunk, task_mb, work_samples
+from simdiff.data.stores.cluster import Cluster, dask_client
 from simdiff.data.stores.split import block_ids, split_labels
 from simdiff.data.stores.stats import compute_statistics, normalise
 from simdiff.data.stores.training import FORMAT_VERSION, SPLITS, STORE_KIND, StoreLayout
@@ -65,7 +66,10 @@ class PrepareOptions:
         cname: Blosc compressor inside zarr ("lz4", "zstd", "lz4hc", "zlib", "blosclz").
         clevel: Blosc compression level 0-9.
         shuffle: Blosc filter ("shuffle", "bitshuffle" or "noshuffle").
-        progress: show a dask progress bar per pass.
+        progress: show a dask progress bar per pass (threaded scheduler; a cluster has its dashboard).
+        cluster: where the two passes run (:mod:`simdiff.data.stores.cluster`): None, dask's threaded
+            scheduler in this process; or a LocalCluster, SlurmCluster or SchedulerAddress, whose
+            client is open for the passes only. The store is the same bytes either way.
     """
 
     split: Mapping[str, float] = dc_field(default_factory=_default_split)
@@ -75,8 +79,15 @@ class PrepareOptions:
     clevel: int = 5
     shuffle: str = "shuffle"
     progress: bool = True
+    cluster: Cluster | None = None
 
     def __post_init__(self) -> None:
+        if self.cluster is not None and not isinstance(self.cluster, Cluster):
+            raise DataError(
+                f"prepare.cluster = {self.cluster!r} is not a cluster spec; choose one of "
+                "conf/prepare/cluster/ (prepare/cluster=local|slurm|address) or null for dask's threaded "
+                "scheduler"
+            )
         split = {str(k): float(v) for k, v in self.split.items()}
         if sorted(split) != sorted(SPLITS):
             raise DataError(f"prepare.split must name exactly {list(SPLITS)}, got {sorted(split)}")
@@ -199,65 +210,67 @@ def write_training_store(
     split = split_labels(data[sdim], options.fractions, origin=origin)
     blocks = block_ids(split, origin=origin)
 
-    log.info("prepare: statistics of %s over %d train samples", names, int((split == 0).sum()))
-    with _progress(options.progress):
-        stats = compute_statistics(
-            data, mask, split, transforms, block_samples=block, origin=origin,
-            pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS,
+    task = task_mb(min(block, field.n_samples), sample_bytes // len(names), len(names))
+    with dask_client(options.cluster, task_mb=task):
+        log.info("prepare: statistics of %s over %d train samples", names, int((split == 0).sum()))
+        with _progress(options.progress and options.cluster is None):
+            stats = compute_statistics(
+                data, mask, split, transforms, block_samples=block, origin=origin,
+                pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS,
+            )
+        normed = normalise(data, stats, mask, transforms, block_samples=block).chunk({"channel": -1})
+
+        coords = {d: _plain_coord(data[d]) for d in (sdim, *field.spatial_dims) if d in data.coords}
+        coords["channel"] = xr.Variable("channel", np.array(names, dtype=object))
+        ds = xr.Dataset(
+            {
+                "data": normed.drop_vars(list(normed.coords)).assign_attrs(
+                    long_name="transformed and normalised fields; 0 at masked cells"
+                ),
+                "mask": mask.drop_vars(list(mask.coords)).assign_attrs(long_name="True where valid"),
+                "weights": xr.DataArray(
+                    geometry.weights.values.astype(np.float32),
+                    dims=geometry.dims,
+                    attrs={"long_name": "cell weights"},
+                ),
+                "mean": stats["mean"]
+                .drop_vars(list(stats.coords))
+                .astype(np.float32)
+                .assign_attrs(stats["mean"].attrs),
+                "std": stats["std"]
+                .drop_vars(list(stats.coords))
+                .astype(np.float32)
+                .assign_attrs(stats["std"].attrs),
+                "split": split.drop_vars(list(split.coords)),
+                "block": blocks.drop_vars(list(blocks.coords)),
+                **_conditions(field, origin),
+            },
+            coords=coords,
         )
-    normed = normalise(data, stats, mask, transforms, block_samples=block).chunk({"channel": -1})
+        depth = field.depth_dim
+        ds.attrs = {
+            "simdiff_store": STORE_KIND,
+            "format_version": FORMAT_VERSION,
+            "layout": StoreLayout(sdim, depth, *field.dims[-2:]).__dict__,
+            "variables": {n: _jsonable(dict(data[n].attrs)) for n in names},
+            "transforms": {n: t.spec() for n, t in transforms.items() if n in names},
+            "geometry": geometry.to_attrs(),
+            "provenance": _jsonable(dict(provenance)),
+        }
+        chunks = (k, len(names), *(data.sizes[d] for d in field.spatial_dims))
+        encoding = {"data": {"chunks": chunks, "compressors": (options.compressor(),)}}
 
-    coords = {d: _plain_coord(data[d]) for d in (sdim, *field.spatial_dims) if d in data.coords}
-    coords["channel"] = xr.Variable("channel", np.array(names, dtype=object))
-    ds = xr.Dataset(
-        {
-            "data": normed.drop_vars(list(normed.coords)).assign_attrs(
-                long_name="transformed and normalised fields; 0 at masked cells"
-            ),
-            "mask": mask.drop_vars(list(mask.coords)).assign_attrs(long_name="True where valid"),
-            "weights": xr.DataArray(
-                geometry.weights.values.astype(np.float32),
-                dims=geometry.dims,
-                attrs={"long_name": "cell weights"},
-            ),
-            "mean": stats["mean"]
-            .drop_vars(list(stats.coords))
-            .astype(np.float32)
-            .assign_attrs(stats["mean"].attrs),
-            "std": stats["std"]
-            .drop_vars(list(stats.coords))
-            .astype(np.float32)
-            .assign_attrs(stats["std"].attrs),
-            "split": split.drop_vars(list(split.coords)),
-            "block": blocks.drop_vars(list(blocks.coords)),
-            **_conditions(field, origin),
-        },
-        coords=coords,
-    )
-    depth = field.depth_dim
-    ds.attrs = {
-        "simdiff_store": STORE_KIND,
-        "format_version": FORMAT_VERSION,
-        "layout": StoreLayout(sdim, depth, *field.dims[-2:]).__dict__,
-        "variables": {n: _jsonable(dict(data[n].attrs)) for n in names},
-        "transforms": {n: t.spec() for n, t in transforms.items() if n in names},
-        "geometry": geometry.to_attrs(),
-        "provenance": _jsonable(dict(provenance)),
-    }
-    chunks = (k, len(names), *(data.sizes[d] for d in field.spatial_dims))
-    encoding = {"data": {"chunks": chunks, "compressors": (options.compressor(),)}}
-
-    tmp = scratch_dir(path)
-    try:
-        log.info("prepare: writing %s (chunks %s)", path, chunks)
-        with _progress(options.progress):
-            # every chunk on disk, even one equal to the fill value (a fully masked sample is all 0):
-            # TrainingStore reads an absent chunk of data as damage
-            ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding,
-                       write_empty_chunks=True)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = scratch_dir(path)
+        try:
+            log.info("prepare: writing %s (chunks %s)", path, chunks)
+            with _progress(options.progress and options.cluster is None):
+                # every chunk on disk, even one equal to the fill value (a fully masked sample is all 0):
+                # TrainingStore reads an absent chunk of data as damage
+                ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding,
+                           write_empty_chunks=True)
+            os.replace(tmp / path.name, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -323,6 +336,8 @@ def prepare(
             + "\nPass force=true to overwrite it, or use another run_dir"
         )
 
+    if options.cluster is not None:
+        options.cluster.check()  # an unreachable scheduler, a job SLURM refuses: before anything is written
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = scratch_dir(run_dir / "data")
