@@ -84,9 +84,10 @@ def wait_for_job(job: str, env: dict[str, str], timeout: float = 600) -> str:
     pytest.fail(f"SLURM job {job} still {job_state(job, env)} after {timeout:.0f} s")
 
 
-def sbatch(script: Path, env: dict[str, str], *args: str) -> str:
-    """Submit ``script`` (with sbatch options ``args``); its job id."""
-    out = subprocess.run(["sbatch", "--parsable", *args, str(script)], env=env, capture_output=True,
-                         text=True, timeout=60)
+def sbatch(script: Path, env: dict[str, str], *options: str, args: tuple[str, ...] = ()) -> str:
+    """Submit ``script`` with sbatch ``options`` and the script's own ``args``, from this checkout
+    (the job's SLURM_SUBMIT_DIR); its job id."""
+    out = subprocess.run(["sbatch", "--parsable", *options, str(script), *args], env=env, capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
