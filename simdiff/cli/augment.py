@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from simdiff.base.errors import DataError
 from simdiff.cli.generate import check_output_node, launch, member_ids, model_inputs
-from simdiff.cli.nodes import build, plain_node, sampler_spec
+from simdiff.cli.nodes import build, plain_node, preemption_signal, sampler_spec
 from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.augment import training_range
 from simdiff.runs.augment import AugmentJob
@@ -51,6 +51,7 @@ def identity(cfg: DictConfig) -> Identity:
     """augment depends on its node (less how it runs), the seed, the stores and the models."""
     run = RunDir(cfg.run_dir)
     check_values(cfg.augment)
+    preemption_signal(cfg)  # refuse a bad preemption.signals before anything runs
     config = {"augment": plain_node(cfg.augment, drop=RUN_KEYS), "sampler": plain_node(cfg.sampler),
               "seed": int(cfg.seed)}
     return Identity(config, model_inputs(run), [output_path(cfg)])
@@ -96,4 +97,5 @@ def augment_stage(cfg: DictConfig) -> None:
         int(aug.batch_size),
         attrs,
     )
-    publish(job, target, config=loaded.config, ranks=loaded.fabric, force=bool(cfg.force))
+    publish(job, target, config=loaded.config, ranks=loaded.fabric, force=bool(cfg.force),
+            preemption=preemption_signal(cfg))

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml, sha256_path
-from simdiff.cli.nodes import build, plain_node, ranks, sampler_spec
+from simdiff.cli.nodes import build, plain_node, preemption_signal, ranks, sampler_spec
 from simdiff.data.stores.atoms import has_atoms
 from simdiff.data.stores.training import TrainingStore
 from simdiff.generate.cubes import write_cubes
@@ -101,6 +101,7 @@ def identity(cfg: DictConfig) -> Identity:
     """generate depends on its node (less how it runs), the seed, the stores and the models."""
     run = RunDir(cfg.run_dir)
     member_ids(cfg.generate.members)  # refuse bad values before anything runs
+    preemption_signal(cfg)
     config = {"generate": plain_node(cfg.generate, drop=RUN_KEYS), "sampler": plain_node(cfg.sampler),
               "seed": int(cfg.seed)}
     mode = build(cfg.generate.mode)
@@ -181,6 +182,7 @@ def generate_stage(cfg: DictConfig) -> None:
         config=loaded.config,
         ranks=loaded.fabric,
         force=bool(cfg.force),
+        preemption=preemption_signal(cfg),
     )
     if loaded.fabric.global_rank == 0 and writes_cubes(mode, store):
         with open_output(target) as out:

@@ -11,7 +11,8 @@ compute and write one block. :func:`publish` does the rest, the same way for all
    (block ``k`` goes to rank ``k mod world_size``; no gather), with a progress bar on rank 0;
 3. rank 0 checks the job is whole (:meth:`Job.finish`) and publishes the store atomically.
 
-A killed run re-run with the same command writes only what is missing.
+A killed run re-run with the same command writes only what is missing; a pre-empted one
+(SLURM's warning signal) stops between units and requeues itself to do so.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any, Protocol
 
 import xarray as xr
 
-from simdiff.generate.output import create_partial, finalize, is_complete
+from simdiff.generate.output import create_partial, finalize, is_complete, partial_path
 from simdiff.generate.template import WRITTEN
+from simdiff.lit.preempt import PreemptionSignal
 
 log = logging.getLogger("simdiff")
 
@@ -79,11 +81,15 @@ def up_to_date(target: Path, config: str, force: bool) -> bool:
     return not force and is_complete(target) and same_config(target, config)
 
 
-def publish(job: Job, target: Path, *, config: str, ranks: Ranks, force: bool = False) -> bool:
+def publish(job: Job, target: Path, *, config: str, ranks: Ranks, force: bool = False,
+            preemption: PreemptionSignal | None = None) -> bool:
     """Write and publish ``job``'s output at ``target``; False when it was already complete.
 
     ``config`` is the YAML text whose sha256 the output's attrs carry (``attrs()`` must put it
-    there): a complete output with the same one is skipped, a partial one is resumed.
+    there): a complete output with the same one is skipped, a partial one is resumed. With
+    ``preemption``, a pre-emption signal stops this process once the units being written are
+    settled in the partial store: the job is requeued (:mod:`simdiff.lit.preempt`) and its next
+    run writes the rest.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -120,10 +126,20 @@ def publish(job: Job, target: Path, *, config: str, ranks: Ranks, force: bool = 
         TextColumn(job.stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=rank != 0
     ) as bar:
         task = bar.add_task(job.unit, total=total)
-        for block in mine:
-            for n in job.run(block, target):
-                done += n
-                bar.advance(task, n)
+        if preemption is not None:
+            preemption.install()
+        try:
+            for block in mine:
+                for n in job.run(block, target):
+                    done += n
+                    bar.advance(task, n)
+                    if preemption is not None and preemption.received is not None:
+                        bar.stop()
+                        preemption.hand_over(rank_zero=rank == 0, what=(
+                            f"{done} of this rank's {total} {job.unit} are in {partial_path(target)}"))
+        finally:
+            if preemption is not None:
+                preemption.uninstall()
     wall = time.perf_counter() - t0
     log.info(
         "%s: rank %d wrote %d %s in %.1f s (%.2f %s/s)",

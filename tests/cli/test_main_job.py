@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from clirun import kill_midway, simdiff
+from clirun import ENTRY, kill_midway, simdiff
 
 from simdiff.generate.output import is_complete, missing, partial_path
 
@@ -327,3 +330,39 @@ def test_rerun_of_the_main_job_skips_every_finished_stage(main_job):
         assert f"stage {stage} done" in log
     assert {path: (run_dir / path).stat().st_mtime_ns for path in outputs} == before
     assert "evaluate: report in" not in log
+
+
+@pytest.mark.slow
+def test_generate_preempted_by_slurms_warning_stops_between_members_and_resumes(main_job, tmp_path):
+    """SIGUSR1 (SLURM's pre-emption warning) mid-generate: the members written so far stay in the
+    partial store, the command exits with code 3 (not requeued: no SLURM job here), and the same
+    command writes only the rest, ending with an uninterrupted run's members."""
+    _, common, _ = main_job
+    target = tmp_path / "pre.zarr"
+    args = ["generate", *common, "generate.members=8", "generate.batch_size=1", f"generate.out={target}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    log = tmp_path / "preempted.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen([*ENTRY, *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if 0 < len(missing(target)) <= 12:
+                break
+        except Exception:  # the partial store is being created
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    proc.wait(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 3, text[-3000:]
+    assert "pre-empted (SIGUSR1)" in text and "not requeued" in text
+    assert not is_complete(target)
+    done_before = 16 - len(missing(target))
+    out = simdiff(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"({done_before} done before)" in out.stderr + out.stdout
+    ref = tmp_path / "ref.zarr"
+    out = simdiff("generate", *common, "generate.members=8", "generate.batch_size=4", f"generate.out={ref}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_array_equal(xr.open_zarr(target)["psi"].values, xr.open_zarr(ref)["psi"].values)
