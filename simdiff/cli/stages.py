@@ -74,27 +74,39 @@ class Stage:
     help: str
     task: Callable[[DictConfig], None]
     identity: Callable[[DictConfig], Identity]
+    ranked: bool = False  # every rank of a multi-process launch takes part (DDP, Fabric)
 
     def run(self, cfg: DictConfig) -> None:
-        """The task, once: skipped when done with the same config and inputs, under the stage's lock."""
+        """The task, once: skipped when done with the same config and inputs, under the stage's lock.
+
+        In the extra processes of a multi-process launch (DDP ranks > 0), a stage that is not
+        ``ranked`` is left to the primary; every stage ends when the primary has finished it
+        (:func:`simdiff.runs.completion.wait_for_primary`).
+        """
         run = RunDir(cfg.run_dir)
-        with completion.stage(run, self.name, self.identity(cfg), force=bool(cfg.force)) as todo:
-            if todo:
-                self.task(cfg)
+        identity = self.identity(cfg)
+        primary = completion.is_primary_process()
+        if self.ranked or primary:
+            with completion.stage(run, self.name, identity, force=bool(cfg.force)) as todo:
+                if todo:
+                    self.task(cfg)
+        if not primary:
+            completion.wait_for_primary(run, self.name, identity)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "source files or a built-in simulator -> run_dir/data/train.zarr", prepare_stage,
           prepare_identity),
     Stage("train-autoencoder", "train the autoencoder -> run_dir/autoencoder/", train_autoencoder_stage,
-          autoencoder.identity),
+          autoencoder.identity, ranked=True),
     Stage("encode", "encode the training store -> run_dir/latents.zarr", encode_stage,
           autoencoder.encode_identity),
     Stage("train-diffusion", "train the latent diffusion model -> run_dir/diffusion/", train_diffusion_stage,
-          diffusion.identity),
-    Stage("generate", "ensembles and samples -> run_dir/forecast.zarr", generate_stage, generate.identity),
+          diffusion.identity, ranked=True),
+    Stage("generate", "ensembles and samples -> run_dir/forecast.zarr", generate_stage, generate.identity,
+          ranked=True),
     Stage("augment", "synthetic samples in the source schema -> run_dir/augmented.zarr", augment_stage,
-          augment.identity),
+          augment.identity, ranked=True),
     Stage("evaluate", "metrics, plots and report -> run_dir/report/", evaluate_stage, evaluate.identity),
 )
 MAIN_JOB = ("prepare", "train-autoencoder", "encode", "train-diffusion", "generate", "evaluate")

@@ -209,6 +209,42 @@ def _earlier_incarnation(owner: Mapping[str, Any], me: Mapping[str, Any]) -> boo
     )
 
 
+def wait_for_primary(run: RunDir, name: str, identity: Identity, *, poll: float = 1.0,
+                     start_timeout: float = 900.0) -> None:
+    """In an extra process of a multi-process launch: return once the primary has finished stage
+    ``name`` (its record, for this config, is written and its lock released).
+
+    So the ranks of one command (``srun`` starting ``simdiff run`` once per GPU) move from stage
+    to stage together: only the primary runs the single-process stages (prepare, encode,
+    evaluate) and publishes what the rank-aware ones (training, generate, augment) made, and no
+    rank starts the next stage before the outputs it reads exist. A DataError when the primary
+    released the lock without recording the stage (it failed: its log says why), or never took
+    it within ``start_timeout`` seconds.
+    """
+    path = record_path(run, name, identity.outputs)
+    lock_file = run.root / ".simdiff" / "locks" / f"{name}.lock"
+    want = yaml.safe_load(config_yaml(identity.config))
+    started, seen_lock = time.monotonic(), False
+    while True:
+        held = lock_file.exists()
+        seen_lock = seen_lock or held
+        old = _read(path)
+        done = (old is not None and old.get("config") == want and all(p.exists() for p in identity.outputs))
+        if done and not held:
+            return
+        if seen_lock and not held and not done:
+            time.sleep(poll)  # the record is written just before the lock goes: look once more
+            old = _read(path)
+            if old is not None and old.get("config") == want:
+                return
+            raise DataError(f"{name}: the primary process (rank 0) stopped without finishing this stage in "
+                            f"{run.root}; its log (run_dir/logs/) says why")
+        if not seen_lock and not done and time.monotonic() - started > start_timeout:
+            raise DataError(f"{name}: the primary process (rank 0) did not start this stage in {run.root} "
+                            f"within {start_timeout:.0f} s; check that every rank sees the same run_dir")
+        time.sleep(poll)
+
+
 def sweep_leftovers(run: RunDir, name: str, outputs: list[Path]) -> list[Path]:
     """Remove what a killed run of stage ``name`` left half-written (under the stage's lock).
 

@@ -1,12 +1,13 @@
 """Training jobs on a real SLURM cluster: DDP over two tasks of one job, and pre-emption.
 
-* A job of two tasks (``srun`` in a plain ``sbatch`` script) trains the diffusion model with
-  Lightning DDP on gloo: two ranks, one run_dir, rank 0 writes the shared files.
+* A job of two tasks (``srun simdiff run`` in a plain ``sbatch`` script) runs the main job:
+  both ranks train with Lightning DDP on gloo and generate their share of the members, one
+  run_dir, rank 0 runs the single-process stages and writes the shared files.
 * A ``--requeue`` job sent SLURM's pre-emption warning (``scancel --signal=USR1``) mid-training
   writes ``last.ckpt`` at the end of that step, requeues itself, resumes in its next run and ends
   with the weights of an uninterrupted run of the same command (max abs difference 0).
 
-The run_dirs are made here first (prepare ... encode, debug=tiny, outside SLURM).
+The pre-emption test prepares its run_dir here first (outside SLURM).
 """
 
 from __future__ import annotations
@@ -43,30 +44,32 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_a_two_task_job_trains_with_ddp_in_one_run_dir(slurm_env, tmp_path):
+def test_a_two_task_job_runs_the_main_job_with_ddp_in_one_run_dir(slurm_env, tmp_path):
+    """``srun simdiff run`` on two tasks: both ranks train (DDP) and generate (each its share of
+    the members); prepare, encode and evaluate run once, on rank 0, the other rank waiting for
+    each stage to be finished before it moves on."""
     run_dir = tmp_path / "run"
-    common = [f"run_dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", *TINY]
-    for stage in ("prepare", "train-autoencoder", "encode"):
-        _local(slurm_env, stage, *common)
     log = tmp_path / "ddp.log"
     script = _script(tmp_path / "ddp.sbatch",
                      ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G", "--time=10",
                       f"--output={log}", "--job-name=simdiff-ddp"],
-                     [f"srun {PY} train-diffusion {' '.join(common)} trainer=ddp trainer.accelerator=cpu "
-                      "trainer.devices=2 trainer.precision=32-true"])
+                     [f"srun {PY} run run_dir={run_dir} cache_dir={tmp_path / 'cache'} {' '.join(TINY)} "
+                      "trainer=ddp trainer.accelerator=cpu trainer.devices=2 trainer.precision=32-true "
+                      "generate.devices=2 generate.strategy=ddp"])
     job = sbatch(script, slurm_env)
     assert wait_for_job(job, slurm_env) == "COMPLETED", log.read_text()[-4000:]
-    summary = json.loads((run_dir / "diffusion" / "train_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["ranks_identical"], summary
     text = log.read_text()
     assert "MEMBER: 2/2" in text, text[-3000:]  # Lightning saw both SLURM tasks as ranks
-    # one run_dir, written once: no rank made its own copy or relaunched the command
-    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == \
-        ["encode", "prepare", "train-autoencoder", "train-diffusion"]
+    # one rank did the single-process stages' work
+    assert text.count("prepare: wrote ") == 1 and text.count("encode: wrote ") == 1
+    assert text.count("evaluate: report in ") == 1
+    summary = json.loads((run_dir / "diffusion" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"], summary
+    assert "on rank 1 of 2" in text and (run_dir / "report" / "metrics.json").is_file()
     # the ranks' Hydra logs: one folder for the job (not one timestamped folder per rank)
-    (folder,) = (run_dir / "logs" / "train-diffusion").iterdir()
+    (folder,) = (run_dir / "logs" / "run").iterdir()
     assert folder.name == f"slurm-{job}.0-run0", folder
-    assert (folder / "train-diffusion.log").is_file() and (folder / "rank1" / "train-diffusion.log").is_file()
+    assert (folder / "run.log").is_file() and (folder / "rank1" / "run.log").is_file()
 
 
 def _requeued(job: str, env: dict[str, str]) -> bool:

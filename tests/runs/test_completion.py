@@ -159,3 +159,51 @@ def test_a_stage_that_runs_removes_the_scratch_a_killed_run_left(run, tmp_path):
         out.write_text("made")
         (tmp_path / "forecast.zarr").mkdir()
     assert partial.is_dir() and other.is_dir()
+
+
+def test_an_extra_rank_waits_for_the_primary_to_finish_the_stage(run, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from simdiff.runs.completion import wait_for_primary
+
+    ident = _identity(tmp_path)
+    finished = []
+
+    def primary():
+        _run(run, ident)
+        finished.append(time.monotonic())
+
+    # the primary takes the lock first, works a moment, records the stage and releases the lock
+    with lock(run, "encode"):
+        waiter = threading.Thread(target=lambda: wait_for_primary(run, "encode", ident, poll=0.05))
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive()  # still waiting while the primary holds the stage
+    primary()
+    waiter.join(5)
+    assert not waiter.is_alive() and finished
+
+
+def test_an_extra_rank_is_told_when_the_primary_failed_the_stage(run, tmp_path):
+    import threading
+
+    from simdiff.runs.completion import wait_for_primary
+
+    ident = _identity(tmp_path)
+    errors = []
+
+    def wait():
+        try:
+            wait_for_primary(run, "encode", ident, poll=0.05)
+        except DataError as err:
+            errors.append(str(err))
+
+    with lock(run, "encode"):
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join(0.3)
+    waiter.join(5)
+    assert errors and "primary process (rank 0) stopped without finishing" in errors[0]
+    with pytest.raises(DataError, match="did not start this stage"):
+        wait_for_primary(run, "encode", ident, poll=0.01, start_timeout=0.05)
