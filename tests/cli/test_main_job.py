@@ -19,7 +19,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from clirun import ENTRY, kill_midway, simdiff
+from clirun import ENTRY, simdiff
 
 from simdiff.generate.output import is_complete, missing, partial_path
 
@@ -239,29 +239,6 @@ def test_same_generate_config_is_skipped(main_job):
     out = simdiff("generate", *common)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "skipping" in out.stderr + out.stdout
-
-
-@pytest.mark.slow
-def test_killed_generate_resumes_only_the_missing_members(main_job, tmp_path):
-    _, common, _ = main_job
-    target = tmp_path / "big.zarr"
-    # kill once some, not all, of the 16 blocks are written
-    args = ["generate", *common, "generate.members=8", "generate.batch_size=1", f"generate.out={target}"]
-    kill_midway(args, target, lambda t: len(missing(t)), total=16, kill_at=12)
-    assert not is_complete(target)
-    done_before = 16 - len(missing(target))
-    assert done_before > 0
-    out = simdiff("generate", *common, "generate.members=8", "generate.batch_size=1",
-                  f"generate.out={target}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f"({done_before} done before)" in out.stderr + out.stdout
-    assert is_complete(target)
-    # The same members as one uninterrupted run with another batch size.
-    ref = tmp_path / "ref.zarr"
-    out = simdiff("generate", *common, "generate.members=8", "generate.batch_size=3",
-                  f"generate.out={ref}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    np.testing.assert_array_equal(xr.open_zarr(target)["psi"].values, xr.open_zarr(ref)["psi"].values)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """A killed autoencoder fit, resumed from its last checkpoint, ends with the uninterrupted fit's weights.
 
-The fast, in-process version of ``tests/cli/test_autoencoder_resume.py``: the stage's callbacks
+The fast, in-process version of the SIGKILL trials of ``benchmarks/kill_resume.py``: the stage's callbacks
 (:func:`simdiff.lit.resume.resume_checkpoints`, early stopping, :class:`KeepStopped`) on a tiny
 QG store, a KL bottleneck (so training draws noise), and a "kill" that raises before a chosen
 step, leaving on disk only what the checkpoints had written.
