@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
-from simdiff.cli.nodes import plain_node, preemption_signal
+from simdiff.cli.nodes import lightning_logs_once, plain_node, preemption_signal
 from simdiff.data.stores.training import TrainingStore
 from simdiff.runs.autoencoder import encode_run, publish_checkpoint, reconstruction_report
 from simdiff.runs.completion import Identity, trained
@@ -111,6 +111,7 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     from simdiff.lit.epoch_log import EpochLog
     from simdiff.lit.resume import KeepStopped, resume_checkpoints
 
+    lightning_logs_once()
     started = stage_started()
     run = RunDir(cfg.run_dir)
     store = TrainingStore(run.store)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
-from simdiff.cli.nodes import build, preemption_signal
+from simdiff.cli.nodes import build, lightning_logs_once, preemption_signal
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_model, latent_signature, open_latents, residual_scale, static_fields
@@ -65,6 +65,7 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     from simdiff.lit.resume import KeepStopped, resume_checkpoints
     from simdiff.nets.autoencoder import total_factors
 
+    lightning_logs_once()
     started = stage_started()
     run = RunDir(cfg.run_dir)
     store = open_latents(run)

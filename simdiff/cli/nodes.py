@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -38,6 +39,7 @@ def ranks(node: DictConfig) -> Any:
     """The launched Lightning Fabric of a generating stage's ``accelerator/devices/num_nodes/strategy``."""
     from lightning.fabric import Fabric
 
+    lightning_logs_once()
     fabric = Fabric(
         accelerator=node.accelerator,
         devices=node.devices,
@@ -70,3 +72,37 @@ def preemption_signal(cfg: DictConfig) -> Any:
         raise DataError(f"preemption.signals: {signals!r} is not a list; write e.g. "
                         "preemption.signals=[USR1]")
     return PreemptionSignal(list(signals), requeue=bool(node.get("requeue", True)))
+
+
+class _NoAdvertising(logging.Filter):
+    """Drops Lightning's tips for its paid cloud services ("💡 Tip: For seamless cloud ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def lightning_logs_once() -> None:
+    """Each Lightning record once, through the handlers Hydra gave the root logger (console and
+    ``run_dir/logs``), and no advertising.
+
+    Importing ``lightning`` gives its package logger a console handler of its own (``INFO: ...``)
+    while its records also reach the root's: every line printed twice. That handler is removed
+    (idempotent); Lightning's sub-package loggers propagate to the root, as they do whenever the
+    root has handlers when they are imported.
+    """
+    import lightning  # noqa: F401  (adds the handler this removes)
+
+    package = logging.getLogger("lightning")
+    for handler in list(package.handlers):
+        if type(handler) is logging.StreamHandler:
+            package.removeHandler(handler)
+    if logging.getLogger().handlers:
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            sub = logging.getLogger(name)
+            for handler in list(sub.handlers):
+                if type(handler) is logging.StreamHandler:
+                    sub.removeHandler(handler)
+            sub.propagate = True
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertising) for f in tips.filters):
+        tips.addFilter(_NoAdvertising())
