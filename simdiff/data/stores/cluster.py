@@ -160,6 +160,15 @@ def _wait(client: Client, wait_s: float | None, key: str, what: str) -> None:
 
 
 @contextlib.contextmanager
+def _serve(client: Client, task_mb: float, option: str, fix: str) -> Iterator[None]:
+    """Every cluster's last step before prepare's passes: log its workers, refuse them when they
+    have no room for their tasks, and translate killed workers while the block runs."""
+    _refuse_no_room(_log_workers(client), task_mb, option, fix)
+    with _killed_worker_is_bad_input(option, task_mb):
+        yield
+
+
+@contextlib.contextmanager
 def _killed_worker_is_bad_input(option: str, task_mb: float) -> Iterator[None]:
     """A task that killed its workers (almost always memory) as a DataError naming the knobs."""
     from distributed.scheduler import KilledWorker
@@ -224,9 +233,8 @@ class LocalCluster:
                              local_directory=self.local_directory) as cluster,
             Client(cluster) as client,
         ):
-            _refuse_no_room(_log_workers(client), task_mb, option,
-                            "raise prepare.cluster.memory_limit or lower prepare.work_mb")
-            with _killed_worker_is_bad_input(option, task_mb):
+            with _serve(client, task_mb, option,
+                        "raise prepare.cluster.memory_limit or lower prepare.work_mb"):
                 yield client
 
 
@@ -347,9 +355,8 @@ class SlurmCluster:
                   "the jobs are queued or failed to start: see squeue and the job logs "
                   f"(prepare.cluster.log_directory = {self.log_directory!r}). Fix: a partition with free "
                   "nodes (prepare.cluster.queue), fewer resources, or a longer wait_s")
-            _refuse_no_room(_log_workers(client), task_mb, option,
-                            "raise prepare.cluster.memory (or lower processes) or lower prepare.work_mb")
-            with _killed_worker_is_bad_input(option, task_mb):
+            with _serve(client, task_mb, option,
+                        "raise prepare.cluster.memory (or lower processes) or lower prepare.work_mb"):
                 yield client
 
 
@@ -408,9 +415,8 @@ class SchedulerAddress:
             _wait(client, self.wait_s, "prepare.cluster.wait_s",
                   "Fix: start workers for it (dask worker ADDRESS) or choose prepare/cluster=local")
             option = f"a worker of prepare.cluster.address = {self.address!r}"
-            _refuse_no_room(_log_workers(client), task_mb, option, "start workers with more memory "
-                            "(dask worker ADDRESS --memory-limit 4GB) or lower prepare.work_mb")
-            with _killed_worker_is_bad_input(option, task_mb):
+            with _serve(client, task_mb, option, "start workers with more memory "
+                        "(dask worker ADDRESS --memory-limit 4GB) or lower prepare.work_mb"):
                 yield client
 
 
