@@ -91,9 +91,8 @@ def sweep_scratch(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    patterns = [f".{path.name}.{kind}-*" for kind in SCRATCH_KINDS] + [f".{path.name}.*.tmp"]
-    removed = sorted({p for pattern in patterns for p in path.parent.glob(pattern)})
-    return _remove(removed)
+    candidates = path.parent.glob(f".{path.name}.*")
+    return _remove(sorted(p for p in candidates if scratch_owner(p.name) == path.name))
 
 
 def sweep_owned(folder: str | Path) -> list[Path]:

@@ -209,6 +209,11 @@ def _earlier_incarnation(owner: Mapping[str, Any], me: Mapping[str, Any]) -> boo
     )
 
 
+def lock_path(run: RunDir, name: str) -> Path:
+    """``run_dir/.simdiff/locks/NAME.lock``: held while stage ``name`` runs."""
+    return run.root / ".simdiff" / "locks" / f"{name}.lock"
+
+
 def wait_for_primary(run: RunDir, name: str, identity: Identity, *, poll: float = 1.0,
                      start_timeout: float = 900.0) -> None:
     """In an extra process of a multi-process launch: return once the primary has finished stage
@@ -222,20 +227,23 @@ def wait_for_primary(run: RunDir, name: str, identity: Identity, *, poll: float 
     it within ``start_timeout`` seconds.
     """
     path = record_path(run, name, identity.outputs)
-    lock_file = run.root / ".simdiff" / "locks" / f"{name}.lock"
+    lock_file = lock_path(run, name)
     want = yaml.safe_load(config_yaml(identity.config))
+
+    def recorded() -> bool:
+        old = _read(path)
+        return old is not None and old.get("config") == want and all(p.exists() for p in identity.outputs)
+
     started, seen_lock = time.monotonic(), False
     while True:
         held = lock_file.exists()
         seen_lock = seen_lock or held
-        old = _read(path)
-        done = (old is not None and old.get("config") == want and all(p.exists() for p in identity.outputs))
+        done = recorded()
         if done and not held:
             return
         if seen_lock and not held and not done:
             time.sleep(poll)  # the record is written just before the lock goes: look once more
-            old = _read(path)
-            if old is not None and old.get("config") == want:
+            if recorded():
                 return
             raise DataError(f"{name}: the primary process (rank 0) stopped without finishing this stage in "
                             f"{run.root}; its log (run_dir/logs/) says why")
@@ -291,8 +299,8 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def lock(run: RunDir, name: str) -> Iterator[Path]:
-    """Hold ``run_dir/.simdiff/locks/NAME.lock`` (see the module docstring)."""
-    path = run.root / ".simdiff" / "locks" / f"{name}.lock"
+    """Hold :func:`lock_path` (see the module docstring)."""
+    path = lock_path(run, name)
     created = [d for d in (run.root, path.parent.parent, path.parent) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {
