@@ -92,17 +92,14 @@ def lightning_logs_once() -> None:
     """
     import lightning  # noqa: F401  (adds the handler this removes)
 
-    package = logging.getLogger("lightning")
-    for handler in list(package.handlers):
-        if type(handler) is logging.StreamHandler:
-            package.removeHandler(handler)
-    if logging.getLogger().handlers:
-        for name in ("lightning.pytorch", "lightning.fabric"):
-            sub = logging.getLogger(name)
-            for handler in list(sub.handlers):
-                if type(handler) is logging.StreamHandler:
-                    sub.removeHandler(handler)
-            sub.propagate = True
+    subs = ("lightning.pytorch", "lightning.fabric") if logging.getLogger().handlers else ()
+    for name in ("lightning", *subs):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # a console, not a file handler
+                logger.removeHandler(handler)
+        if name in subs:
+            logger.propagate = True
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _NoAdvertising) for f in tips.filters):
         tips.addFilter(_NoAdvertising())
