@@ -56,14 +56,22 @@ def slurm_env() -> dict[str, str]:
     return env
 
 
-def job_state(job: str, env: dict[str, str]) -> str:
-    """The job's state (``PENDING``, ``RUNNING``, ``COMPLETED``, ...) from ``scontrol``."""
+def job_fields(job: str, env: dict[str, str]) -> dict[str, str]:
+    """``scontrol show job``'s ``Key=value`` fields of the job (an array's first task); empty
+    once the controller no longer knows it (MinJobAge passed)."""
     out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True,
                          timeout=30)
+    fields: dict[str, str] = {}
     for word in out.stdout.split():
-        if word.startswith("JobState="):
-            return word.split("=", 1)[1]
-    return "GONE"  # no longer known to the controller (MinJobAge passed)
+        key, sep, value = word.partition("=")
+        if sep:
+            fields.setdefault(key, value)
+    return fields
+
+
+def job_state(job: str, env: dict[str, str]) -> str:
+    """The job's state (``PENDING``, ``RUNNING``, ``COMPLETED``, ...; ``GONE`` when unknown)."""
+    return job_fields(job, env).get("JobState", "GONE")
 
 
 #: states of a job that has not ended yet

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, sbatch, wait_for_job
+from conftest import REPO, job_fields, sbatch, wait_for_job
 
 pytestmark = pytest.mark.slurm
 
@@ -73,9 +73,8 @@ def test_a_two_task_job_runs_the_main_job_with_ddp_in_one_run_dir(slurm_env, tmp
 
 
 def _requeued(job: str, env: dict[str, str]) -> bool:
-    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True,
-                         timeout=30)
-    return "Restarts=1" in out.stdout and "JobState=PENDING" in out.stdout
+    fields = job_fields(job, env)
+    return fields.get("Restarts") == "1" and fields.get("JobState") == "PENDING"
 
 
 def _step(path: Path) -> int:
