@@ -126,6 +126,9 @@ class PreemptionSignal:
             job = os.environ["SLURM_JOB_ID"]
             action = f"SLURM job {job} requeued"
             if rank_zero:
+                # said first: the requeue ends this run at once, often before Preempted is logged
+                log.warning("pre-empted (%s): %s; SLURM job %s requeued next (scontrol requeue), which "
+                            "ends this run; the requeued run resumes", sig.name, what, job)
                 done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
                 if done.returncode != 0:
                     action = f"`scontrol requeue {job}` failed: {(done.stderr or done.stdout).strip()}"
