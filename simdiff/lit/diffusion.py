@@ -85,6 +85,14 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         crps_members, crps_states: ensemble size and number of validation states.
         crps_steps: noise levels of the validation ensembles (None: ``sampling.steps``), so
             a large model's validation can cost less than its generation.
+        condition_noise: training only: the previous states a forecast is conditioned on get
+            Gaussian noise of this standard deviation, in units of the one-step tendency's
+            per-channel std (residual mode; of the latent std otherwise), and the residual is
+            taken from the perturbed state. A rollout feeds the model its own imperfect states;
+            a model trained on exact ones treats them as exact and its spread grows more slowly
+            than its error (noise on the conditioning state: the conditioning augmentation of
+            Ho et al. 2022, the training noise of Kohl et al. 2023). 0: off. Validation and
+            sampling see the states unchanged.
         signature: what the model is built for (kept in checkpoints; plain types).
     """
 
@@ -107,9 +115,13 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         crps_members: int = 8,
         crps_states: int = 8,
         crps_steps: int | None = None,
+        condition_noise: float = 0.0,
         signature: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(condition_noise) < float("inf"):
+            raise ValueError(f"DiffusionModule: condition_noise must be finite and >= 0, "
+                             f"got {condition_noise}")
         self.save_hyperparameters(ignore=["model", "weights", "sampling", "optimizer"])
         self.optimizer_factory = (adamw(lr=2e-4, betas=(0.9, 0.99)) if optimizer is None
                           else check_factory(optimizer, "DiffusionModule"))
@@ -132,6 +144,8 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
     def _loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator,
               sigma: torch.Tensor | None = None, drop: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch["target"]
+        if drop:  # training
+            batch = self._perturb_previous(batch, generator)
         y = self.model.target(x, batch.get("previous"))
         drops = None
         if drop:
@@ -141,6 +155,17 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         if batch.get("origin") is not None:  # crops: the crop's cell weights, (B, 1, [d], h, w)
             weight = crop_shared(weight, batch["origin"], x.shape[2:]).unsqueeze(1)
         return self.loss_fn(self.model, y, generator=generator, weight=weight, sigma=sigma, **cond)
+
+    def _perturb_previous(self, batch: Mapping[str, torch.Tensor],
+                          generator: torch.Generator) -> Mapping[str, torch.Tensor]:
+        """``batch`` with ``condition_noise`` added to its previous states (a copy; unchanged at 0)."""
+        level = float(self.hparams.get("condition_noise", 0.0))
+        previous = batch.get("previous")
+        if level == 0.0 or previous is None:
+            return batch
+        scale = self.model.residual_scale.to(previous.dtype).reshape(1, 1, -1, *([1] * (previous.ndim - 3)))
+        noise = torch.randn(previous.shape, generator=generator, device=previous.device, dtype=previous.dtype)
+        return {**batch, "previous": previous + level * scale * noise}
 
     def on_train_start(self) -> None:
         self.start_step = int(self.global_step)

@@ -28,7 +28,8 @@ def qg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "run"
 
 
-def build(run: Path, residual: bool = False) -> tuple[DiffusionModule, SimdiffDataModule]:
+def build(run: Path, residual: bool = False,
+          condition_noise: float = 0.0) -> tuple[DiffusionModule, SimdiffDataModule]:
     torch.manual_seed(0)
     dm = SimdiffDataModule(run, batch_size=4, window=2, reader_threads=0, seed=0)
     cond = Conditioner(16, 2, previous=1, dropout={"previous": 0.1})
@@ -38,7 +39,8 @@ def build(run: Path, residual: bool = False) -> tuple[DiffusionModule, SimdiffDa
     model = ConditionalDenoiser(net, cond, residual=residual, residual_scale=scale)
     module = DiffusionModule(model, dm.weights, Sampling(sample_euler, steps=3),
                              warmup_steps=3, cosine=True, ema_decay=0.9,
-                             crps_every=1, crps_members=3, crps_states=2, seed=0)
+                             crps_every=1, crps_members=3, crps_states=2, seed=0,
+                             condition_noise=condition_noise)
     return module, dm
 
 
@@ -143,3 +145,35 @@ def test_non_finite_loss_stops_training_at_its_step(qg_run: Path, tmp_path: Path
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point())
+
+
+def test_condition_noise_perturbs_previous_states_in_training_only(qg_run: Path) -> None:
+    noisy, dm = build(qg_run, residual=True, condition_noise=0.3)
+    clean, _ = build(qg_run, residual=True)
+    clean.load_state_dict(noisy.state_dict())
+    prev = torch.zeros(4000, 1, 2, 2, 3)
+    g = torch.Generator().manual_seed(1)
+    out = noisy._perturb_previous({"previous": prev}, g)["previous"]
+    # per channel, noise of std 0.3 x the tendency's std (0.5, 0.25)
+    std = out.transpose(0, 2).reshape(2, -1).std(dim=1)
+    torch.testing.assert_close(std, torch.tensor([0.15, 0.075]), rtol=0.02, atol=0)
+    assert clean._perturb_previous({"previous": prev}, g)["previous"] is prev
+
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    # the training loss is the clean module's loss on the perturbed batch, drawn from the same stream
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    loss_noisy, _ = noisy._loss(batch, g1)
+    loss_clean, _ = clean._loss(noisy._perturb_previous(batch, g2), g2)
+    torch.testing.assert_close(loss_noisy, loss_clean, rtol=0, atol=0)
+    loss_unperturbed, _ = clean._loss(batch, torch.Generator().manual_seed(5))
+    assert not torch.equal(loss_noisy, loss_unperturbed)
+    # validation (drop=False) sees the states unchanged
+    v1, _ = noisy._loss(batch, torch.Generator().manual_seed(3), drop=False)
+    v2, _ = clean._loss(batch, torch.Generator().manual_seed(3), drop=False)
+    torch.testing.assert_close(v1, v2, rtol=0, atol=0)
+
+
+def test_condition_noise_must_be_non_negative(qg_run: Path) -> None:
+    with pytest.raises(ValueError, match="condition_noise"):
+        build(qg_run, condition_noise=-0.1)
