@@ -103,6 +103,8 @@ def evaluate_stage(cfg: DictConfig) -> None:
         ae_ceiling=bool(ev.baselines.ae_ceiling),
         climatology_window_days=float(ev.climatology_window_days),
         spectra=bool(ev.spectra),
+        diurnal=bool(ev.diurnal),
+        diurnal_window=(float(ev.diurnal_window[0]), float(ev.diurnal_window[1])),
     )
     path, augmented, drawn = _inputs(cfg)
     store = TrainingStore(run.store)

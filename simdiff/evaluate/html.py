@@ -75,6 +75,7 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
         parts.append(_table(["variable", *_SHORT], rows))
         parts.extend(_baselines_html(metrics.get("baselines") or {}))
         parts.extend(_domain_html(metrics.get("domain") or {}))
+        parts.extend(_diurnal_html(metrics.get("diurnal") or {}))
     parts.extend(_molecular_html(metrics.get("molecular") or {}))
     for key, title in (("samples", "Samples (generate/mode=sample) against held-out data"),
                        ("augment", "Augmentation")):
@@ -182,6 +183,21 @@ def _domain_html(domain: dict[str, Any]) -> list[str]:
     return ["<h2>Physical domain</h2>", _table(head, rows)]
 
 
+def _diurnal_html(diurnal: dict[str, Any]) -> list[str]:
+    """The diurnal-cycle check: the morning's summed change, members against truth."""
+    if not diurnal:
+        return []
+    rows = []
+    for name, d in diurnal.items():
+        m = d["morning"]
+        hours = f"{m['window'][0]:g}-{m['window'][1]:g} h"
+        hours += "" if m["complete"] else f" (only {m['hours']})"
+        rows.append([name, d["clock"], hours, m["members"], m["truth"], m["relative_error"]])
+    head = ["variable", "clock", "morning", "change members", "change truth", "relative error"]
+    return ["<h2>Diurnal cycle</h2><p>Mean change per step by local hour (figure <i>diurnal</i>); "
+            "the morning's changes summed.</p>", _table(head, rows)]
+
+
 CSV_COLUMNS = ("variable", "lead_time", *SCORES, "rank_histogram")
 
 
@@ -251,4 +267,11 @@ def report_summary(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"  {key}: CRPS {fmt(crps)} vs climatology {fmt(clim)}, persistence "
                      f"{fmt(e.get('crps_persistence'))}, AE ceiling {fmt(e.get('crps_ae_ceiling'))}"
                      f"{verdict}; spread-skill {fmt(e.get('spread_skill'))}")
+    for name, d in (metrics.get("diurnal") or {}).items():
+        m = d["morning"]
+        if m["truth"] is not None:
+            part = "" if m["complete"] else f" (only steps ending at {m['hours']} h have cases)"
+            lines.append(f"  {name}: change over the morning ({m['window'][0]:g}-{m['window'][1]:g} h "
+                         f"{d['clock'].split(' (')[0]}) {fmt(m['members'])} vs truth {fmt(m['truth'])}, "
+                         f"relative error {fmt(m['relative_error'])}{part}")
     return lines

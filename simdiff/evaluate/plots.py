@@ -283,6 +283,26 @@ def spectra_figure(metrics: dict) -> Figure:
     return fig
 
 
+def diurnal_figure(metrics: dict) -> Figure:
+    """Mean change per step by local hour, ensemble mean against truth, per variable."""
+    diurnal = metrics["diurnal"]
+    fig, axes = _key_grid(len(diurnal), PANEL_WIDTH_IN * 1.2, PANEL_HEIGHT_IN)
+    for ax, (name, d) in zip(axes, diurnal.items(), strict=False):
+        by = d["by_hour"]
+        hour = np.asarray(by["hour"], dtype=float)
+        for key, style in (("truth", "k-o"), ("members", "C0--s")):
+            y = np.array([np.nan if v is None else v for v in by[key]], dtype=float)
+            ax.plot(hour, y, style, ms=3, label="ensemble mean" if key == "members" else key)
+        lo, hi = d["morning"]["window"]
+        ax.axvspan(lo, hi, color="0.9", zorder=0)
+        ax.axhline(0.0, color="0.6", lw=0.5)
+        ax.set_title(f"{name}: mean change per step", fontsize=8)
+        ax.set_xlabel(f"hour the step ends ({d['clock'].split(' (')[0]})", fontsize=7)
+        ax.set_xticks(np.arange(0, 25, 6))
+        ax.legend(fontsize=6)
+    return fig
+
+
 # -- molecular report figures (simdiff.evaluate.molecular) ----------------------------------
 def density_figure(reference: np.ndarray, members: np.ndarray, title: str) -> Figure:
     """Rows: the reference, then up to three members; columns: the central z slice and the

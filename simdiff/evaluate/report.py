@@ -11,6 +11,7 @@
         "crps_persistence", "crps_ae_ceiling", "rank_histogram": [M + 1 floats],
         "spectrum_ratio", "by_lead": {LEAD: {the same keys}}}},
      "domain": {VAR: (for variables with a bounded domain) simdiff.evaluate.domain.domain_checks},
+     "diurnal": {VAR: (sub-daily leads, dated inits) simdiff.evaluate.diurnal.diurnal_cycle},
      "spectra": {KEY: {"wavenumber", "truth", "members", ["ae_ceiling"], "method"}},
      "spectrum_method": "..."}
 
@@ -74,9 +75,11 @@ from simdiff.evaluate.baselines import (
     persistence,
     truth_at,
 )
+from simdiff.evaluate.diurnal import MORNING, applies, diurnal_cycle
 from simdiff.evaluate.domain import domain_checks
 from simdiff.evaluate.html import SCORES, index_html, write_csv
 from simdiff.evaluate.plots import (
+    diurnal_figure,
     ensemble_figure,
     format_level,
     lead_time_figure,
@@ -283,6 +286,7 @@ def evaluate_forecast(
     persistence_baseline: bool = True,
     window_days: float = WINDOW_DAYS,
     domains: Mapping[str, tuple[float | None, float | None]] | None = None,
+    diurnal_window: Sequence[float] | None = MORNING,
 ) -> dict[str, Any]:
     """Score an ensemble forecast against the truth and the baselines (schema: module docstring).
 
@@ -308,6 +312,8 @@ def evaluate_forecast(
             (:func:`~simdiff.evaluate.baselines.climatology_ensemble`).
         domains: variable -> ``(lo, hi)`` physical domain (None: open side); each variable with
             a bound gets a ``domain`` entry (:func:`simdiff.evaluate.domain.domain_checks`).
+        diurnal_window: the morning (local hours) of the diurnal-cycle check, made for sub-daily
+            leads from dated inits (:mod:`simdiff.evaluate.diurnal`); None: no check.
 
     Returns:
         The metrics dict; lazy inputs are computed in one ``dask.compute``.
@@ -394,6 +400,15 @@ def evaluate_forecast(
                                "lead_times": leads, "baselines": baselines_info, "variables": variables}
     if domain:
         metrics["domain"] = domain
+    if diurnal_window is not None and applies(init, lead):
+        initial = persistence(truth[names], init, lead[:1], sample_dim).isel({LEAD_DIM: 0}, drop=True)
+        metrics["diurnal"] = {
+            name: diurnal_cycle(
+                forecast[name], obs_all[name].drop_vars(["valid_time", "verified"]), initial[name],
+                obs_all["valid_time"], _cell_weights(initial[name].isel({INIT_DIM: 0}, drop=True), weights),
+                member_dim=member_dim, window=diurnal_window)
+            for name in names
+        }
     if spectra:
         metrics["spectra"] = spectra_out
         metrics["spectrum_method"] = method
@@ -497,7 +512,8 @@ def report_figures(
     member_dim: str = "realization",
 ) -> dict[str, Figure]:
     """The report's figures by file stem: ``ensemble`` (needs ``forecast`` and ``truth``), ``lead_time``,
-    ``rank_histogram`` and ``spectra`` (when the metrics have spectra)."""
+    ``rank_histogram``, ``spectra`` (when the metrics have spectra) and ``diurnal`` (when they
+    have the diurnal-cycle check)."""
     figures: dict[str, Figure] = {}
     if forecast is not None and truth is not None:
         fc = forecast.isel({INIT_DIM: [case], LEAD_DIM: [lead]})
@@ -509,6 +525,8 @@ def report_figures(
         figures["rank_histogram"] = rank_histogram_figure(metrics)
     if metrics.get("spectra"):
         figures["spectra"] = spectra_figure(metrics)
+    if metrics.get("diurnal"):
+        figures["diurnal"] = diurnal_figure(metrics)
     return figures
 
 

@@ -31,6 +31,8 @@ class Scoring:
     ae_ceiling: bool = True
     climatology_window_days: float = 15.0
     spectra: bool = True
+    diurnal: bool = True
+    diurnal_window: tuple[float, float] = (6.0, 12.0)
 
 
 def ae_ceiling(run: RunDir, store: TrainingStore, indices: np.ndarray) -> xr.Dataset | None:
@@ -78,6 +80,7 @@ def score_forecast(run: RunDir, forecast: xr.Dataset, scoring: Scoring, seed: in
         persistence_baseline=scoring.persistence,
         window_days=float(scoring.climatology_window_days),
         spectra=scoring.spectra,
+        diurnal_window=tuple(scoring.diurnal_window) if scoring.diurnal else None,
         domains={name: domain_of(t) for name, t in store.transforms.items()},
     )
     clim = metrics["baselines"]["climatology"]

@@ -1,0 +1,124 @@
+"""Does a sub-daily forecast follow the diurnal cycle? The mean change per step by hour of day.
+
+A forecast whose leads are shorter than a day and whose init times are dates can be checked
+against the truth's daily cycle: warming over the morning, cooling in the evening. For each
+(init, lead k) the step change ``x_k - x_{k-1}`` (``x_0`` the true state at the init time, for
+the members and the truth alike) is averaged over the valid cells with the cell weights (over
+every level), for the ensemble mean and for the truth at the same valid times; the steps are
+then grouped by the local hour at which they end, and averaged per hour.
+
+The local hour is local *solar* time: UTC plus the cell-weighted mean longitude / 15 h when
+the field has a ``lon``/``longitude`` coordinate (one offset for the whole domain), else UTC
+(``clock`` says which). A regional grid spanning a few degrees of longitude is off by
+minutes; a global one would need an offset per cell, which this check does not do.
+
+``morning`` sums the hourly means over the steps ending in ``(start, end]`` local hours (by
+default 06-12): the mean change over the morning, members against truth, and their relative
+error. It is ``complete`` when every step of the window has at least one case; with few
+inits some hours have none and the sum covers only ``hours``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from simdiff.evaluate.baselines import INIT_DIM, LEAD_DIM
+
+LON_NAMES = ("lon", "longitude")
+#: Local-solar hours (start, end] of the morning the check sums over.
+MORNING = (6.0, 12.0)
+
+
+def _hours(times: np.ndarray) -> np.ndarray:
+    """Hour of day (fractional) of datetime64 or cftime values."""
+    t = xr.DataArray(times.ravel(), dims="t")
+    return (t.dt.hour + t.dt.minute / 60.0).values.reshape(times.shape)
+
+
+def applies(init: xr.DataArray, lead: xr.DataArray) -> bool:
+    """Dated inits and leads that are time spans shorter than a day."""
+    if lead.size == 0 or not np.issubdtype(lead.dtype, np.timedelta64):
+        return False
+    cftime = bool(init.size) and hasattr(init.values.flat[0], "calendar")
+    dated = np.issubdtype(init.dtype, np.datetime64) or cftime
+    step = np.asarray(lead.values[:1]).astype("timedelta64[s]").astype(np.int64)[0]
+    return bool(dated) and 0 < step < 86_400
+
+
+def _offset_hours(field: xr.DataArray, weights: xr.DataArray) -> tuple[float, str]:
+    for name in LON_NAMES:
+        if name in field.coords and field[name].ndim >= 1:
+            lon = ((field[name] + 180.0) % 360.0) - 180.0
+            w = weights.where(field.notnull().any([d for d in field.dims if d not in weights.dims]))
+            mean_lon = float(lon.broadcast_like(w).weighted(w.fillna(0.0)).mean())
+            return mean_lon / 15.0, "local solar (UTC + mean longitude / 15)"
+    return 0.0, "UTC"
+
+
+def diurnal_cycle(
+    members: xr.DataArray,
+    truth: xr.DataArray,
+    initial: xr.DataArray,
+    valid_time: xr.DataArray,
+    weights: xr.DataArray,
+    *,
+    member_dim: str = "realization",
+    window: Sequence[float] = MORNING,
+) -> dict[str, Any]:
+    """The diurnal-cycle check of one variable.
+
+    Args:
+        members: ``(member, init, lead, *spatial)`` in physical units (NaN: masked).
+        truth: ``(init, lead, *spatial)``, the truth at the valid times.
+        initial: ``(init, *spatial)``, the truth at the init times.
+        valid_time: ``(init, lead)`` dates of the valid times.
+        weights: the cell weights over ``spatial``.
+        window: the morning, ``(start, end]`` in local hours.
+
+    Returns:
+        ``{"clock", "offset_hours", "by_hour": {"hour", "members", "truth", "steps"},
+        "morning": {"window", "hours", "complete", "members", "truth", "relative_error"}}``,
+        changes per step in the variable's units.
+    """
+    spatial: list[Hashable] = [d for d in truth.dims if d not in (INIT_DIM, LEAD_DIM)]
+    members = xr.align(truth, members, join="override", exclude=[member_dim])[1]
+    initial = xr.align(truth.isel({LEAD_DIM: 0}, drop=True), initial, join="override", exclude=[INIT_DIM])[1]
+    offset, clock = _offset_hours(truth, weights)
+    mean = members.mean(member_dim)
+    start = initial.expand_dims({LEAD_DIM: [None]}).assign_coords({LEAD_DIM: [np.timedelta64(0, "s")]})
+
+    def step_changes(x: xr.DataArray) -> np.ndarray:
+        """(init, lead) area means of the cell-wise step change, over cells valid at both ends."""
+        x = x.transpose(INIT_DIM, LEAD_DIM, *spatial)
+        full = xr.concat([start.transpose(INIT_DIM, LEAD_DIM, *spatial).astype(x.dtype), x],
+                         dim=LEAD_DIM, coords="minimal", compat="override", join="override")
+        change = full.diff(LEAD_DIM)
+        return np.asarray(change.weighted(weights.fillna(0.0)).mean(spatial, skipna=True).values, dtype=float)
+
+    d_mem = step_changes(mean.where(truth.notnull()))
+    d_obs = step_changes(truth)
+    hour = np.floor((_hours(np.asarray(valid_time.values)) + offset) % 24.0 + 1e-9) % 24
+    hours = np.arange(24)
+    by_m, by_t, steps = [], [], []
+    for h in hours:
+        sel = (hour == h) & np.isfinite(d_mem) & np.isfinite(d_obs)
+        steps.append(int(sel.sum()))
+        by_m.append(float(d_mem[sel].mean()) if sel.any() else None)
+        by_t.append(float(d_obs[sel].mean()) if sel.any() else None)
+    lo, hi = float(window[0]), float(window[1])
+    in_window = [int(h) for h in hours if lo < h <= hi or (h == 0 and lo < 24 <= hi)]
+    covered = [h for h in in_window if steps[h]]
+    f = float(sum(by_m[h] for h in covered)) if covered else None  # type: ignore[misc]
+    t = float(sum(by_t[h] for h in covered)) if covered else None  # type: ignore[misc]
+    rel = (f - t) / abs(t) if f is not None and t not in (None, 0.0) else None  # type: ignore[operator]
+    return {
+        "clock": clock,
+        "offset_hours": offset,
+        "by_hour": {"hour": hours.tolist(), "members": by_m, "truth": by_t, "steps": steps},
+        "morning": {"window": [lo, hi], "hours": covered, "complete": len(covered) == len(in_window),
+                    "members": f, "truth": t, "relative_error": rel},
+    }
