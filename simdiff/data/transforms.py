@@ -62,6 +62,33 @@ def domain_of(transform: object) -> tuple[float | None, float | None]:
     return transform.domain() if isinstance(transform, Domain) else (None, None)
 
 
+def censored_below(transform: object) -> float | None:
+    """The largest transformed value the inverse maps onto the lower bound (a dry cell):
+    ``forward(zero_below)`` for :class:`Log1p` (0 without it), ``min`` for :class:`Clip`; None
+    for a variable without a lower bound. Found from the public ``forward``/``inverse`` by
+    bisection (to ~1e-12 relative), so any :class:`Domain` transform has it."""
+    lo = domain_of(transform)[0]
+    if lo is None:
+        return None
+    inverse = transform.inverse  # type: ignore[attr-defined]
+    low = float(transform.forward(np.float64(lo)))  # type: ignore[attr-defined]
+    if not float(inverse(np.float64(low))) <= lo:
+        raise ValueError(f"{transform}: inverse(forward(lower bound)) is above the bound")
+    step = max(abs(low), 1.0)
+    high = low + step
+    while float(inverse(np.float64(high))) <= lo:
+        step *= 2.0
+        high = low + step
+        if step > 1e12:
+            raise ValueError(f"{transform}: the inverse maps every value onto its lower bound")
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if float(inverse(np.float64(mid))) <= lo else (low, mid)
+    return low
+
+
 @dataclass(frozen=True)
 class Identity:
     """x -> x: an unbounded variable (temperature, geopotential, wind components)."""

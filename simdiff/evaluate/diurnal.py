@@ -85,9 +85,11 @@ def diurnal_cycle(
         changes per step in the variable's units.
     """
     spatial: list[Hashable] = [d for d in truth.dims if d not in (INIT_DIM, LEAD_DIM)]
+    # index coords only: a forecast carries valid_time (init, lead), a grid lat/lon aux coords
+    offset, clock = _offset_hours(truth, weights)
+    members, truth, initial = (a.reset_coords(drop=True) for a in (members, truth, initial))
     members = xr.align(truth, members, join="override", exclude=[member_dim])[1]
     initial = xr.align(truth.isel({LEAD_DIM: 0}, drop=True), initial, join="override", exclude=[INIT_DIM])[1]
-    offset, clock = _offset_hours(truth, weights)
     mean = members.mean(member_dim)
     start = initial.expand_dims({LEAD_DIM: [None]}).assign_coords({LEAD_DIM: [np.timedelta64(0, "s")]})
 

@@ -25,6 +25,17 @@ mode by mode in Fourier space (normalised units, each channel and level on its o
   zero-padded to twice its length, so neither the filter nor the noise wraps around it. Masked
   cells count as zero in the fit and get no noise.
 
+**Dry cells.** A variable with a lower bound that the data reach often (precipitation: most
+cells are exactly 0) is a censored quantity: the truth is dry where a latent Gaussian value
+lies below a threshold (Bardossy & Plate 1992). The decoded mean of a field with sharp rain
+edges is smooth, and the Gaussian noise lifts half of the near-dry cells above the data's
+own zero threshold, so draws would carry far too much drizzle. The model therefore also holds,
+per channel (and level), a censoring threshold ``dry_below`` in normalised units, fitted so
+that the draws' fraction of dry cells on the held-out samples equals the truth's there
+(:class:`DryFit`: the quantile of the draws at the truth's dry fraction); a draw below it is
+set to ``dry_value``, the normalised lower bound, which the store's inverse transform maps to
+exactly the bound. Where the draws are already at least as dry as the truth nothing changes.
+
 ``<.>`` are means over held-out samples (the val split); nothing is tuned on the test split.
 The residual is not centred: a bias of the decoder at a cell counts as spread there. What it
 leaves out: cross-channel and cross-level correlation of the residual (each channel is drawn
@@ -35,7 +46,7 @@ structure. One draw costs three FFTs of one (padded) field.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +65,8 @@ class ResidualModel:
         mask: ``([D], H, W)`` the valid cells.
         axes: the number of trailing spectral axes (2, or 3 on voxel grids).
         padded: the padded sizes of the spectral axes.
+        dry_below: ``(C, [D])`` the censoring threshold of each channel (-inf: none), or None.
+        dry_value: ``(C, [D])`` what a censored value becomes (the normalised lower bound).
     """
 
     beta: torch.Tensor
@@ -62,6 +75,8 @@ class ResidualModel:
     mask: torch.Tensor
     axes: int
     padded: tuple[int, ...]
+    dry_below: torch.Tensor | None = None
+    dry_value: torch.Tensor | None = None
 
     @classmethod
     def fit(
@@ -109,8 +124,22 @@ class ResidualModel:
         return self._ifft(self._fft(white) * self.amplitude.to(device)) * self.std.to(device)
 
     def sample(self, decoded: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A draw of x given one decoded field ``(C, [D], H, W)``: ``d + beta * d + noise``."""
-        return decoded + (self.correction(decoded) + self.noise(generator)).to(decoded)
+        """A draw of x given one decoded field ``(C, [D], H, W)``: ``d + beta * d + noise``,
+        censored at ``dry_below`` when the model has it."""
+        x = decoded + (self.correction(decoded) + self.noise(generator)).to(decoded)
+        return x if self.dry_below is None else self.censor(x)
+
+    def censor(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., C, [D], H, W)`` with the values below ``dry_below`` set to ``dry_value``."""
+        assert self.dry_below is not None and self.dry_value is not None
+        view = (*self.dry_below.shape, *([1] * (self.std.ndim - self.dry_below.ndim)))
+        below = self.dry_below.to(x).reshape(view)
+        return torch.where(x < below, self.dry_value.to(x).reshape(view), x)
+
+    def with_dry(self, below: np.ndarray, value: np.ndarray) -> ResidualModel:
+        """This model with the censoring thresholds ``below`` and values ``value`` ``(C, [D])``."""
+        return replace(self, dry_below=torch.as_tensor(below, dtype=torch.float32),
+                       dry_value=torch.as_tensor(value, dtype=torch.float32))
 
     def sample_rows(self, decoded: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """One draw per row of ``decoded (B, C, [D], H, W)``, row ``i`` from ``generators[i]``."""
@@ -208,3 +237,67 @@ class ResidualFit:
             axes=k,
             padded=self.padded,
         )
+
+
+class DryFit:
+    """Streaming fit of the censoring thresholds of :class:`ResidualModel` (see "Dry cells").
+
+    For each channel (and level) with a lower bound, :meth:`add` counts the truth's dry cells
+    (at or below the normalised bound's threshold ``dry_at``) and bins the draws' values on a
+    fine grid; :meth:`finish` returns the draws' quantile at the truth's dry fraction, which
+    resolves it to ``(hi - lo) / bins`` normalised units.
+
+    Args:
+        dry_at: ``(C, [D])`` the largest normalised value the store's inverse maps to the lower
+            bound (NaN: a channel without one, left alone).
+        mask: ``([D], H, W)`` the valid cells.
+    """
+
+    LO, HI, BINS = -12.0, 12.0, 48_000
+
+    def __init__(self, dry_at: np.ndarray, mask: np.ndarray) -> None:
+        self.dry_at = np.asarray(dry_at, dtype=np.float64)
+        self.mask = np.asarray(mask, dtype=bool)
+        self.edges = np.linspace(self.LO, self.HI, self.BINS + 1)
+        self.truth_dry = np.zeros(self.dry_at.shape)
+        self.draws_dry = np.zeros(self.dry_at.shape)
+        self.cells = np.zeros(self.dry_at.shape)
+        self.hist = np.zeros((*self.dry_at.shape, self.BINS + 2))
+
+    def add(self, truth: np.ndarray, draws: np.ndarray) -> None:
+        """A batch of normalised truths and draws ``(N, C, [D], H, W)``."""
+        lead = self.dry_at.shape
+        for idx in np.ndindex(*lead):
+            at = self.dry_at[idx]
+            if not np.isfinite(at):
+                continue
+            sel = (slice(None), *idx)
+            valid = np.broadcast_to(self.mask[idx[1:]], truth[sel].shape)
+            x, s = truth[sel][valid], draws[sel][valid]
+            self.truth_dry[idx] += np.count_nonzero(x <= at)
+            self.draws_dry[idx] += np.count_nonzero(s <= at)
+            self.cells[idx] += x.size
+            pos = np.searchsorted(self.edges, s, side="right")
+            self.hist[idx] += np.bincount(pos, minlength=self.BINS + 2)
+
+    def finish(self) -> tuple[np.ndarray, dict[tuple[int, ...], dict[str, float | None]]]:
+        """``(dry_below, summary)``: the thresholds (-inf where nothing is censored) and, per
+        channel index, the truth's and the draws' dry fractions and the threshold."""
+        below = np.full(self.dry_at.shape, -np.inf)
+        summary: dict[tuple[int, ...], dict[str, float | None]] = {}
+        for idx in np.ndindex(*self.dry_at.shape):
+            n = self.cells[idx]
+            if not np.isfinite(self.dry_at[idx]) or n == 0:
+                continue
+            p_truth, p_draws = self.truth_dry[idx] / n, self.draws_dry[idx] / n
+            entry: dict[str, float | None] = {"truth_dry": float(p_truth), "draws_dry": float(p_draws),
+                                              "threshold": None}
+            if p_truth > p_draws:
+                cdf = np.cumsum(self.hist[idx]) / n  # cdf[i]: fraction of draws below edges[i]
+                i = int(np.searchsorted(cdf, p_truth, side="left"))
+                edge = self.edges[min(max(i, 0), self.BINS)]
+                up = np.float32(edge)  # draws are float32: round up so each one binned below stays below
+                below[idx] = float(up if up >= edge else np.nextafter(up, np.float32(np.inf)))
+                entry["threshold"] = float(below[idx])
+            summary[idx] = entry
+        return below, summary

@@ -23,7 +23,8 @@ from simdiff.base.provenance import sha256_path
 from simdiff.base.registry import build_spec, check_stored
 from simdiff.data.stores.latents import LatentStore
 from simdiff.data.stores.training import TrainingStore
-from simdiff.generate.residual import ResidualModel
+from simdiff.data.transforms import censored_below, domain_of
+from simdiff.generate.residual import DryFit, ResidualModel
 from simdiff.generate.rollout import LatentDecoder
 from simdiff.runs.layout import RunDir
 
@@ -338,7 +339,62 @@ def fit_decoder_residual(
         split,
         residual_summary(model, store),
     )
-    return model
+    dry = dry_levels(store)
+    if dry is None:
+        return model
+    at, value = dry
+    dry_fit = DryFit(at, store.array("mask"))
+    for start in range(0, len(idx), batch_size):
+        rows = idx[start : start + batch_size]
+        z = torch.from_numpy(np.asarray(latents.data.oindex[rows], dtype=np.float32)).to(device)
+        x = np.asarray(store.data.oindex[rows], dtype=np.float32)
+        d = decoder(z).float()
+        # fixed draws, one generator per sample: every process fits the same thresholds
+        gens = [torch.Generator(device=d.device).manual_seed(int(r)) for r in rows]
+        dry_fit.add(x, model.sample_rows(d, gens).cpu().numpy())
+    below, summary = dry_fit.finish()
+    for key, entry in dry_summary(summary, store).items():
+        log.info(
+            "decoder residual model: %s is dry in %.3f of the %s cells, the draws in %.3f; %s",
+            key, entry["truth_dry"], split, entry["draws_dry"],
+            "no censoring needed" if entry["threshold"] is None
+            else f"draws below {entry['threshold']:.4g} (normalised) are set dry",
+        )
+    return model.with_dry(below, value)
+
+
+def dry_levels(store: TrainingStore) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per channel (and level), shaped like the store's ``mean``: the largest normalised value the
+    store's inverse maps to the variable's lower bound (NaN: no lower bound), and the normalised
+    lower bound itself; None when no variable has a lower bound."""
+    mean = np.asarray(store.array("mean"), dtype=np.float64)
+    std = np.asarray(store.array("std"), dtype=np.float64)
+    transforms = store.transforms
+    at, value = np.full(mean.shape, np.nan), np.full(mean.shape, np.nan)
+    for c, name in enumerate(store.variables):
+        t = transforms.get(name)
+        top = None if t is None else censored_below(t)
+        if top is None:
+            continue
+        bound = float(t.forward(np.float64(domain_of(t)[0])))  # type: ignore[union-attr]
+        # + 1e-6: a dry cell stored in float32 may round just above the float64 threshold
+        at[c] = (top - mean[c]) / std[c] + 1e-6
+        value[c] = (bound - mean[c]) / std[c]
+    return None if np.isnan(at).all() else (at, value)
+
+
+def dry_summary(summary: dict[tuple[int, ...], dict[str, Any]], store: TrainingStore) -> dict[str, dict]:
+    """:class:`~simdiff.generate.residual.DryFit` summary keyed ``VAR[@LEVEL]``."""
+    from simdiff.evaluate.plots import format_level
+
+    depth = store.layout.depth_dim
+    levels = store.array(depth) if depth else None
+    out = {}
+    for idx, entry in summary.items():
+        name = store.variables[idx[0]]
+        key = name if len(idx) == 1 or levels is None else f"{name}@{format_level(levels[idx[1]])}"
+        out[key] = entry
+    return out
 
 
 def residual_summary(model: ResidualModel, store: TrainingStore) -> dict[str, float]:

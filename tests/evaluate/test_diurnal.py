@@ -37,7 +37,8 @@ def case(lon: np.ndarray, follow: float, members: int = 4) -> tuple[xr.Dataset, 
     fc = xr.Dataset(
         {"Tair": (("realization", "init_time", "lead_time", "lat", "lon"), mean[None] + spread)},
         coords={"realization": np.arange(members), "init_time": time[init_pos], "lead_time": lead,
-                "lat": lat, "lon": lon},
+                "lat": lat, "lon": lon,
+                "valid_time": (("init_time", "lead_time"), time[valid_pos])},  # as generate writes it
     )
     return fc, truth
 
@@ -86,9 +87,9 @@ def test_local_solar_time_moves_the_cycle_with_longitude() -> None:
 def test_no_check_without_dates_or_when_switched_off() -> None:
     fc, truth = case(np.array([0.0, 1.0, 2.0]), 1.0)
     assert "diurnal" not in evaluate_forecast(fc, truth, spectra=False, diurnal_window=None)
-    numeric = fc.assign_coords(init_time=np.arange(20.0), lead_time=np.arange(1.0, 5.0))
+    numeric = fc.drop_vars("valid_time").assign_coords(init_time=np.arange(0.0, 60.0, 3.0),
+                                                       lead_time=np.arange(1.0, 5.0))
     truth_n = truth.assign_coords(time=np.arange(72.0))
-    numeric = numeric.assign_coords(init_time=np.arange(0.0, 60.0, 3.0))
     assert "diurnal" not in evaluate_forecast(numeric, truth_n, spectra=False)
 
 

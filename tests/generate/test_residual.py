@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from simdiff.generate.noise import member_generators
-from simdiff.generate.residual import ResidualFit, ResidualModel
+from simdiff.generate.residual import DryFit, ResidualFit, ResidualModel
 from simdiff.generate.rollout import LatentDecoder
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.bottleneck import BoundedBottleneck
@@ -191,3 +191,51 @@ def test_decoder_adds_keyed_residual_draws_per_row() -> None:
     torch.testing.assert_close(model.beta, torch.zeros_like(model.beta))  # fitted without decoded fields
     with pytest.raises(ValueError, match="one per row"):
         dec(z, generators=member_generators(0, [7], [0], 1))
+
+
+def test_dry_fit_puts_the_threshold_at_the_draws_quantile_of_the_truths_dry_fraction() -> None:
+    mask = np.ones((10, 100), bool)
+    mask[0, :] = False  # a masked row: never counted
+    truth = np.full((2, 2, 10, 100), 1.0)
+    truth[:, 0, :, :60] = -1.0  # channel 0: 60 % dry (at or below -0.9)
+    truth[:, 1, :, :10] = -1.0  # channel 1: 10 % dry
+    truth[:, :, 0, :] = -1.0  # masked: would make both drier
+    # draws evenly spread over [-3, 3): the quantile at p is -3 + 6 p
+    draws = np.broadcast_to(np.linspace(-3.0, 3.0, 100, endpoint=False), truth.shape).astype(np.float32)
+    fit = DryFit(np.array([-0.9, -0.9]), mask)
+    fit.add(truth[:1], draws[:1])
+    fit.add(truth[1:], draws[1:])  # streaming: two batches
+    below, summary = fit.finish()
+    assert summary[(0,)]["truth_dry"] == pytest.approx(0.6)
+    assert summary[(0,)]["draws_dry"] == pytest.approx(0.35)  # values <= -0.9: -3 .. -0.96
+    # 60 of the 100 draw values (-3, -2.94, .., 0.54) lie below it: within two bins above 0.54
+    assert 0.54 < below[0] <= 0.54 + 2 * 24.0 / DryFit.BINS
+    # channel 1: the draws are already drier than the truth, nothing is censored
+    assert summary[(1,)]["threshold"] is None and below[1] == -np.inf
+    # with the threshold, the censored draws are dry at the truth's rate
+    model = ResidualModel.fit(np.zeros((2, 2, 10, 100)) + 1e-3 * np.arange(2)[:, None, None, None],
+                              mask, (False, False)).with_dry(below, np.array([-1.0, -1.0]))
+    censored = model.censor(torch.as_tensor(draws, dtype=torch.float32)).numpy()
+    assert (censored[:, 0][:, mask] <= -0.9).mean() == pytest.approx(0.6, abs=1e-12)
+    np.testing.assert_array_equal(censored[:, 1], draws[:, 1])
+    assert set(np.unique(censored[:, 0][censored[:, 0] < below[0]])) == {-1.0}
+
+
+def test_dry_fit_leaves_channels_without_a_lower_bound_alone() -> None:
+    fit = DryFit(np.array([np.nan, -0.5]), np.ones((4, 4), bool))
+    fit.add(np.full((3, 2, 4, 4), -1.0), np.zeros((3, 2, 4, 4)))
+    below, summary = fit.finish()
+    assert below[0] == -np.inf and (0,) not in summary
+    assert summary[(1,)]["truth_dry"] == 1.0 and below[1] > 0.0
+
+
+def test_censored_below_is_the_inverse_transforms_last_dry_value() -> None:
+    from simdiff.data.transforms import Clip, Identity, Log1p, censored_below
+
+    top = censored_below(Log1p(scale=1e-4, zero_below=4e-6))
+    assert top == pytest.approx(np.log1p(0.04), rel=1e-12)
+    t = Log1p(scale=1e-4, zero_below=4e-6)
+    assert t.inverse(np.float64(top)) == 0.0 and t.inverse(np.float64(top * (1 + 1e-9))) > 0.0
+    assert censored_below(Log1p(scale=1.0)) == pytest.approx(0.0, abs=1e-12)
+    assert censored_below(Clip(min=0.0, max=1.0)) == pytest.approx(0.0, abs=1e-12)
+    assert censored_below(Identity()) is None and censored_below(Clip(max=3.0)) is None
