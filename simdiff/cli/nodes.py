@@ -58,7 +58,7 @@ def sampler_spec(cfg: DictConfig, node: DictConfig) -> Any:
 
     sampling = build(cfg.sampler)
     return SamplerSpec(sampling.sampler, sampling.sigmas(), float(node.guidance), tuple(node.guided),
-                       bool(node.batch_invariant))
+                       bool(node.batch_invariant), int(node.get("member_group", 1)))
 
 
 def preemption_signal(cfg: DictConfig) -> Any:

@@ -70,14 +70,32 @@ class LatentDecoder:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """How to sample: the sampler function, its noise levels, guidance, and batch invariance
-    (``row_by_row``: see :meth:`ConditionalDenoiser.sample`)."""
+    """How to sample: the sampler function, its noise levels, guidance, and batch invariance.
+
+    ``row_by_row`` (see :meth:`ConditionalDenoiser.sample`) makes a member's result independent
+    of the batch it is computed in. With ``group`` > 1, forecasts (:func:`rollout`) get the same
+    guarantee from fixed member groups instead: members ``kG .. kG + G - 1`` are always computed
+    together as one batch of ``G`` rows, in that order, so a member's bits do not depend on
+    which other members were asked for, and the net runs batched (about ``G`` times fewer
+    calls; asking for one member alone costs its whole group). Draws without an initial state
+    (:func:`draw_samples`, augment) stay row by row.
+    """
 
     sampler: Callable[..., torch.Tensor]
     sigmas: torch.Tensor
     guidance: float = 1.0
     guided: tuple[str, ...] = ()
     row_by_row: bool = True
+    group: int = 1
+
+    def __post_init__(self) -> None:
+        if int(self.group) < 1:
+            raise ValueError(f"SamplerSpec.group must be >= 1, got {self.group}")
+
+    @property
+    def grouped(self) -> int:
+        """The member-group size forecasts are computed in (1: none, as given or row by row)."""
+        return int(self.group) if self.row_by_row and int(self.group) > 1 else 1
 
 
 def _rows(value: torch.Tensor, n: int) -> torch.Tensor:
@@ -117,6 +135,36 @@ def rollout(
     Returns:
         ``(fields (B, L, C, [D], H, W) float32, latents (B, L, c, ...) or None)``.
     """
+    size = spec.grouped
+    if size > 1:  # whole fixed groups, batched; keep the rows asked for
+        rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for g in sorted({int(m) // size for m in members}):
+            ids = list(range(g * size, (g + 1) * size))
+            f, z = _rollout(model, decoder, spec, window, conditions, ids, init, leads, seed, keep_latents,
+                            row_by_row=False)
+            for j, m in enumerate(ids):
+                rows[m] = (f[j], None if z is None else z[j])
+        fields = np.stack([rows[int(m)][0] for m in members])
+        lat = np.stack([rows[int(m)][1] for m in members]) if keep_latents else None  # type: ignore[misc]
+        return fields, lat
+    return _rollout(model, decoder, spec, window, conditions, members, init, leads, seed, keep_latents,
+                    row_by_row=spec.row_by_row)
+
+
+def _rollout(
+    model: ConditionalDenoiser,
+    decoder: LatentDecoder,
+    spec: SamplerSpec,
+    window: torch.Tensor,
+    conditions: Mapping[str, torch.Tensor],
+    members: Sequence[int],
+    init: int,
+    leads: int,
+    seed: int,
+    keep_latents: bool,
+    *,
+    row_by_row: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     b = len(members)
     device = model.residual_scale.device
     previous = _rows(window.to(device), b) if window.shape[0] else None
@@ -129,8 +177,8 @@ def rollout(
         for name, per_lead in conditions.items():
             batch[name] = _rows(per_lead[k - 1].to(device), b)
         x = model.sample(batch, state_shape, sampler=spec.sampler, sigmas=spec.sigmas, generator=gens,
-                         guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
-        fields.append(decoder(x, spec.row_by_row, gens).float().cpu().numpy())
+                         guidance=spec.guidance, guided=spec.guided, row_by_row=row_by_row)
+        fields.append(decoder(x, row_by_row, gens).float().cpu().numpy())
         if keep_latents:
             latents.append(x.float().cpu().numpy())
         if previous is not None:
@@ -171,8 +219,19 @@ def draw_samples(
     return decoder(x, spec.row_by_row, gens).float().cpu().numpy()
 
 
-def member_batches(members: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """``members`` in consecutive batches of at most ``batch_size``."""
+def member_batches(members: Sequence[int], batch_size: int, group: int = 1) -> Iterator[list[int]]:
+    """``members`` in consecutive batches of at most ``batch_size``; with ``group`` > 1, batches
+    of whole member groups (``m // group``), as many groups as fit in ``batch_size`` rows (at
+    least one), so no group is computed twice."""
     members = list(members)
-    for i in range(0, len(members), max(int(batch_size), 1)):
-        yield members[i : i + batch_size]
+    if int(group) <= 1:
+        for i in range(0, len(members), max(int(batch_size), 1)):
+            yield members[i : i + batch_size]
+        return
+    by_group: dict[int, list[int]] = {}
+    for m in members:
+        by_group.setdefault(int(m) // int(group), []).append(m)
+    per_batch = max(int(batch_size) // int(group), 1)
+    keys = sorted(by_group)
+    for i in range(0, len(keys), per_batch):
+        yield [m for k in keys[i : i + per_batch] for m in by_group[k]]

@@ -103,13 +103,15 @@ def without_previous(gen: Generation, what: str) -> None:
         )
 
 
-def column_blocks(gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+def column_blocks(
+    gen: Generation, pending: Sequence[tuple[int, int]], group: int = 1
+) -> list[tuple[int, list[int]]]:
     """``(init, members)`` blocks of at most ``gen.batch_size`` members, init (or conditioning
-    sample) by init."""
+    sample) by init; with ``group`` > 1, of whole member groups (:func:`member_batches`)."""
     by_init: dict[int, list[int]] = {}
     for m, i in pending:
         by_init.setdefault(i, []).append(m)
-    return [(i, b) for i, ms in sorted(by_init.items()) for b in member_batches(ms, gen.batch_size)]
+    return [(i, b) for i, ms in sorted(by_init.items()) for b in member_batches(ms, gen.batch_size, group)]
 
 
 def check_indices(key: str, indices: Sequence[Any], what: str) -> None:
@@ -197,7 +199,7 @@ class Forecast:
         )
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
-        return column_blocks(gen, pending)
+        return column_blocks(gen, pending, gen.spec.grouped)
 
     def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
         """Members ``members`` from init ``init``: ``(realization, lead_time, [D], Y, X)`` per variable."""
