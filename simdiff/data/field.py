@@ -39,12 +39,16 @@ class Field:
         conditions: per-sample arrays over ``sample_dim`` (e.g. ``time_features``
             (time, time_feature), ``label`` (sample), covariates). May be empty.
         sources: the files (or simulator caches) the data came from, for provenance.
+        synthetic: ``(sample_dim)`` bool, True for a sample ``simdiff augment`` made (its
+            ``synthetic`` variable), or None (all real). ``prepare`` keeps synthetic samples
+            in the train split, each in its own block.
     """
 
     data: xr.Dataset
     geometry: Geometry
     conditions: xr.Dataset = field(default_factory=xr.Dataset)
     sources: tuple[str, ...] = ()
+    synthetic: xr.DataArray | None = None
 
     def __post_init__(self) -> None:
         if not self.data.data_vars:
@@ -72,6 +76,10 @@ class Field:
         for name, var in self.conditions.data_vars.items():
             if var.dims[:1] != (dims[0],):
                 raise ValueError(f"condition {name!r} has dims {var.dims}; must start with {dims[0]!r}")
+        if self.synthetic is not None and (tuple(self.synthetic.dims) != (dims[0],)
+                                           or self.synthetic.dtype != bool):
+            raise ValueError(f"Field.synthetic must be bool over ({dims[0]!r},), got "
+                             f"{self.synthetic.dtype} over {tuple(self.synthetic.dims)}")
 
     @property
     def dims(self) -> tuple[str, ...]:

@@ -113,6 +113,13 @@ def test_merge_writes_real_then_synthetic_samples_and_prepares_again(augmented, 
     assert out.returncode == 0, out.stderr[-3000:]
     again = TrainingStore(tmp_path / "again" / "data" / "train.zarr")
     assert sorted(again.variables) == ["psi", "q"] and again.n_samples == n + 2
+    # the synthetic samples never land in val/test, and each is its own block
+    split, block = again.array("split"), again.array("block")
+    assert split[n:].tolist() == [0, 0] and len(set(block[n:].tolist()) | {block[n - 1]}) == 3
+    assert {1, 2} <= set(split[:n].tolist())
+    assert again.attrs["synthetic_samples"] == 2
+    log = out.stderr + out.stdout
+    assert f"2 of {n + 2} samples" in log and "all kept in the train split" in log
 
 
 def test_a_filter_nothing_passes_stops_with_a_clear_error_and_no_output(augmented, tmp_path):

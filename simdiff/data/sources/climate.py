@@ -332,6 +332,26 @@ def combine(parts: Sequence[tuple[str, xr.Dataset]]) -> xr.Dataset:
     return xr.merge([d for _, d in joined], join="override", compat="override", combine_attrs="override")
 
 
+def _synthetic(opened: Sequence[tuple[str, xr.Dataset]], data: xr.Dataset) -> xr.DataArray | None:
+    """The per-sample ``synthetic`` flags of a store ``simdiff augment`` wrote (attr
+    ``simdiff_synthetic``), or None for files without them."""
+    marked = [w for w, ds in opened if int(ds.attrs.get("simdiff_synthetic", 0)) == 1 and "synthetic" in ds]
+    if not marked:
+        return None
+    if len(opened) > 1:
+        raise DataError(
+            f"{marked[0]} is a store simdiff augment wrote (per-sample 'synthetic' flags), opened with "
+            f"{len(opened) - 1} other file(s); prepare it on its own (augment.merge=true already puts "
+            "the real training samples in it)"
+        )
+    where, ds = opened[0]
+    flag = ds["synthetic"]
+    if flag.ndim != 1 or flag.dtype != bool or flag.size < data.sizes[TIME]:
+        raise DataError(f"{where}: variable 'synthetic' must be bool with one value per sample (as "
+                        f"simdiff augment writes it), got {flag.dtype} over {dict(flag.sizes)}")
+    return xr.DataArray(np.asarray(flag.values[: data.sizes[TIME]], dtype=bool), dims=(TIME,))
+
+
 def _same_time(a: xr.DataArray, b: xr.DataArray) -> bool:
     return a.shape == b.shape and bool(np.all(a.values == b.values))
 
@@ -424,9 +444,10 @@ class ClimateSource:
                 raise DataError(f"data.chunks names dims {unknown_dims}; the field's dims are "
                                 f"{list(map(str, data.dims))}")
             data = data.chunk(self.chunks)
+        synthetic = _synthetic(opened, data)
         conditions = xr.Dataset()
         if self.time_features and is_datetime(data[TIME]):
             conditions = xr.Dataset({"time_features": time_features(data[TIME])})
         geometry = derive_geometry(data, TIME, mask_any_nan=self.mask_any_nan)
         return Field(data=data, geometry=geometry, conditions=conditions,
-                     sources=tuple(str(p.resolve()) for p in paths))
+                     sources=tuple(str(p.resolve()) for p in paths), synthetic=synthetic)

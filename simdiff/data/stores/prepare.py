@@ -207,8 +207,15 @@ def write_training_store(
     k = min(samples_per_chunk(sample_bytes, options.chunk_mb), field.n_samples)
     block = work_samples(k, sample_bytes // len(names), options.work_mb)
 
-    split = split_labels(data[sdim], options.fractions, origin=origin)
-    blocks = block_ids(split, origin=origin)
+    fake = None if field.synthetic is None else np.asarray(field.synthetic.values, dtype=bool)
+    split = split_labels(data[sdim], options.fractions, origin=origin, synthetic=fake)
+    blocks = block_ids(split, origin=origin, synthetic=fake)
+    if fake is not None and fake.any():
+        log.info(
+            "prepare: %d of %d samples of %s are synthetic (simdiff augment): all kept in the train "
+            "split, one block each; the %d real samples are split train/val/test by %s",
+            int(fake.sum()), fake.size, origin, int((~fake).sum()), tuple(options.fractions),
+        )
 
     task = task_mb(min(block, field.n_samples), sample_bytes // len(names), len(names))
     with dask_client(options.cluster, task_mb=task):
@@ -257,6 +264,8 @@ def write_training_store(
             "geometry": geometry.to_attrs(),
             "provenance": _jsonable(dict(provenance)),
         }
+        if fake is not None:
+            ds.attrs["synthetic_samples"] = int(fake.sum())  # all in train (split codes 0)
         chunks = (k, len(names), *(data.sizes[d] for d in field.spatial_dims))
         encoding = {"data": {"chunks": chunks, "compressors": (options.compressor(),)}}
 

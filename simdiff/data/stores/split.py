@@ -47,16 +47,25 @@ def split_sizes(
 
 
 def split_labels(
-    sample: xr.DataArray, fractions: tuple[float, float, float], *, origin: str = "the field"
+    sample: xr.DataArray,
+    fractions: tuple[float, float, float],
+    *,
+    origin: str = "the field",
+    synthetic: np.ndarray | None = None,
 ) -> xr.DataArray:
     """Split code per sample: int8 over the sample dim, 0 train, 1 val, 2 test (CF flags).
 
     Args:
         sample: the sample coordinate ``(S)`` (only its length and dim are used).
         fractions: ``(train, val, test)``, summing to 1.
+        synthetic: ``(S)`` bool, True for generated samples: they all go to train, and the
+            fractions split the real samples, in their order (a model is never validated or
+            tested on what a model made).
     """
-    sizes = split_sizes(sample.size, fractions, origin=origin)
-    codes = np.repeat(np.array(list(SPLITS.values()), dtype=np.int8), sizes)
+    fake = np.zeros(sample.size, bool) if synthetic is None else np.asarray(synthetic, dtype=bool)
+    sizes = split_sizes(int((~fake).sum()), fractions, origin=origin)
+    codes = np.zeros(sample.size, dtype=np.int8)
+    codes[~fake] = np.repeat(np.array(list(SPLITS.values()), dtype=np.int8), sizes)
     return xr.DataArray(
         codes,
         dims=sample.dims,
@@ -82,8 +91,12 @@ def _elapsed(sample: xr.DataArray) -> np.ndarray | None:
     return None
 
 
-def block_ids(split: xr.DataArray, *, origin: str = "the field") -> xr.DataArray:
-    """Contiguous-run ids: int32 over the sample dim, a new id at every split change and gap.
+def block_ids(
+    split: xr.DataArray, *, origin: str = "the field", synthetic: np.ndarray | None = None
+) -> xr.DataArray:
+    """Contiguous-run ids: int32 over the sample dim, a new id at every split change and gap,
+    and one block per synthetic sample (``synthetic``: (S) bool; no forecasting window runs
+    from one generated sample into the next, or between real and generated samples).
 
     A gap is a step of the sample coordinate longer than ``GAP_FACTOR`` times the median step
     (e.g. a missing day in daily data). Gaps are only looked for where the sample dim has a
@@ -107,6 +120,9 @@ def block_ids(split: xr.DataArray, *, origin: str = "the field") -> xr.DataArray
                 f"duplicates (ds.sortby({dim!r}).drop_duplicates({dim!r})) before prepare"
             )
         new[1:] |= step > GAP_FACTOR * np.median(step)
+    if synthetic is not None:
+        fake = np.asarray(synthetic, dtype=bool)
+        new[1:] |= fake[1:] | fake[:-1]
     blocks = np.cumsum(new).astype(np.int32)
     return xr.DataArray(
         blocks,

@@ -93,3 +93,19 @@ def test_unsorted_time_is_refused() -> None:
     sample = xr.DataArray(t, dims="time", coords={"time": t})
     with pytest.raises(DataError, match=r"not strictly increasing at index 2.*sortby"):
         block_ids(split_labels(sample, (1.0, 0.0, 0.0)))
+
+
+def test_synthetic_samples_all_go_to_train_each_in_its_own_block():
+    """A merged augmented store: 10 real samples then 4 synthetic ones; the real ones split
+    8/1/1 as if alone, the synthetic ones are train, and no window crosses into or between them."""
+    sample = xr.DataArray(np.arange(14), dims="time", coords={"time": np.arange(14)})
+    fake = np.array([False] * 10 + [True] * 4)
+    split = split_labels(sample, (0.8, 0.1, 0.1), synthetic=fake)
+    assert split.values.tolist() == [0] * 8 + [1, 2] + [0] * 4
+    blocks = block_ids(split, synthetic=fake).values
+    assert blocks.tolist() == [0] * 8 + [1, 2, 3, 4, 5, 6]
+    # interleaved: a real sample after a synthetic one starts a new block as well
+    mixed = np.array([False, True, False, False, True, False, False, False, False, False])
+    split = split_labels(sample[:10], (0.75, 0.125, 0.125), synthetic=mixed)
+    assert (split.values[mixed] == 0).all() and (split.values[~mixed] == [0, 0, 0, 0, 0, 0, 1, 2]).all()
+    assert block_ids(split, synthetic=mixed).values.tolist() == [0, 1, 2, 2, 3, 4, 4, 4, 5, 6]
