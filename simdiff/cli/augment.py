@@ -71,6 +71,9 @@ def augment_stage(cfg: DictConfig) -> None:
         bounds = training_range(store, "train")
         out = loaded.attrs(store, int(cfg.seed), f"simdiff augment of {store.path}")
         out["simdiff_synthetic"] = 1
+        # a forecaster's draw is x' ~ p(x_{t+1} | x_t), x_t the sample source_index names: prepare
+        # pairs them (simdiff.data.stores.synthetic)
+        out["simdiff_draws"] = "next_state" if loaded.models.previous else "state"
         out["simdiff_filter"] = json.dumps(
             {
                 **filt.spec(),

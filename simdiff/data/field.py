@@ -42,6 +42,10 @@ class Field:
         synthetic: ``(sample_dim)`` bool, True for a sample ``simdiff augment`` made (its
             ``synthetic`` variable), or None (all real). ``prepare`` keeps synthetic samples
             in the train split, each in its own block.
+        pair_source: ``(sample_dim)`` int, for a synthetic draw of a next state the position
+            (in this field) of the real state it was drawn from, else -1; or None.
+            ``prepare`` writes each such sample right after a copy of its source state, as a
+            (state, next state) pair (:mod:`simdiff.data.stores.synthetic`).
     """
 
     data: xr.Dataset
@@ -49,6 +53,7 @@ class Field:
     conditions: xr.Dataset = field(default_factory=xr.Dataset)
     sources: tuple[str, ...] = ()
     synthetic: xr.DataArray | None = None
+    pair_source: xr.DataArray | None = None
 
     def __post_init__(self) -> None:
         if not self.data.data_vars:

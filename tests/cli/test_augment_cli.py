@@ -15,6 +15,7 @@ import pytest
 import xarray as xr
 from clirun import kill_midway, simdiff
 
+from simdiff.data.loading.loader import window_targets
 from simdiff.data.stores.latents import LatentStore
 from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import TrainingStore
@@ -111,15 +112,24 @@ def test_merge_writes_real_then_synthetic_samples_and_prepares_again(augmented, 
     out = simdiff("prepare", f"run_dir={tmp_path / 'again'}", "debug=tiny", "data=custom",
                   f"data.source={target}")
     assert out.returncode == 0, out.stderr[-3000:]
+    # the tiny model forecasts, so each synthetic sample is a next-state draw: prepare writes it
+    # after a copy of its source state, and the pair is one training window
     again = TrainingStore(tmp_path / "again" / "data" / "train.zarr")
-    assert sorted(again.variables) == ["psi", "q"] and again.n_samples == n + 2
-    # the synthetic samples never land in val/test, and each is its own block
+    assert sorted(again.variables) == ["psi", "q"] and again.n_samples == n + 4
+    assert again.attrs["synthetic_samples"] == 2 and again.attrs["synthetic_pairs"] == 2
     split, block = again.array("split"), again.array("block")
-    assert split[n:].tolist() == [0, 0] and len(set(block[n:].tolist()) | {block[n - 1]}) == 3
+    assert split[n:].tolist() == [0] * 4  # never val/test
     assert {1, 2} <= set(split[:n].tolist())
-    assert again.attrs["synthetic_samples"] == 2
+    assert block[n] == block[n + 1] != block[n + 2] == block[n + 3] and block[n] != block[n - 1]
+    assert {n + 1, n + 3} <= set(window_targets(split, block, 0, 2).tolist())
+    with xr.open_dataset(target) as ds:
+        sources = ds["source_index"].values[n:]
+    prepared = denormalise(again.dataset())["q"].values
+    for j, head in enumerate((n, n + 2)):  # the head is the real state the draw came from
+        np.testing.assert_allclose(prepared[head], real["q"].values[list(train).index(sources[j])],
+                                   rtol=1e-5, atol=1e-6 * float(np.abs(prepared).max()))
     log = out.stderr + out.stdout
-    assert f"2 of {n + 2} samples" in log and "all kept in the train split" in log
+    assert f"2 of {n + 4} samples" in log and "2 of them as (state, next state) pairs" in log
 
 
 def test_a_filter_nothing_passes_stops_with_a_clear_error_and_no_output(augmented, tmp_path):

@@ -45,6 +45,7 @@ below a declared ``valid_min`` (e.g. negative radar rain) become missing.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -67,6 +68,7 @@ from simdiff.data.time_features import is_datetime, time_features
 from simdiff.data.transforms import Transform
 
 TIME, LEVEL = "time", "level"
+log = logging.getLogger("simdiff")
 
 
 _LAT_UNITS = {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"}
@@ -332,12 +334,16 @@ def combine(parts: Sequence[tuple[str, xr.Dataset]]) -> xr.Dataset:
     return xr.merge([d for _, d in joined], join="override", compat="override", combine_attrs="override")
 
 
-def _synthetic(opened: Sequence[tuple[str, xr.Dataset]], data: xr.Dataset) -> xr.DataArray | None:
+def _synthetic(
+    opened: Sequence[tuple[str, xr.Dataset]], data: xr.Dataset
+) -> tuple[xr.DataArray | None, xr.DataArray | None]:
     """The per-sample ``synthetic`` flags of a store ``simdiff augment`` wrote (attr
-    ``simdiff_synthetic``), or None for files without them."""
+    ``simdiff_synthetic``) and, when its samples are next-state draws (attr ``simdiff_draws``)
+    whose source states it holds too (``augment.merge=true``), each one's source position
+    (:attr:`simdiff.data.field.Field.pair_source`); ``(None, None)`` for other files."""
     marked = [w for w, ds in opened if int(ds.attrs.get("simdiff_synthetic", 0)) == 1 and "synthetic" in ds]
     if not marked:
-        return None
+        return None, None
     if len(opened) > 1:
         raise DataError(
             f"{marked[0]} is a store simdiff augment wrote (per-sample 'synthetic' flags), opened with "
@@ -349,7 +355,21 @@ def _synthetic(opened: Sequence[tuple[str, xr.Dataset]], data: xr.Dataset) -> xr
     if flag.ndim != 1 or flag.dtype != bool or flag.size < data.sizes[TIME]:
         raise DataError(f"{where}: variable 'synthetic' must be bool with one value per sample (as "
                         f"simdiff augment writes it), got {flag.dtype} over {dict(flag.sizes)}")
-    return xr.DataArray(np.asarray(flag.values[: data.sizes[TIME]], dtype=bool), dims=(TIME,))
+    n = data.sizes[TIME]
+    fake = np.asarray(flag.values[:n], dtype=bool)
+    source = np.full(n, -1, np.int64)
+    if ds.attrs.get("simdiff_draws") == "next_state" and "source_index" in ds:
+        index = np.asarray(ds["source_index"].values[:n], dtype=np.int64)
+        real = {int(s): i for i, s in enumerate(index) if not fake[i] and s >= 0}
+        for k in np.flatnonzero(fake):
+            source[k] = real.get(int(index[k]), -1)
+        if (source[fake] < 0).any():
+            log.warning(
+                "%s: %d of its %d synthetic next-state draws have no source state in the store; they "
+                "train as lone samples (write the store with augment.merge=true to keep the pairs)",
+                where, int((source[fake] < 0).sum()), int(fake.sum()),
+            )
+    return xr.DataArray(fake, dims=(TIME,)), xr.DataArray(source, dims=(TIME,))
 
 
 def _same_time(a: xr.DataArray, b: xr.DataArray) -> bool:
@@ -444,10 +464,11 @@ class ClimateSource:
                 raise DataError(f"data.chunks names dims {unknown_dims}; the field's dims are "
                                 f"{list(map(str, data.dims))}")
             data = data.chunk(self.chunks)
-        synthetic = _synthetic(opened, data)
+        synthetic, pair_source = _synthetic(opened, data)
         conditions = xr.Dataset()
         if self.time_features and is_datetime(data[TIME]):
             conditions = xr.Dataset({"time_features": time_features(data[TIME])})
         geometry = derive_geometry(data, TIME, mask_any_nan=self.mask_any_nan)
         return Field(data=data, geometry=geometry, conditions=conditions,
-                     sources=tuple(str(p.resolve()) for p in paths), synthetic=synthetic)
+                     sources=tuple(str(p.resolve()) for p in paths), synthetic=synthetic,
+                     pair_source=pair_source)

@@ -40,6 +40,7 @@ from simdiff.data.stores.chunking import samples_per_chunk, task_mb, work_sample
 from simdiff.data.stores.cluster import Cluster, dask_client
 from simdiff.data.stores.split import block_ids, split_labels
 from simdiff.data.stores.stats import compute_statistics, normalise
+from simdiff.data.stores.synthetic import arrange
 from simdiff.data.stores.training import FORMAT_VERSION, SPLITS, STORE_KIND, StoreLayout
 from simdiff.data.transforms import Transform
 
@@ -196,6 +197,10 @@ def write_training_store(
                 f"forward/inverse/spec; instantiate it first (from Hydra config nodes: "
                 f"instantiate(cfg.data, _convert_='object'), or dataclass transforms come back as dicts)"
             )
+    fake = head = None
+    arranged = arrange(field)  # an augmented store: synthetic samples, (state, next state) pairs
+    if arranged is not None:
+        field, fake, head = arranged.field, arranged.synthetic, arranged.head
     names = field.variables
     data = field.data
     sdim = field.sample_dim
@@ -207,14 +212,16 @@ def write_training_store(
     k = min(samples_per_chunk(sample_bytes, options.chunk_mb), field.n_samples)
     block = work_samples(k, sample_bytes // len(names), options.work_mb)
 
-    fake = None if field.synthetic is None else np.asarray(field.synthetic.values, dtype=bool)
-    split = split_labels(data[sdim], options.fractions, origin=origin, synthetic=fake)
-    blocks = block_ids(split, origin=origin, synthetic=fake)
-    if fake is not None and fake.any():
+    split = split_labels(data[sdim], options.fractions, origin=origin, synthetic=fake, head=head)
+    blocks = block_ids(split, origin=origin, synthetic=fake, head=head)
+    if arranged is not None and fake is not None and fake.any():
+        pairs = arranged.pairs
         log.info(
             "prepare: %d of %d samples of %s are synthetic (simdiff augment): all kept in the train "
-            "split, one block each; the %d real samples are split train/val/test by %s",
-            int(fake.sum()), fake.size, origin, int((~fake).sum()), tuple(options.fractions),
+            "split, %s; the %d real samples are split train/val/test by %s",
+            int(fake.sum()), fake.size, origin,
+            f"{pairs} of them as (state, next state) pairs, each after a copy of its source state"
+            if pairs else "one block each", int((~fake).sum() - head.sum()), tuple(options.fractions),
         )
 
     task = task_mb(min(block, field.n_samples), sample_bytes // len(names), len(names))
@@ -264,8 +271,9 @@ def write_training_store(
             "geometry": geometry.to_attrs(),
             "provenance": _jsonable(dict(provenance)),
         }
-        if fake is not None:
+        if arranged is not None:
             ds.attrs["synthetic_samples"] = int(fake.sum())  # all in train (split codes 0)
+            ds.attrs["synthetic_pairs"] = arranged.pairs
         chunks = (k, len(names), *(data.sizes[d] for d in field.spatial_dims))
         encoding = {"data": {"chunks": chunks, "compressors": (options.compressor(),)}}
 

@@ -52,6 +52,7 @@ def split_labels(
     *,
     origin: str = "the field",
     synthetic: np.ndarray | None = None,
+    head: np.ndarray | None = None,
 ) -> xr.DataArray:
     """Split code per sample: int8 over the sample dim, 0 train, 1 val, 2 test (CF flags).
 
@@ -61,8 +62,12 @@ def split_labels(
         synthetic: ``(S)`` bool, True for generated samples: they all go to train, and the
             fractions split the real samples, in their order (a model is never validated or
             tested on what a model made).
+        head: ``(S)`` bool, True for a copy of a real state heading a (state, synthetic next
+            state) pair (:mod:`simdiff.data.stores.synthetic`): train as well.
     """
     fake = np.zeros(sample.size, bool) if synthetic is None else np.asarray(synthetic, dtype=bool)
+    if head is not None:
+        fake = fake | np.asarray(head, dtype=bool)
     sizes = split_sizes(int((~fake).sum()), fractions, origin=origin)
     codes = np.zeros(sample.size, dtype=np.int8)
     codes[~fake] = np.repeat(np.array(list(SPLITS.values()), dtype=np.int8), sizes)
@@ -92,11 +97,17 @@ def _elapsed(sample: xr.DataArray) -> np.ndarray | None:
 
 
 def block_ids(
-    split: xr.DataArray, *, origin: str = "the field", synthetic: np.ndarray | None = None
+    split: xr.DataArray,
+    *,
+    origin: str = "the field",
+    synthetic: np.ndarray | None = None,
+    head: np.ndarray | None = None,
 ) -> xr.DataArray:
     """Contiguous-run ids: int32 over the sample dim, a new id at every split change and gap,
     and one block per synthetic sample (``synthetic``: (S) bool; no forecasting window runs
-    from one generated sample into the next, or between real and generated samples).
+    from one generated sample into the next, or between real and generated samples), or per
+    pair: a synthetic sample right after its ``head`` (a copy of its source state) shares its
+    block.
 
     A gap is a step of the sample coordinate longer than ``GAP_FACTOR`` times the median step
     (e.g. a missing day in daily data). Gaps are only looked for where the sample dim has a
@@ -122,7 +133,9 @@ def block_ids(
         new[1:] |= step > GAP_FACTOR * np.median(step)
     if synthetic is not None:
         fake = np.asarray(synthetic, dtype=bool)
-        new[1:] |= fake[1:] | fake[:-1]
+        heads = np.zeros_like(fake) if head is None else np.asarray(head, dtype=bool)
+        apart = fake | heads
+        new[1:] |= (apart[1:] | apart[:-1]) & ~(fake[1:] & heads[:-1])
     blocks = np.cumsum(new).astype(np.int32)
     return xr.DataArray(
         blocks,
