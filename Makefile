@@ -9,13 +9,14 @@ ARGS   ?=
 # On a GPU cluster, set TORCH_SPEC to the CUDA build you want (same release), e.g. TORCH_SPEC=torch==2.13.0
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test test-all lint bench clean help
+.PHONY: setup run test test-all lint bench bench-gpu clean help
 
 help:
 	@echo "make run      set up .venv, then run the main job (simdiff run) on the built-in QG data"
 	@echo "make test     set up .venv, then ruff + lint-imports + the default test suite (CPU, minutes)"
 	@echo "make test-all the default suite plus the slow tests (not the slurm ones: .ci/run)"
 	@echo "make bench    QG, loader, prepare-RSS and latent-vs-pixel benchmarks -> bench_results/*.json"
+	@echo "make bench-gpu  on a CUDA machine: bf16 training samples/s and MFU, members/s, peak memory -> bench/results.json"
 
 setup: $(VENV)/.installed
 
@@ -53,6 +54,9 @@ bench: setup
 	$(BIN)/python benchmarks/bench_prepare_rss.py
 	$(BIN)/python benchmarks/bench_latent_vs_pixel.py
 	PYTHONPATH=. $(BIN)/python benchmarks/kill_resume.py --stage all --kills 20
+
+bench-gpu: setup
+	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
