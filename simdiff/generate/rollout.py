@@ -14,7 +14,7 @@ Memory is bounded by the batch: one batch of members in latent space, plus its d
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -136,35 +136,24 @@ def rollout(
         ``(fields (B, L, C, [D], H, W) float32, latents (B, L, c, ...) or None)``.
     """
     size = spec.grouped
-    if size > 1:  # whole fixed groups, batched; keep the rows asked for
-        rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        for g in sorted({int(m) // size for m in members}):
-            ids = list(range(g * size, (g + 1) * size))
-            f, z = _rollout(model, decoder, spec, window, conditions, ids, init, leads, seed, keep_latents,
-                            row_by_row=False)
-            for j, m in enumerate(ids):
-                rows[m] = (f[j], None if z is None else z[j])
-        fields = np.stack([rows[int(m)][0] for m in members])
-        lat = np.stack([rows[int(m)][1] for m in members]) if keep_latents else None  # type: ignore[misc]
-        return fields, lat
-    return _rollout(model, decoder, spec, window, conditions, members, init, leads, seed, keep_latents,
-                    row_by_row=spec.row_by_row)
+    if size == 1:
+        return _rollout(model, decoder, spec, window, conditions, members, init, leads, seed, keep_latents)
+    rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    for g in sorted({int(m) // size for m in members}):  # whole fixed groups, batched; keep those asked for
+        ids = list(range(g * size, (g + 1) * size))
+        batched = replace(spec, row_by_row=False)
+        f, z = _rollout(model, decoder, batched, window, conditions, ids, init, leads, seed, keep_latents)
+        for j, m in enumerate(ids):
+            rows[m] = (f[j], None if z is None else z[j])
+    fields = np.stack([rows[int(m)][0] for m in members])
+    lat = np.stack([rows[int(m)][1] for m in members]) if keep_latents else None  # type: ignore[misc]
+    return fields, lat
 
 
-def _rollout(
-    model: ConditionalDenoiser,
-    decoder: LatentDecoder,
-    spec: SamplerSpec,
-    window: torch.Tensor,
-    conditions: Mapping[str, torch.Tensor],
-    members: Sequence[int],
-    init: int,
-    leads: int,
-    seed: int,
-    keep_latents: bool,
-    *,
-    row_by_row: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _rollout(model: ConditionalDenoiser, decoder: LatentDecoder, spec: SamplerSpec, window: torch.Tensor,
+             conditions: Mapping[str, torch.Tensor], members: Sequence[int], init: int, leads: int, seed: int,
+             keep_latents: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`rollout` of ``members`` as one batch (row by row with ``spec.row_by_row``)."""
     b = len(members)
     device = model.residual_scale.device
     previous = _rows(window.to(device), b) if window.shape[0] else None
@@ -177,8 +166,8 @@ def _rollout(
         for name, per_lead in conditions.items():
             batch[name] = _rows(per_lead[k - 1].to(device), b)
         x = model.sample(batch, state_shape, sampler=spec.sampler, sigmas=spec.sigmas, generator=gens,
-                         guidance=spec.guidance, guided=spec.guided, row_by_row=row_by_row)
-        fields.append(decoder(x, row_by_row, gens).float().cpu().numpy())
+                         guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
+        fields.append(decoder(x, spec.row_by_row, gens).float().cpu().numpy())
         if keep_latents:
             latents.append(x.float().cpu().numpy())
         if previous is not None:
