@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import yaml
-from dask.diagnostics import ProgressBar
 from zarr.codecs import BloscCodec
 
 from simdiff.base.atomic import scratch_dir
@@ -38,6 +37,7 @@ from simdiff.base.provenance import config_differences, config_yaml, provenance
 from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
 from simdiff.data.stores.chunking import samples_per_chunk, task_mb, work_samples
 from simdiff.data.stores.cluster import Cluster, dask_client
+from simdiff.data.stores.progress import RichDaskProgress
 from simdiff.data.stores.split import block_ids, split_labels
 from simdiff.data.stores.stats import compute_statistics, normalise
 from simdiff.data.stores.synthetic import arrange
@@ -114,8 +114,8 @@ class PrepareOptions:
         return BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=self.shuffle)
 
 
-def _progress(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    return ProgressBar(dt=1.0) if enabled else contextlib.nullcontext()
+def _progress(enabled: bool, description: str) -> contextlib.AbstractContextManager[Any]:
+    return RichDaskProgress(description) if enabled else contextlib.nullcontext()
 
 
 def _jsonable(value: Any) -> Any:
@@ -227,7 +227,7 @@ def write_training_store(
     task = task_mb(min(block, field.n_samples), sample_bytes // len(names), len(names))
     with dask_client(options.cluster, task_mb=task):
         log.info("prepare: statistics of %s over %d train samples", names, int((split == 0).sum()))
-        with _progress(options.progress and options.cluster is None):
+        with _progress(options.progress and options.cluster is None, "prepare: statistics"):
             stats = compute_statistics(
                 data, mask, split, transforms, block_samples=block, origin=origin,
                 pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS,
@@ -280,7 +280,7 @@ def write_training_store(
         tmp = scratch_dir(path)
         try:
             log.info("prepare: writing %s (chunks %s)", path, chunks)
-            with _progress(options.progress and options.cluster is None):
+            with _progress(options.progress and options.cluster is None, "prepare: writing"):
                 # every chunk on disk, even one equal to the fill value (a fully masked sample is all 0):
                 # TrainingStore reads an absent chunk of data as damage
                 ds.to_zarr(tmp / path.name, mode="w-", zarr_format=3, consolidated=False, encoding=encoding,
