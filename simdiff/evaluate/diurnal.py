@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from simdiff.evaluate.baselines import INIT_DIM, LEAD_DIM
+from simdiff.metrics.weighting import weighted_mean
 
 LON_NAMES = ("lon", "longitude")
 #: Local-solar hours (start, end] of the morning the check sums over.
@@ -54,7 +55,7 @@ def _offset_hours(field: xr.DataArray, weights: xr.DataArray) -> tuple[float, st
         if name in field.coords and field[name].ndim >= 1:
             lon = ((field[name] + 180.0) % 360.0) - 180.0
             w = weights.where(field.notnull().any([d for d in field.dims if d not in weights.dims]))
-            mean_lon = float(lon.broadcast_like(w).weighted(w.fillna(0.0)).mean())
+            mean_lon = float(weighted_mean(lon.broadcast_like(w), w, list(w.dims)))
             return mean_lon / 15.0, "local solar (UTC + mean longitude / 15)"
     return 0.0, "UTC"
 
@@ -99,7 +100,7 @@ def diurnal_cycle(
         full = xr.concat([start.transpose(INIT_DIM, LEAD_DIM, *spatial).astype(x.dtype), x],
                          dim=LEAD_DIM, coords="minimal", compat="override", join="override")
         change = full.diff(LEAD_DIM)
-        return np.asarray(change.weighted(weights.fillna(0.0)).mean(spatial, skipna=True).values, dtype=float)
+        return np.asarray(weighted_mean(change, weights, spatial).values, dtype=float)
 
     d_mem = step_changes(mean.where(truth.notnull()))
     d_obs = step_changes(truth)

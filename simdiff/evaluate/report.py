@@ -93,6 +93,7 @@ from simdiff.metrics.crps import crps
 from simdiff.metrics.distribution import quantiles, wasserstein1
 from simdiff.metrics.memorisation import memorisation
 from simdiff.metrics.spectra import WAVENUMBER, field_spectrum, spectrum_ratio_low
+from simdiff.metrics.weighting import weighted_mean
 
 RANK = "rank"
 JSON_NAME = "metrics.json"
@@ -147,7 +148,7 @@ def _rank_counts(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataAr
 
 def _wmean(x: xr.DataArray, weights: xr.DataArray, dims: Sequence[Hashable]) -> xr.DataArray:
     """Weighted mean over ``dims``, NaN points and their weights left out."""
-    return x.weighted(weights.fillna(0.0)).mean(list(dims), skipna=True)
+    return weighted_mean(x, weights, dims)
 
 
 def _cell_weights(field: xr.DataArray, weights: xr.DataArray | None) -> xr.DataArray:

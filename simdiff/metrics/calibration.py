@@ -23,13 +23,15 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from simdiff.metrics.weighting import weighted_mean
+
 Data = xr.DataArray | xr.Dataset
 
 
 def _mean(x: Data, dims: Sequence[str] | None, weights: xr.DataArray | None) -> Data:
     if weights is None:
         return x.mean(dims, skipna=True)
-    return x.weighted(weights.fillna(0)).mean(dims, skipna=True)
+    return weighted_mean(x, weights, dims)
 
 
 def spread_skill(

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from simdiff.metrics.weighting import weighted_mean
+
 Data = xr.DataArray | xr.Dataset
 
 
@@ -69,4 +71,4 @@ def crps(
     )
     if weights is None:
         return score
-    return score.weighted(weights.fillna(0)).mean(list(weights.dims), skipna=True)
+    return weighted_mean(score, weights)

@@ -2,8 +2,8 @@
 
 CI's sample of ``benchmarks/kill_resume.py`` (the local run uses ``--kills 20``): three kills per
 stage, debug=tiny, in two groups so that two test workers share them. Each re-run must end with
-outputs equal to the reference (checkpoints and stores bit for bit; evaluate's scores to 1e-12,
-see ``Stage.rtol``) and leave no scratch or partial store behind.
+outputs equal to the reference (checkpoints, stores and evaluate's report bit for bit) and leave
+no scratch or partial store behind.
 """
 
 from __future__ import annotations

@@ -205,3 +205,4 @@ def test_augmented_memorisation_and_distances():
     assert b["variables"]["q@1"]["wasserstein1"] == 0.0  # identical samples
     assert a["variables"]["q@2"]["wasserstein1"] > 0.0
     assert set(b["variables"]["q@1"]["quantiles"]) == {"q", "synthetic", "test"}
+
