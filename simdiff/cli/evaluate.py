@@ -105,6 +105,7 @@ def evaluate_stage(cfg: DictConfig) -> None:
         spectra=bool(ev.spectra),
         diurnal=bool(ev.diurnal),
         diurnal_window=(float(ev.diurnal_window[0]), float(ev.diurnal_window[1])),
+        block_inits=None if ev.block_inits is None else int(ev.block_inits),
     )
     path, augmented, drawn = _inputs(cfg)
     store = TrainingStore(run.store)

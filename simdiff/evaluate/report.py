@@ -88,7 +88,6 @@ from simdiff.evaluate.plots import (
     spectra_figure,
 )
 from simdiff.evaluate.reconstruction import _same_coords
-from simdiff.metrics.calibration import spread_skill
 from simdiff.metrics.crps import crps
 from simdiff.metrics.distribution import quantiles, wasserstein1
 from simdiff.metrics.memorisation import memorisation
@@ -202,44 +201,52 @@ def _check(forecast: xr.Dataset, truth: xr.Dataset, member_dim: str, sample_dim:
     return names
 
 
-def _spectra(obs: xr.DataArray, members: xr.DataArray, ae: xr.DataArray | None, w: xr.DataArray,
-             periodic: Collection[str], keep: tuple[str, ...]) -> xr.Dataset:
-    parts = {"truth": field_spectrum(obs, weights=w, periodic=periodic, keep=keep),
-             "members": field_spectrum(members, weights=w, periodic=periodic, keep=keep)}
-    if ae is not None:
-        parts["ae_ceiling"] = field_spectrum(ae, weights=w, periodic=periodic, keep=keep)
-    out = xr.Dataset(parts)
-    out["spectrum_ratio"] = spectrum_ratio_low(parts["truth"], parts["members"])
-    out.attrs["method"] = parts["truth"].attrs["method"]
-    return out
+POINT_SCORES = ("crps", "crps_fair", "crps_climatology", "crps_persistence", "crps_ae_ceiling")
+
+
+def _wsum(x: xr.DataArray, w: xr.DataArray, dims: Sequence[Hashable]) -> tuple[xr.DataArray, xr.DataArray]:
+    """``(sum(w x), sum(w))`` over ``dims`` and the points where ``x`` is valid."""
+    return (x.fillna(0.0) * w).sum(list(dims)), (x.notnull() * w).sum(list(dims))
 
 
 def _variable(
     fc: xr.DataArray, obs: xr.DataArray, w: xr.DataArray, baselines: Mapping[str, xr.DataArray | None],
     member_dim: str, level: tuple[str, ...], periodic: Collection[str], spectra: bool,
 ) -> dict[str, xr.Dataset]:
-    """Lazy scores of one variable: {"all": (level), "by_lead": (lead_time, level)} Datasets."""
-    out = {}
-    for part, keep in (("all", level), ("by_lead", (LEAD_DIM, *level))):
-        reduce = [d for d in obs.dims if d not in keep]
-        point = {"crps": crps(fc, obs, member_dim=member_dim),
-                 "crps_fair": crps(fc, obs, fair=True, member_dim=member_dim)}
-        if baselines["climatology"] is not None:
-            point["crps_climatology"] = crps(baselines["climatology"], obs, member_dim=member_dim)
-        for name in ("persistence", "ae_ceiling"):
-            if baselines[name] is not None:
-                point[f"crps_{name}"] = abs(baselines[name] - obs)
-        scores = xr.Dataset({k: _wmean(v, w, reduce) for k, v in point.items()})
-        ss = spread_skill(fc, obs, weights=w, dims=reduce, member_dim=member_dim)
-        scores["rmse"], scores["spread"] = ss["skill"], ss["spread"]
-        scores["spread_skill"] = ss["ratio_corrected"]
-        scores["rank_counts"] = _rank_counts(fc, obs, w, member_dim, reduce)
-        if spectra:
-            spec = _spectra(obs, fc, baselines["ae_ceiling"], w, periodic, keep)
-            scores["spectrum_ratio"] = spec["spectrum_ratio"]
-            if part == "all":
-                out["spectra"] = spec.drop_vars("spectrum_ratio")
-        out[part] = scores
+    """Lazy additive sums of one variable over its cases and cells, per ``(lead_time, [level])``:
+    ``{"sums": numerators and weights, "spectra": weighted spectra}``. Sums of blocks of cases
+    add up to the sums of all of them (:func:`_finish` turns them into scores)."""
+    keep = (LEAD_DIM, *level)
+    reduce = [d for d in obs.dims if d not in keep]
+    point = {"crps": crps(fc, obs, member_dim=member_dim),
+             "crps_fair": crps(fc, obs, fair=True, member_dim=member_dim)}
+    if baselines["climatology"] is not None:
+        point["crps_climatology"] = crps(baselines["climatology"], obs, member_dim=member_dim)
+    for name in ("persistence", "ae_ceiling"):
+        if baselines[name] is not None:
+            point[f"crps_{name}"] = abs(baselines[name] - obs)
+    sums: dict[str, xr.DataArray] = {}
+    for k, v in point.items():
+        sums[f"{k}:num"], sums[f"{k}:den"] = _wsum(v, w, reduce)
+    variance = fc.var(member_dim, ddof=1)
+    error2 = (fc.mean(member_dim) - obs) ** 2
+    valid = error2.notnull() & variance.notnull()
+    sums["spread:num"], sums["spread:den"] = _wsum(variance.where(valid), w, reduce)
+    sums["rmse:num"], _ = _wsum(error2.where(valid), w, reduce)
+    sums["rank_counts"] = _rank_counts(fc, obs, w, member_dim, reduce)
+    out = {"sums": xr.Dataset(sums)}
+    if spectra:
+        parts = {"truth": field_spectrum(obs, weights=w, periodic=periodic, keep=keep),
+                 "members": field_spectrum(fc, weights=w, periodic=periodic, keep=keep)}
+        if baselines["ae_ceiling"] is not None:
+            parts["ae_ceiling"] = field_spectrum(baselines["ae_ceiling"], weights=w, periodic=periodic,
+                                                 keep=keep)
+        # a block's spectra are means over its cases: they combine with the weight of its valid truth
+        _, weight = _wsum(obs, w, reduce)
+        spec = xr.Dataset({k: v * weight for k, v in parts.items()})
+        spec["weight"] = weight
+        spec.attrs["method"] = parts["truth"].attrs["method"]
+        out["spectra"] = spec
     return out
 
 
@@ -253,7 +260,39 @@ def _compute(lazy: dict[str, dict[str, xr.Dataset]]) -> dict[str, dict[str, xr.D
     values = dask.compute(*(lazy[n][part][v] for n, part, v in flat))
     out: dict[str, dict[str, xr.Dataset]] = {n: {} for n in lazy}
     for (n, part, v), value in zip(flat, values, strict=True):
-        out[n].setdefault(part, xr.Dataset(attrs=lazy[n][part].attrs))[v] = value
+        out[n].setdefault(part, xr.Dataset(attrs=lazy[n][part].attrs))[v] = value.astype(np.float64)
+    return out
+
+
+def _add(total: dict[str, dict[str, xr.Dataset]] | None,
+         block: dict[str, dict[str, xr.Dataset]]) -> dict[str, dict[str, xr.Dataset]]:
+    """Block sums added to the running totals (in block order: the same bits every run)."""
+    if total is None:
+        return block
+    return {n: {part: (total[n][part] + sums).assign_attrs(sums.attrs) for part, sums in block[n].items()}
+            for n in block}
+
+
+def _finish(sums: xr.Dataset, members: int) -> xr.Dataset:
+    """Scores from sums (any kept dims): weighted means, RMSE, spread, spread-skill, rank counts."""
+
+    def ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:
+        return (num / den).where(den > 0)
+
+    scores = {k: ratio(sums[f"{k}:num"], sums[f"{k}:den"]) for k in POINT_SCORES if f"{k}:num" in sums}
+    scores["rmse"] = np.sqrt(ratio(sums["rmse:num"], sums["spread:den"]))
+    scores["spread"] = np.sqrt(ratio(sums["spread:num"], sums["spread:den"]))
+    scores["spread_skill"] = scores["spread"] / scores["rmse"] * np.sqrt((members + 1) / members)
+    scores["rank_counts"] = sums["rank_counts"]
+    return xr.Dataset(scores)
+
+
+def _spectra_of(spec: xr.Dataset) -> xr.Dataset:
+    """Weighted spectrum sums -> mean spectra and the spectrum ratio (any kept dims)."""
+    w = spec["weight"]
+    out = xr.Dataset({k: (spec[k] / w).where(w > 0) for k in spec.data_vars if k != "weight"})
+    out["spectrum_ratio"] = spectrum_ratio_low(out["truth"], out["members"])
+    out.attrs["method"] = spec.attrs.get("method")
     return out
 
 
@@ -288,6 +327,7 @@ def evaluate_forecast(
     window_days: float = WINDOW_DAYS,
     domains: Mapping[str, tuple[float | None, float | None]] | None = None,
     diurnal_window: Sequence[float] | None = MORNING,
+    block_inits: int | None = 8,
 ) -> dict[str, Any]:
     """Score an ensemble forecast against the truth and the baselines (schema: module docstring).
 
@@ -315,6 +355,9 @@ def evaluate_forecast(
             a bound gets a ``domain`` entry (:func:`simdiff.evaluate.domain.domain_checks`).
         diurnal_window: the morning (local hours) of the diurnal-cycle check, made for sub-daily
             leads from dated inits (:mod:`simdiff.evaluate.diurnal`); None: no check.
+        block_inits: inits scored per dask pass; the passes' additive sums (weighted score sums
+            and weights, squared errors, variances, rank counts, weighted spectra) are added in
+            order, so memory is bounded by a block whatever the number of cases (None: one pass).
 
     Returns:
         The metrics dict; lazy inputs are computed in one ``dask.compute``.
@@ -350,7 +393,7 @@ def evaluate_forecast(
     }
     ae = None if ae_ceiling is None else truth_at(ae_ceiling[names], init, lead, sample_dim, valid_time=vt)
 
-    lazy: dict[str, dict[str, xr.Dataset]] = {}
+    inputs: dict[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray, dict[str, xr.DataArray | None]]] = {}
     levels: dict[str, tuple[str, ...]] = {}
     domain: dict[str, Any] = {}
     for name in names:
@@ -367,33 +410,52 @@ def evaluate_forecast(
         for k, v in base.items():
             if v is not None:
                 base[k] = xr.align(obs, v, join="override", exclude=[member_dim])[1]
-        lazy[name] = _variable(fc, obs, w, base, member_dim, level, periodic, spectra)
+        inputs[name] = (fc, obs, w, base)
         levels[name] = level
         lo, hi = (domains or {}).get(name, (None, None))
         if lo is not None or hi is not None:
             domain[name] = domain_checks(fc, obs, w, lo, hi, member_dim=member_dim)
-    computed = _compute(lazy)
+    # blocks of inits, each summed in one dask pass, added in order: memory bounded by a block
+    n_init = forecast.sizes[INIT_DIM]
+    step = n_init if not block_inits else max(int(block_inits), 1)
+    totals: dict[str, dict[str, xr.Dataset]] | None = None
+    for start in range(0, n_init, step):
+        cut = {INIT_DIM: slice(start, start + step)}
+        lazy = {}
+        for name, (fc, obs, w, base) in inputs.items():
+            part = {k: None if v is None else v.isel(cut) for k, v in base.items()}
+            lazy[name] = _variable(fc.isel(cut), obs.isel(cut), w, part, member_dim, levels[name], periodic,
+                                   spectra)
+        totals = _add(totals, _compute(lazy))
+    assert totals is not None
 
     leads = [lead_label(v) for v in lead.values]
     variables: dict[str, Any] = {}
     spectra_out: dict[str, Any] = {}
     method = None
     for name in names:
-        parts = computed[name]
+        sums = totals[name]["sums"]
+        by_lead, pooled = _finish(sums, members), _finish(sums.sum(LEAD_DIM), members)
+        spec_lead = spec_all = None
+        if "spectra" in totals[name]:
+            spec_lead = _spectra_of(totals[name]["spectra"])
+            spec_all = _spectra_of(totals[name]["spectra"].sum(LEAD_DIM).assign_attrs(
+                totals[name]["spectra"].attrs))
+            by_lead["spectrum_ratio"] = spec_lead["spectrum_ratio"]
+            pooled["spectrum_ratio"] = spec_all["spectrum_ratio"]
         keys = [(name, {})]
         if levels[name]:
             depth = levels[name][0]
-            every = parts["all"]
-            coord = every[depth].values if depth in every.coords else range(every.sizes[depth])
+            coord = pooled[depth].values if depth in pooled.coords else range(pooled.sizes[depth])
             keys = [(f"{name}@{format_level(c)}", {depth: i}) for i, c in enumerate(coord)]
         for key, where in keys:
-            entry = _entry(parts["all"].isel(where))
+            entry = _entry(pooled.isel(where))
             entry["by_lead"] = {
-                label: _entry(parts["by_lead"].isel({**where, LEAD_DIM: j})) for j, label in enumerate(leads)
+                label: _entry(by_lead.isel({**where, LEAD_DIM: j})) for j, label in enumerate(leads)
             }
             variables[key] = entry
-            if "spectra" in parts:
-                spec = parts["spectra"].isel(where)
+            if spec_all is not None:
+                spec = spec_all.drop_vars("spectrum_ratio").isel(where)
                 method = spec.attrs.get("method")
                 spectra_out[key] = {"wavenumber": np.asarray(spec[WAVENUMBER].values, dtype=float).tolist(),
                                     **{k: [_json_float(v) for v in spec[k].values] for k in spec.data_vars}}

@@ -33,6 +33,7 @@ class Scoring:
     spectra: bool = True
     diurnal: bool = True
     diurnal_window: tuple[float, float] = (6.0, 12.0)
+    block_inits: int | None = 8
 
 
 def ae_ceiling(run: RunDir, store: TrainingStore, indices: np.ndarray) -> xr.Dataset | None:
@@ -81,6 +82,7 @@ def score_forecast(run: RunDir, forecast: xr.Dataset, scoring: Scoring, seed: in
         window_days=float(scoring.climatology_window_days),
         spectra=scoring.spectra,
         diurnal_window=tuple(scoring.diurnal_window) if scoring.diurnal else None,
+        block_inits=scoring.block_inits,
         domains={name: domain_of(t) for name, t in store.transforms.items()},
     )
     clim = metrics["baselines"]["climatology"]

@@ -206,3 +206,14 @@ def test_augmented_memorisation_and_distances():
     assert a["variables"]["q@2"]["wasserstein1"] > 0.0
     assert set(b["variables"]["q@1"]["quantiles"]) == {"q", "synthetic", "test"}
 
+
+
+def test_blocks_of_inits_give_the_one_pass_scores() -> None:
+    """Scores summed block by block (7 inits a pass, the last block short) equal one pass over
+    all 40 inits: every score, rank histogram and spectrum, pooled and by lead."""
+    forecast, truth = perfect_case()
+    train = truth.isel(time=slice(50, None))
+    one = evaluate_forecast(forecast, truth, train=train, periodic={"x", "y"}, block_inits=None)
+    blocks = evaluate_forecast(forecast.chunk({"init_time": 3}), truth, train=train, periodic={"x", "y"},
+                               block_inits=7)
+    assert _close(one, blocks)
