@@ -93,7 +93,7 @@ class Run:
         guidance: float = 1.0,
         guided: Sequence[str] = GUIDED,
         batch_invariant: bool = True,
-        member_group: int = 1,
+        member_group: int = 10,
     ) -> SamplerSpec:
         """How to sample: ``sampler`` (a function of :mod:`simdiff.diffusion.samplers`, default
         Heun without churn, as ``conf/sampler/heun.yaml``) over ``steps`` Karras noise levels;
