@@ -92,7 +92,7 @@ from simdiff.metrics.crps import crps
 from simdiff.metrics.distribution import quantiles, wasserstein1
 from simdiff.metrics.memorisation import memorisation
 from simdiff.metrics.spectra import WAVENUMBER, field_spectrum, spectrum_ratio_low
-from simdiff.metrics.weighting import weighted_mean
+from simdiff.metrics.weighting import weighted_sums
 
 RANK = "rank"
 JSON_NAME = "metrics.json"
@@ -143,11 +143,6 @@ def _rank_counts(forecast: xr.DataArray, truth: xr.DataArray, weights: xr.DataAr
         dask_gufunc_kwargs={"output_sizes": {RANK: forecast.sizes[member_dim] + 1}, "allow_rechunk": True},
     )
     return counts.sum(list(reduce))
-
-
-def _wmean(x: xr.DataArray, weights: xr.DataArray, dims: Sequence[Hashable]) -> xr.DataArray:
-    """Weighted mean over ``dims``, NaN points and their weights left out."""
-    return weighted_mean(x, weights, dims)
 
 
 def _cell_weights(field: xr.DataArray, weights: xr.DataArray | None) -> xr.DataArray:
@@ -204,11 +199,6 @@ def _check(forecast: xr.Dataset, truth: xr.Dataset, member_dim: str, sample_dim:
 POINT_SCORES = ("crps", "crps_fair", "crps_climatology", "crps_persistence", "crps_ae_ceiling")
 
 
-def _wsum(x: xr.DataArray, w: xr.DataArray, dims: Sequence[Hashable]) -> tuple[xr.DataArray, xr.DataArray]:
-    """``(sum(w x), sum(w))`` over ``dims`` and the points where ``x`` is valid."""
-    return (x.fillna(0.0) * w).sum(list(dims)), (x.notnull() * w).sum(list(dims))
-
-
 def _variable(
     fc: xr.DataArray, obs: xr.DataArray, w: xr.DataArray, baselines: Mapping[str, xr.DataArray | None],
     member_dim: str, level: tuple[str, ...], periodic: Collection[str], spectra: bool,
@@ -227,12 +217,12 @@ def _variable(
             point[f"crps_{name}"] = abs(baselines[name] - obs)
     sums: dict[str, xr.DataArray] = {}
     for k, v in point.items():
-        sums[f"{k}:num"], sums[f"{k}:den"] = _wsum(v, w, reduce)
+        sums[f"{k}:num"], sums[f"{k}:den"] = weighted_sums(v, w, reduce)
     variance = fc.var(member_dim, ddof=1)
     error2 = (fc.mean(member_dim) - obs) ** 2
     valid = error2.notnull() & variance.notnull()
-    sums["spread:num"], sums["spread:den"] = _wsum(variance.where(valid), w, reduce)
-    sums["rmse:num"], _ = _wsum(error2.where(valid), w, reduce)
+    sums["spread:num"], sums["spread:den"] = weighted_sums(variance.where(valid), w, reduce)
+    sums["rmse:num"], _ = weighted_sums(error2.where(valid), w, reduce)
     sums["rank_counts"] = _rank_counts(fc, obs, w, member_dim, reduce)
     out = {"sums": xr.Dataset(sums)}
     if spectra:
@@ -242,7 +232,7 @@ def _variable(
             parts["ae_ceiling"] = field_spectrum(baselines["ae_ceiling"], weights=w, periodic=periodic,
                                                  keep=keep)
         # a block's spectra are means over its cases: they combine with the weight of its valid truth
-        _, weight = _wsum(obs, w, reduce)
+        _, weight = weighted_sums(obs, w, reduce)
         spec = xr.Dataset({k: v * weight for k, v in parts.items()})
         spec["weight"] = weight
         spec.attrs["method"] = parts["truth"].attrs["method"]

@@ -16,11 +16,18 @@ import xarray as xr
 Data = xr.DataArray | xr.Dataset
 
 
+def weighted_sums(
+    x: Data, weights: xr.DataArray, dims: Sequence[Hashable] | None = None
+) -> tuple[Data, Data]:
+    """``(sum(w x), sum(w))`` over ``dims`` (default: the weights' dims) and the points where
+    ``x`` is valid (NaN weights count as 0). Sums of disjoint blocks add up to the whole's."""
+    dims = list(weights.dims) if dims is None else list(dims)
+    w = weights.fillna(0.0)
+    return (x.fillna(0.0) * w).sum(dims), (x.notnull() * w).sum(dims)
+
+
 def weighted_mean(x: Data, weights: xr.DataArray, dims: Sequence[Hashable] | None = None) -> Data:
     """Mean of ``x`` over ``dims`` (default: the weights' dims) with ``weights``, NaN points and
     their weights left out; NaN where no valid point has weight."""
-    dims = list(weights.dims) if dims is None else list(dims)
-    w = weights.fillna(0.0)
-    num = (x.fillna(0.0) * w).sum(dims)
-    den = (x.notnull() * w).sum(dims)
+    num, den = weighted_sums(x, weights, dims)
     return (num / den).where(den != 0)
