@@ -139,9 +139,9 @@ def rollout(
     if size == 1:
         return _rollout(model, decoder, spec, window, conditions, members, init, leads, seed, keep_latents)
     rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    batched = replace(spec, row_by_row=False)
     for g in sorted({int(m) // size for m in members}):  # whole fixed groups, batched; keep those asked for
         ids = list(range(g * size, (g + 1) * size))
-        batched = replace(spec, row_by_row=False)
         f, z = _rollout(model, decoder, batched, window, conditions, ids, init, leads, seed, keep_latents)
         for j, m in enumerate(ids):
             rows[m] = (f[j], None if z is None else z[j])

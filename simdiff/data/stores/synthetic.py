@@ -29,16 +29,20 @@ class Arranged:
 
     Attributes:
         field: the samples, in their new order (the sample coordinate renumbered 0..n-1 when
-            states were copied to head pairs).
-        synthetic: ``(n)`` True for a generated sample.
+            states were copied to head pairs), with their ``synthetic`` flags.
         head: ``(n)`` True for a copy of a real state heading a pair.
         pairs: the number of (state, next state) pairs.
     """
 
     field: Field
-    synthetic: np.ndarray
     head: np.ndarray
     pairs: int
+
+    @property
+    def synthetic(self) -> np.ndarray:
+        """``(n)`` True for a generated sample (the field's flags)."""
+        assert self.field.synthetic is not None
+        return np.asarray(self.field.synthetic.values, dtype=bool)
 
 
 def arrange(field: Field) -> Arranged | None:
@@ -51,7 +55,7 @@ def arrange(field: Field) -> Arranged | None:
     source = (np.full(n, -1, np.int64) if field.pair_source is None
               else np.asarray(field.pair_source.values, dtype=np.int64))
     if not (source >= 0).any():
-        return Arranged(field, fake, np.zeros(n, bool), 0)
+        return Arranged(field, np.zeros(n, bool), 0)
     order: list[int] = [int(i) for i in np.flatnonzero(~fake)]
     head: list[bool] = [False] * len(order)
     for k in np.flatnonzero(fake):
@@ -70,4 +74,4 @@ def arrange(field: Field) -> Arranged | None:
         conditions = conditions.assign_coords(renumber)
     flags = xr.DataArray(fake[idx], dims=(sdim,))
     out = replace(field, data=data, conditions=conditions, synthetic=flags, pair_source=None)
-    return Arranged(out, fake[idx], np.asarray(head), int((source >= 0).sum()))
+    return Arranged(out, np.asarray(head), int((source >= 0).sum()))
