@@ -21,6 +21,10 @@ stop() {  # stop NAME PIDFILE: TERM, then KILL after 10 s
   rm -f "$pidfile"
 }
 
+# Jobs first, so that none is left in the controller's saved state (slurm-up starts clean anyway).
+if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+  SLURM_CONF="$dir/slurm.conf" timeout 20 scancel --partition=debug >/dev/null 2>&1 || true
+fi
 stop slurmd "$dir/slurmd.pid"
 stop slurmctld "$dir/slurmctld.pid"
 if [ -s "$dir/munged.started" ]; then

@@ -9,7 +9,8 @@
 #
 # Environment: SIMDIFF_SLURM_DIR (state folder: slurm.conf, logs, PID files, spool; default
 # /tmp/simdiff-slurm), SIMDIFF_SLURM_TIMEOUT (seconds to wait for the node, default 60).
-# Run as root (slurmd is root's). Running it again while the cluster is up does nothing.
+# Run as root (slurmd is root's). Running it again while the cluster is up does nothing; a new
+# start forgets the jobs of an earlier cluster in the same folder.
 # One node, `localhost`, with this machine's CPUs and memory (slurmd -C), one partition `debug`,
 # no accounting (submitit then warns "bypassing sacct" on each poll, and works), no cgroups.
 set -euo pipefail
@@ -121,7 +122,9 @@ KillWait=10
 NodeName=localhost NodeAddr=127.0.0.1 $hw State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
-  slurmctld -f "$conf"
+  # -c: no jobs recovered from an earlier cluster in this folder (a job left pending by a test
+  # that was killed would otherwise take the node as soon as it is up).
+  slurmctld -c -f "$conf"
 fi
 if ! alive "$dir/slurmd.pid"; then
   slurmd -f "$conf" -N localhost

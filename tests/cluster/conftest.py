@@ -45,15 +45,25 @@ def slurm_env() -> dict[str, str]:
     env = slurm_environ()
     if shutil.which("sinfo") is None:
         _no_cluster("no SLURM here: sinfo not found")
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        _no_cluster("no SLURM here: sinfo did not answer in 10 s")
-    states = out.stdout.split()
-    if out.returncode != 0 or not {"idle", "mixed"} & set(states):
-        _no_cluster(f"no SLURM node to run on: sinfo exit {out.returncode}, node states {states}, "
-                    f"{out.stderr.strip()[-300:]}")
-    return env
+    # A node busy with someone else's jobs may free up: wait for it a while, not forever.
+    deadline = time.monotonic() + float(os.environ.get("SIMDIFF_SLURM_WAIT", "120"))
+    while True:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True,
+                                 timeout=10)
+        except subprocess.TimeoutExpired:
+            _no_cluster("no SLURM here: sinfo did not answer in 10 s")
+        states = out.stdout.split()
+        if out.returncode == 0 and {"idle", "mixed"} & set(states):
+            return env
+        busy = {"allocated", "completing"} & set(states)
+        if out.returncode != 0 or not busy or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    queue = subprocess.run(["squeue", "-h", "-o", "%i %j %T %M"], env=env, capture_output=True, text=True,
+                           timeout=10).stdout.strip().replace("\n", "; ")
+    _no_cluster(f"no SLURM node to run on: sinfo exit {out.returncode}, node states {states}, "
+                f"jobs in the queue: [{queue[-300:]}], {out.stderr.strip()[-300:]}")
 
 
 def job_fields(job: str, env: dict[str, str]) -> dict[str, str]:
