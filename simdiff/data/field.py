@@ -46,6 +46,11 @@ class Field:
             (in this field) of the real state it was drawn from, else -1; or None.
             ``prepare`` writes each such sample right after a copy of its source state, as a
             (state, next state) pair (:mod:`simdiff.data.stores.synthetic`).
+        reference: per-sample reference fields of some variables (same name, same dims), or
+            None. A variable with one is modelled relative to it, ``T(x) - T(reference)``
+            (:func:`simdiff.data.stores.stats.relative`): a molecule's density relative to its
+            promolecule (the free atoms at the same geometry), which carries the nuclear cusps
+            a smooth autoencoder cannot. The training store keeps it beside ``data``.
     """
 
     data: xr.Dataset
@@ -54,6 +59,7 @@ class Field:
     sources: tuple[str, ...] = ()
     synthetic: xr.DataArray | None = None
     pair_source: xr.DataArray | None = None
+    reference: xr.Dataset | None = None
 
     def __post_init__(self) -> None:
         if not self.data.data_vars:
@@ -85,6 +91,12 @@ class Field:
                                            or self.synthetic.dtype != bool):
             raise ValueError(f"Field.synthetic must be bool over ({dims[0]!r},), got "
                              f"{self.synthetic.dtype} over {tuple(self.synthetic.dims)}")
+
+        for name, var in (self.reference.data_vars.items() if self.reference is not None else ()):
+            if name not in self.data.data_vars or tuple(var.dims) != dims:
+                raise ValueError(f"Field.reference[{name!r}] must be a reference for a variable of the same "
+                                 f"dims {dims}; got dims {tuple(var.dims)}, variables "
+                                 f"{list(self.data.data_vars)}")
 
     @property
     def dims(self) -> tuple[str, ...]:

@@ -61,7 +61,7 @@ import xarray as xr
 import zarr
 
 from simdiff.base.errors import DataError
-from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.stats import denormalise, to_physical
 from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Bounded, Transform
 from simdiff.diffusion.denoiser import ConditionalDenoiser
@@ -235,14 +235,11 @@ def draw_candidates(
     return decoder(x, spec.row_by_row, gens).float().cpu().numpy()
 
 
-def physical(fields: np.ndarray, store: TrainingStore) -> xr.Dataset:
-    """Normalised fields (B, C, [D], Y, X) -> one variable per source variable (B, [D], Y, X)."""
-    src = store.dataset()
-    dims = store.layout.data_dims
-    data = xr.DataArray(fields, dims=dims, coords={"channel": src["channel"]})
-    ds = xr.Dataset({"data": data, "mean": src["mean"], "std": src["std"], "mask": src["mask"]},
-                    attrs=src.attrs)
-    return denormalise(ds).load()
+def physical(fields: np.ndarray, store: TrainingStore, rows: np.ndarray | None = None) -> xr.Dataset:
+    """Normalised fields (B, C, [D], Y, X) -> one variable per source variable (B, [D], Y, X);
+    ``rows`` (B): the store sample each stands for, whose reference field it is relative to
+    (needed by a store with references only)."""
+    return to_physical(fields, store.layout.data_dims, store.dataset(), rows).load()
 
 
 # -- the store ------------------------------------------------------------------------------

@@ -238,10 +238,12 @@ class Run:
         return out
 
     # -- the autoencoder -------------------------------------------------------------------
-    def encode(self, ds: xr.Dataset) -> xr.DataArray:
+    def encode(self, ds: xr.Dataset, rows: Sequence[int] | None = None) -> xr.DataArray:
         """Physical fields (the store's variables, one per data variable; a sample dim first)
-        -> standardised latents ``(sample, latent_channel, [d], h, w)``, as ``latents.zarr`` holds."""
-        from simdiff.data.stores.stats import normalise
+        -> standardised latents ``(sample, latent_channel, [d], h, w)``, as ``latents.zarr`` holds.
+        ``rows``: the store sample each field stands for, where the store models a variable
+        relative to per-sample reference fields (molecules: the promolecule of its geometry)."""
+        from simdiff.data.stores.stats import normalise, store_reference
 
         src = self.store.dataset()
         names = self.store.variables
@@ -249,8 +251,13 @@ class Run:
         if missing:
             raise DataError(f"encode: the dataset lacks {missing}; it needs {names}")
         n = ds[names[0]].shape[0]  # prepare's normalisation, the store's own statistics
+        if "reference" in src and (rows is None or len(rows) != n):
+            raise DataError(f"encode: {self.store.path} models {list(src['reference_channel'].values)} "
+                            "relative to per-sample reference fields; pass rows= (the store sample of each "
+                            f"of the {n} fields)")
         fields = normalise(ds[names], src[["mean", "std"]], src["mask"], self.store.transforms,
-                           block_samples=n)
+                           block_samples=n,
+                           reference=None if rows is None else store_reference(src, np.asarray(rows)))
         x = torch.from_numpy(np.asarray(fields.values, dtype=np.float32)).to(self.device)
         with torch.no_grad():
             mu = self.autoencoder.encode(x).float().cpu().numpy()
@@ -266,11 +273,16 @@ class Run:
             name="latents",
         )
 
-    def decode(self, latents: xr.DataArray | np.ndarray) -> xr.Dataset:
-        """Standardised latents ``(sample, c, [d], h, w)`` -> the decoder's mean fields, physical units."""
+    def decode(self, latents: xr.DataArray | np.ndarray, rows: Sequence[int] | None = None) -> xr.Dataset:
+        """Standardised latents ``(sample, c, [d], h, w)`` -> the decoder's mean fields, physical
+        units; ``rows`` as in :meth:`encode` (stores with reference fields only)."""
         z = torch.from_numpy(np.asarray(latents, dtype=np.float32)).to(self.device)
         decoder = self.models(0).decoder
-        return physical(decoder(z).float().cpu().numpy(), self.store)
+        try:
+            return physical(decoder(z).float().cpu().numpy(), self.store,
+                            None if rows is None else np.asarray(rows))
+        except ValueError as err:
+            raise DataError(f"decode: {err}") from None
 
     # -- scoring ---------------------------------------------------------------------------
     def evaluate(self, forecast: xr.Dataset, *, seed: int = 0, **scoring: Any) -> dict[str, Any]:

@@ -179,7 +179,7 @@ class AugmentJob:
         """Merged real samples: the training store's fields in physical units, with their conditions."""
         index = self.real[np.asarray(rows)]
         fields = np.stack([np.asarray(self.store.data[int(i)]) for i in index])
-        phys = physical(fields, self.store)
+        phys = physical(fields, self.store, index)
         conds = self._conditions_at(index)
         out = {}
         for j, pos in enumerate(rows):
@@ -220,7 +220,7 @@ class AugmentJob:
                 round_=r,
                 seed=self.seed,
             )
-            phys = physical(fields, self.store)
+            phys = physical(fields, self.store, sources + 1 if previous else sources)
             bad = self.filt.reasons(phys, self.bounds, mask, transforms, sdim).values
             keep: dict[int, dict[str, Any]] = {}
             still = []

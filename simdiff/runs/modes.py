@@ -30,7 +30,7 @@ import xarray as xr
 from simdiff.base.errors import DataError
 from simdiff.data.loading.loader import contiguous_runs, window_targets
 from simdiff.data.stores.latents import LatentStore
-from simdiff.data.stores.stats import denormalise
+from simdiff.data.stores.stats import to_physical
 from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.noise import SAMPLE_INIT
 from simdiff.generate.output import missing, write_block
@@ -66,10 +66,12 @@ class Generation:
         return self.store.dataset()
 
     def draw(
-        self, conditions: dict[str, torch.Tensor], members: list[int], init: int = SAMPLE_INIT
+        self, conditions: dict[str, torch.Tensor], members: list[int], rows: np.ndarray,
+        init: int = SAMPLE_INIT,
     ) -> xr.Dataset:
         """Independent draws ``members`` for ``conditions`` (noise keyed by ``init``):
-        ``(realization, [D], Y, X)`` per variable, physical."""
+        ``(realization, [D], Y, X)`` per variable, physical; ``rows``: the store sample whose
+        conditions (and reference field, if the store has one) each member takes."""
         fields = draw_samples(
             self.models.model,
             self.models.decoder,
@@ -80,17 +82,17 @@ class Generation:
             seed=self.seed,
             init=init,
         )
-        return self.physical(fields, members, ("realization", "channel", *self.store.layout.spatial_dims))
+        return self.physical(fields, members, ("realization", "channel", *self.store.layout.spatial_dims),
+                             rows)
 
-    def physical(self, fields: np.ndarray, members: Sequence[int], dims: tuple[str, ...]) -> xr.Dataset:
-        """Normalised fields (B, [L,] C, [D], Y, X) -> physical Dataset per variable, masked cells NaN."""
-        src = self.source
-        data = xr.DataArray(fields, dims=dims, coords={"channel": src["channel"]})
-        ds = xr.Dataset(
-            {"data": data, "mean": src["mean"], "std": src["std"], "mask": src["mask"]}, attrs=src.attrs
-        )
+    def physical(
+        self, fields: np.ndarray, members: Sequence[int], dims: tuple[str, ...], rows: np.ndarray
+    ) -> xr.Dataset:
+        """Normalised fields (B, [L,] C, [D], Y, X) -> physical Dataset per variable, masked cells
+        NaN; ``rows`` (B, [L]): the store sample each field stands for (its reference field)."""
         realization = np.asarray(members, dtype=np.int32)
-        return denormalise(ds).assign_coords(realization=("realization", realization))
+        return to_physical(fields, dims, self.source, rows).assign_coords(
+            realization=("realization", realization))
 
 
 def without_previous(gen: Generation, what: str) -> None:
@@ -220,8 +222,10 @@ class Forecast:
             leads=int(self.lead_steps),
             seed=gen.seed,
         )
+        leads = int(self.lead_steps)
+        rows = np.broadcast_to(np.arange(init + 1, init + leads + 1), (len(members), leads))
         return gen.physical(
-            fields, members, ("realization", "lead_time", "channel", *gen.store.layout.spatial_dims)
+            fields, members, ("realization", "lead_time", "channel", *gen.store.layout.spatial_dims), rows
         )
 
     def _conditions(self, gen: Generation, init: int) -> dict[str, torch.Tensor]:
@@ -268,7 +272,7 @@ class Sample:
         pool = gen.latents.indices(self.split)
         rows = pool[np.asarray(members) % len(pool)] if len(pool) else np.zeros(0, np.int64)
         conds = {n: torch.from_numpy(np.asarray(v[rows])) for n, v in gen.conditions.items()}
-        return gen.draw(conds, members)
+        return gen.draw(conds, members, rows)
 
     @staticmethod
     def write(target: Path, block: xr.Dataset, init: int) -> None:
@@ -326,7 +330,7 @@ class Conditional:
         """Members ``members`` for the conditions of sample ``init``: ``(realization, [D], Y, X)``."""
         conds = {n: torch.from_numpy(np.repeat(np.asarray(v[init : init + 1]), len(members), axis=0))
                  for n, v in gen.conditions.items()}
-        return gen.draw(conds, members, init)
+        return gen.draw(conds, members, np.full(len(members), init), init)
 
     @staticmethod
     def write(target: Path, block: xr.Dataset, init: int) -> None:

@@ -39,10 +39,10 @@ from simdiff.data.stores.chunking import samples_per_chunk, task_mb, work_sample
 from simdiff.data.stores.cluster import Cluster, dask_client
 from simdiff.data.stores.progress import RichDaskProgress
 from simdiff.data.stores.split import block_ids, split_labels
-from simdiff.data.stores.stats import compute_statistics, normalise
+from simdiff.data.stores.stats import compute_statistics, normalise, referenced
 from simdiff.data.stores.synthetic import arrange
 from simdiff.data.stores.training import FORMAT_VERSION, SPLITS, STORE_KIND, StoreLayout
-from simdiff.data.transforms import Transform
+from simdiff.data.transforms import Bounded, Transform
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,35 @@ def _conditions(field: Field, origin: str) -> dict[str, xr.DataArray]:
     return out
 
 
+def _check_reference(field: Field, origin: str, transforms: Mapping[str, Transform]) -> None:
+    """Refuse (before anything is computed) a reference field outside its variable's domain."""
+    for name in referenced(field.data, field.reference):
+        t = transforms.get(name)
+        if isinstance(t, Bounded):
+            assert field.reference is not None
+            bad = int(t.invalid(field.reference[name]).sum())
+            if bad:
+                raise DataError(f"{origin}: the reference field of {name!r} has {bad} values outside the "
+                                f"domain of its transform {t!r}; a reference must be a valid {name!r}")
+
+
+def _reference(field: Field) -> dict[str, xr.DataArray]:
+    """``reference (S, reference_channel, [D], Y, X)`` float32 in physical units, for the
+    variables the field models relative to a reference (none: no array)."""
+    names = referenced(field.data, field.reference)
+    if not names:
+        return {}
+    assert field.reference is not None
+    sdim = field.sample_dim
+    ref = xr.concat([field.reference[n].astype(np.float32) for n in names], dim="reference_channel")
+    ref = ref.transpose(sdim, "reference_channel", *field.spatial_dims)
+    ref = ref.drop_vars(list(ref.coords)).assign_coords(
+        reference_channel=xr.Variable("reference_channel", np.array(names, dtype=object)))
+    return {"reference": ref.assign_attrs(
+        long_name="per-sample reference field (physical units): data holds the variable relative to it, "
+                  "(T(x) - T(reference) - mean) / std")}
+
+
 def write_training_store(
     field: Field,
     path: str | Path,
@@ -201,6 +230,7 @@ def write_training_store(
     arranged = arrange(field)  # an augmented store: synthetic samples, (state, next state) pairs
     if arranged is not None:
         field, fake, head = arranged.field, arranged.synthetic, arranged.head
+    _check_reference(field, origin, transforms)
     names = field.variables
     data = field.data
     sdim = field.sample_dim
@@ -230,9 +260,10 @@ def write_training_store(
         with _progress(options.progress and options.cluster is None, "prepare: statistics"):
             stats = compute_statistics(
                 data, mask, split, transforms, block_samples=block, origin=origin,
-                pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS,
+                pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS, reference=field.reference,
             )
-        normed = normalise(data, stats, mask, transforms, block_samples=block).chunk({"channel": -1})
+        normed = normalise(data, stats, mask, transforms, block_samples=block,
+                           reference=field.reference).chunk({"channel": -1})
 
         coords = {d: _plain_coord(data[d]) for d in (sdim, *field.spatial_dims) if d in data.coords}
         coords["channel"] = xr.Variable("channel", np.array(names, dtype=object))
@@ -258,6 +289,7 @@ def write_training_store(
                 "split": split.drop_vars(list(split.coords)),
                 "block": blocks.drop_vars(list(blocks.coords)),
                 **_conditions(field, origin),
+                **_reference(field),
             },
             coords=coords,
         )
@@ -276,6 +308,10 @@ def write_training_store(
             ds.attrs["synthetic_pairs"] = arranged.pairs
         chunks = (k, len(names), *(data.sizes[d] for d in field.spatial_dims))
         encoding = {"data": {"chunks": chunks, "compressors": (options.compressor(),)}}
+        if "reference" in ds:
+            ds["reference"] = ds["reference"].chunk({sdim: k, "reference_channel": -1})
+            encoding["reference"] = {"chunks": (k, ds.sizes["reference_channel"], *chunks[2:]),
+                                     "compressors": (options.compressor(),)}
 
         tmp = scratch_dir(path)
         try:

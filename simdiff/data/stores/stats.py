@@ -18,6 +18,7 @@ Normalised values are ``z = (T(x) - mean) / std`` at valid cells and 0 at masked
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 import dask
 import dask.array as da
@@ -26,6 +27,8 @@ import xarray as xr
 
 from simdiff.base.errors import DataError
 from simdiff.data.transforms import Bounded, Identity, Transform, from_spec
+
+A = TypeVar("A")
 
 #: A variable whose std is below this fraction of |mean| is constant up to float32 rounding.
 CONSTANT_RTOL = 1e-7
@@ -38,10 +41,13 @@ def transform_of(transforms: Mapping[str, Transform], name: str) -> Transform:
     return transforms.get(name, Identity())
 
 
-def _sample_moments(raw: np.ndarray, mask: np.ndarray, transform: Transform) -> np.ndarray:
+def _sample_moments(
+    raw: np.ndarray, mask: np.ndarray, transform: Transform, ref: np.ndarray | None = None
+) -> np.ndarray:
     """Per sample and level: [mean, M2, #non-finite, #out-of-domain] over valid cells.
 
-    raw: (k, D, Y, X); mask: (D, Y, X) bool. Returns float64 (k, 4, D). One sample at a time,
+    raw: (k, D, Y, X); mask: (D, Y, X) bool; ref: (k, D, Y, X) the samples' reference fields
+    (moments of ``T(raw) - T(ref)``) or None. Returns float64 (k, 4, D). One sample at a time,
     so the float64 temporaries stay the size of one sample.
     """
     n = mask.sum(axis=(-2, -1)).astype(np.float64)  # (D,)
@@ -54,6 +60,8 @@ def _sample_moments(raw: np.ndarray, mask: np.ndarray, transform: Transform) -> 
         # Masked cells may hold anything (NaN, fill values); they are discarded below.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             t = np.where(mask, transform.forward(x.astype(np.float64)), 0.0)
+            if ref is not None:
+                t -= np.where(mask, transform.forward(ref[i].astype(np.float64)), 0.0)
             mean = t.sum(axis=(-2, -1)) / n
             t -= mean[:, None, None]
         t[~np.broadcast_to(mask, t.shape)] = 0.0
@@ -85,8 +93,13 @@ def compute_statistics(
     block_samples: int,
     origin: str = "the field",
     pool_depth: bool = False,
+    reference: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Mean and std of each transformed variable per level over the train split's valid cells.
+
+    A variable with a per-sample reference field (``reference[name]``, e.g. a molecule's
+    promolecular density) is modelled relative to it: its moments are those of
+    ``T(x) - T(reference)`` (:func:`relative`).
 
     Pressure levels get their own statistics (z at 200 hPa and at 850 hPa differ by an order
     of magnitude); with ``pool_depth`` every level shares one mean and std, as a voxel grid's
@@ -117,12 +130,14 @@ def compute_statistics(
         x = da.asarray(data[name].data)
         x = x.rechunk((block_samples, *(-1,) * (x.ndim - 1)))
         x = x if depth else x[:, None]  # (S, D', Y, X)
+        ref = _reference_blocks(reference, name, x.chunks)
         lazy.append(
             da.map_blocks(
                 _sample_moments,
                 x,
                 mask3,
                 transform_of(transforms, name),
+                *(() if ref is None else (ref,)),
                 dtype=np.float64,
                 chunks=(x.chunks[0], (4,), (mask3.shape[0],)),
                 drop_axis=3,
@@ -197,12 +212,35 @@ def compute_statistics(
     )
 
 
+def referenced(data: xr.Dataset, reference: xr.Dataset | None) -> list[str]:
+    """The variables of ``data`` that have a reference field (in ``data``'s order)."""
+    return [] if reference is None else [str(n) for n in data.data_vars if n in reference.data_vars]
+
+
+def _reference_blocks(reference: xr.Dataset | None, name: str, chunks: tuple) -> da.Array | None:
+    """``reference[name]`` as float32 (as the store keeps it), chunked like its variable."""
+    if reference is None or name not in reference.data_vars:
+        return None
+    ref = da.asarray(reference[name].data).astype(np.float32)
+    ref = ref if ref.ndim == len(chunks) else ref[:, None]
+    return ref.rechunk(chunks)
+
+
+def relative(transform: Transform, t: A, ref: A) -> A:
+    """``t - T(ref)``: a transformed value relative to the transformed reference."""
+    return t - transform.forward(ref)  # type: ignore[operator,return-value]
+
+
 def _normalise_block(
-    raw: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray, transform: Transform
+    raw: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray, transform: Transform,
+    ref: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(k, [D], Y, X) raw -> float32 ``(T(raw) - mean) / std``, 0 at masked cells."""
+    """(k, [D], Y, X) raw -> float32 ``(T(raw) [- T(ref)] - mean) / std``, 0 at masked cells."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # masked cells only
-        z = (transform.forward(raw) - mean) / std
+        t = transform.forward(raw)
+        if ref is not None:
+            t = relative(transform, t, ref.astype(np.float64))
+        z = (t - mean) / std
     return np.where(mask, z, 0).astype(np.float32)
 
 
@@ -213,10 +251,12 @@ def normalise(
     transforms: Mapping[str, Transform],
     *,
     block_samples: int,
+    reference: xr.Dataset | None = None,
 ) -> xr.DataArray:
     """Lazy normalised array ``(S, channel, [D], Y, X)`` float32, 0 at masked cells.
 
-    Uses the float32 mean/std exactly as they are stored, so :func:`denormalise` inverts it.
+    Uses the float32 mean/std exactly as they are stored, so :func:`denormalise` inverts it;
+    a variable with a reference field is normalised relative to it (:func:`relative`).
     """
     names = [str(v) for v in data.data_vars]
     mean32 = stats["mean"].astype(np.float32)
@@ -228,9 +268,11 @@ def normalise(
         x = x.rechunk((block_samples, *(-1,) * (x.ndim - 1)))
         m = mean32.sel(channel=name).values.reshape((-1, *spatial) if mask.ndim == 3 else ())
         s = std32.sel(channel=name).values.reshape((-1, *spatial) if mask.ndim == 3 else ())
+        ref = _reference_blocks(reference, name, x.chunks)
         parts.append(
             da.map_blocks(
-                _normalise_block, x, mask.values, m, s, transform_of(transforms, name), dtype=np.float32
+                _normalise_block, x, mask.values, m, s, transform_of(transforms, name),
+                *(() if ref is None else (ref,)), dtype=np.float32,
             )
         )
     first = data[names[0]]
@@ -247,7 +289,9 @@ def denormalise(store: xr.Dataset) -> xr.Dataset:
         store: a Dataset with ``data`` ``(S, channel, [D], Y, X)``, ``mean``/``std``
             ``(channel, [D])``, ``mask`` ``([D], Y, X)`` and the store attrs ``transforms``
             and ``variables`` (e.g. ``TrainingStore.dataset()``, or generated samples put in
-            its place).
+            its place); and ``reference`` ``(S, reference_channel, [D], Y, X)`` where the
+            store models variables relative to per-sample reference fields (its sample dims
+            those of ``data``).
 
     Returns:
         One variable per channel, dims ``(S, [D], Y, X)``, with the source's attrs.
@@ -261,7 +305,50 @@ def denormalise(store: xr.Dataset) -> xr.Dataset:
         t = z * store["std"].sel(channel=c, drop=True) + store["mean"].sel(channel=c, drop=True)
         transform = (from_spec(specs[name], source=str(store.encoding.get("source", "the store's attrs")),
                                key=f"transforms.{name}") if name in specs else Identity())
+        if "reference" in store and name in store["reference_channel"].values:
+            ref = store["reference"].sel(reference_channel=name, drop=True).astype(np.float64)
+            t = t + transform.forward(ref)
         x = transform.inverse(t).where(store["mask"])
         x.attrs = dict(variables.get(name, {}))
         out[name] = x
     return xr.Dataset(out)
+
+
+def to_physical(
+    fields: np.ndarray, dims: tuple[str, ...], store: xr.Dataset, rows: np.ndarray | None = None
+) -> xr.Dataset:
+    """Normalised model output -> physical Dataset per variable (masked cells NaN), with the
+    statistics of ``store`` (a training store's Dataset).
+
+    Args:
+        fields: ``(B, [L,] C, [D], Y, X)`` normalised fields.
+        dims: their dims (``channel`` among them).
+        store: ``mean``, ``std``, ``mask``, the attrs, and ``reference`` where the store models
+            variables relative to per-sample reference fields.
+        rows: the store sample each field belongs to, shaped like the dims before ``channel``
+            (whose reference it is drawn against); needed only by a store with references.
+    """
+    data = xr.DataArray(fields, dims=dims, coords={"channel": store["channel"]})
+    parts = {"data": data, "mean": store["mean"], "std": store["std"], "mask": store["mask"]}
+    if "reference" in store:
+        lead = dims[: dims.index("channel")]
+        if rows is None or np.shape(rows) != data.shape[: len(lead)]:
+            raise ValueError(f"the store models {list(store['reference_channel'].values)} relative to "
+                             f"per-sample reference fields: give the store sample of each field (rows shaped "
+                             f"{data.shape[: len(lead)]}, got {None if rows is None else np.shape(rows)})")
+        ref = store["reference"]
+        picked = ref.isel({ref.dims[0]: xr.DataArray(np.asarray(rows, dtype=np.int64), dims=lead)})
+        parts["reference"] = picked.drop_vars([c for c in picked.coords if c != "reference_channel"]).load()
+    return denormalise(xr.Dataset(parts, attrs=store.attrs))
+
+
+def store_reference(store: xr.Dataset, rows: np.ndarray) -> xr.Dataset | None:
+    """The reference fields of store samples ``rows`` as physical variables ``(sample, [D], Y, X)``
+    (what ``normalise(..., reference=)`` takes), or None for a store without references."""
+    if "reference" not in store:
+        return None
+    ref = store["reference"]
+    picked = ref.isel({ref.dims[0]: np.asarray(rows, dtype=np.int64)}).load()
+    return xr.Dataset({str(c): picked.sel(reference_channel=c, drop=True).drop_vars(
+        [d for d in picked.coords if d != "reference_channel"], errors="ignore")
+        for c in picked["reference_channel"].values})

@@ -72,6 +72,11 @@ def arrange(field: Field) -> Arranged | None:
     data = data.assign_coords(renumber)
     if sdim in conditions.coords:
         conditions = conditions.assign_coords(renumber)
+    reference = field.reference
+    if reference is not None:
+        reference = reference.isel({sdim: idx})
+        reference = reference.assign_coords(renumber) if sdim in reference.coords else reference
     flags = xr.DataArray(fake[idx], dims=(sdim,))
-    out = replace(field, data=data, conditions=conditions, synthetic=flags, pair_source=None)
+    out = replace(field, data=data, conditions=conditions, synthetic=flags, pair_source=None,
+                  reference=reference)
     return Arranged(out, np.asarray(head), int((source >= 0).sum()))

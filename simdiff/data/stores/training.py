@@ -17,6 +17,11 @@ Schema (zarr v3, written through xarray, opens with ``xr.open_zarr``)::
   label        int64   (S)                      optional: class index (e.g. molecule);
                                                 attr ``label_names``.
   covariates   float32 (S, covariate)           optional: other scalar conditions.
+  reference    float32 (S, reference_channel, [D], Y, X)
+                                                optional: per-sample reference fields in
+                                                physical units (a molecule's promolecule);
+                                                ``data`` of those variables is
+                                                (T(x) - T(reference) - mean) / std.
 
   coords: the sample dim (``time`` or ``sample``), ``channel`` (variable names), the
   depth dim (``level``/``z``) and the horizontal dims, with their source attrs.

@@ -162,6 +162,41 @@ def test_voxel_grid_shares_one_normalisation_along_z(tmp_path: Path) -> None:
     np.testing.assert_allclose(std, train.std(), rtol=1e-6)
 
 
+def test_a_reference_field_is_stored_and_the_store_denormalises_through_it(tmp_path: Path) -> None:
+    """A Field with per-sample references (a density and its promolecule) gives a store whose
+    ``reference`` array holds them, whose data are relative to them, and which denormalises
+    back to the field; a reference outside the transform's domain is refused before writing."""
+    rng = np.random.default_rng(4)
+    dims = ("sample", "z", "y", "x")
+    ref = rng.gamma(2.0, 1.0, (12, 4, 5, 6)) * 10.0 ** rng.integers(-4, 2, (12, 4, 5, 6))
+    rho = ref * np.exp(0.1 * rng.standard_normal((12, 4, 5, 6)))
+    ds = xr.Dataset({"density": (dims, rho.astype(np.float32), {"units": "bohr-3"})})
+    reference = xr.Dataset({"density": (dims, ref.astype(np.float32))})
+    spatial = dims[1:]
+    geometry = Geometry(
+        dims=spatial, periodic=frozenset(), weights=xr.DataArray(np.ones((4, 5, 6)), dims=spatial),
+        mask=xr.DataArray(np.ones((4, 5, 6), bool), dims=spatial),
+    )
+    tr = {"density": Log1p(scale=1e-3)}
+    path = write_training_store(Field(ds, geometry, reference=reference), tmp_path / "train.zarr",
+                                transforms=tr, options=OPTS, provenance={})
+    store = TrainingStore(path)
+    stored = store.dataset()
+    assert stored["reference"].dims == ("sample", "reference_channel", "z", "y", "x")
+    assert list(stored["reference_channel"].values) == ["density"]
+    np.testing.assert_array_equal(stored["reference"].values[:, 0], ref.astype(np.float32))
+    rel = np.log1p(rho.astype(np.float32) / 1e-3) - np.log1p(ref.astype(np.float32) / 1e-3)
+    np.testing.assert_allclose(store.array("std")[0], rel[store.indices("train")].std(), rtol=1e-5)
+    np.testing.assert_allclose(denormalise(stored)["density"].values, rho, rtol=3e-5)
+    bad = xr.Dataset({"density": (dims, -ref.astype(np.float32))})
+    with pytest.raises(DataError, match=r"reference field of 'density' has 1440 values outside the domain"):
+        write_training_store(Field(ds, geometry, reference=bad), tmp_path / "bad.zarr", transforms=tr,
+                             options=OPTS, provenance={})
+    assert not (tmp_path / "bad.zarr").exists()
+    with pytest.raises(ValueError, match=r"Field.reference\['density'\] must be a reference"):
+        Field(ds, geometry, reference=reference.isel(z=0))
+
+
 def test_chunks_hold_whole_samples_near_target(tmp_path: Path) -> None:
     ds, mask = make_dataset()
     sample_bytes = 2 * NY * NX * 4  # 384 B

@@ -26,6 +26,13 @@ only on ``(seed, i)``, so a longer run extends a shorter one). Each density is w
 its ``done`` flag; an interrupted generation resumes at the first sample not done, and the
 store's ``complete`` attribute is set when all ``n_samples`` are done. The store skeleton is
 built beside the target and renamed into place. Generate from one process at a time.
+
+Reference: with ``reference="promolecule"`` (the preset's default) each sample also gets its
+promolecular density (:func:`promolecule_on_grid`: the free atoms at the same geometry, same
+basis and grid, no SCF), kept in the same cache as ``promolecule`` with its own ``promolecule_done``
+flags (added to an existing cache on first use, so cached densities stay valid). The Field
+carries it as ``Field.reference``: the model learns the density relative to it, the smooth
+bonding deformation, while the nuclear cusps come from the promolecule exactly.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ from simdiff.data.transforms import Transform
 DEFAULT_MOLECULES = ("H2O", "NH3", "CH4", "HF", "CO", "N2", "HCN", "C2H2", "H2CO", "CH3OH", "C2H4", "LiH")
 CACHE_FORMAT = 1
 _SAMPLE_VARS = ("density", "label", "n_electrons", "atom_numbers", "atom_positions", "n_atoms", "done")
+#: what ``MoleculeDensities(reference=...)`` accepts; the promolecule's cache arrays
+REFERENCES = (None, "promolecule")
+_REFERENCE_VARS = ("promolecule", "promolecule_done")
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -205,6 +215,8 @@ class MoleculeDensities:
         conv_tol: SCF convergence threshold (hartree).
         xc_grid_level: PySCF XC integration grid level (3 is PySCF's default; 1 is ~2x faster).
         progress: show a rich progress bar while generating.
+        reference: ``"promolecule"``: give each density its promolecular reference field
+            (``Field.reference``; the model then learns the deformation from it); None: none.
     """
 
     def __init__(
@@ -225,7 +237,11 @@ class MoleculeDensities:
         conv_tol: float = 1e-9,
         xc_grid_level: int = 3,
         progress: bool = True,
+        reference: str | None = None,
     ) -> None:
+        if reference not in REFERENCES:
+            raise DataError(f"molecules: reference={reference!r} is not one of {list(REFERENCES)}")
+        self.reference = reference
         if not molecules:
             raise ValueError("molecules is empty; name at least one G2 molecule")
         if n_samples < 1 or grid < 2 or box_bohr <= 0 or margin_bohr < 0 or perturbation_bohr < 0:
@@ -385,11 +401,29 @@ class MoleculeDensities:
             raise DataError(f"{path}: cache parameters differ from this dataset's; delete the directory")
         capacity = group["done"].shape[0]
         if capacity < self.n_samples:
-            for name in _SAMPLE_VARS:
+            for name in (*_SAMPLE_VARS, *(n for n in _REFERENCE_VARS if n in group)):
                 arr = group[name]
                 arr.resize((self.n_samples, *arr.shape[1:]))
             group.attrs["complete"] = False
         return group
+
+    def _reference_arrays(self, group: zarr.Group) -> None:
+        """Add the promolecule and its flags to a cache that lacks them (densities untouched)."""
+        if all(n in group for n in _REFERENCE_VARS):
+            return
+        capacity, g = group["done"].shape[0], self.grid
+        group.create_array("promolecule", shape=(capacity, g, g, g), chunks=(1, g, g, g), dtype="float32",
+                           fill_value=0.0, dimension_names=["sample", "z", "y", "x"], overwrite=True,
+                           attributes={"units": "bohr-3", "long_name": "promolecular electron "
+                                       "density (free atoms at the same geometry, same basis)"})
+        group.create_array("promolecule_done", shape=(capacity,), chunks=(64,), dtype="bool",
+                           fill_value=False, dimension_names=["sample"], overwrite=True)
+
+    def compute_reference(self, i: int) -> np.ndarray:
+        """Sample ``i``'s promolecular density (z, y, x) on its grid."""
+        _, numbers, pos, _ = self.sample_geometry(i)
+        return promolecule_on_grid(numbers, pos, (grid_axis(self.grid, self.box_bohr),) * 3,
+                                   self.basis).astype(np.float32)
 
     def generate(self, n: int | None = None) -> Path:
         """Compute every missing density among the first ``n`` (default ``n_samples``)."""
@@ -409,6 +443,15 @@ class MoleculeDensities:
                     group[name][int(i)] = value
                 group["done"][int(i)] = True  # last: a sample is done only once fully written
                 bar.advance(task)
+        if self.reference == "promolecule":
+            self._reference_arrays(group)
+            left = np.flatnonzero(~np.asarray(group["promolecule_done"][:n], dtype=bool))
+            with Progress(disable=not self.progress or len(left) == 0, transient=True) as bar:
+                task = bar.add_task(f"promolecular densities ({self.basis}, {self.grid}^3)", total=len(left))
+                for i in left:
+                    group["promolecule"][int(i)] = self.compute_reference(int(i))
+                    group["promolecule_done"][int(i)] = True  # after its field, as for densities
+                    bar.advance(task)
         capacity = group["done"].shape[0]
         if n == capacity and (len(todo) or not group.attrs.get("complete")):
             if bool(np.asarray(group["done"][:], dtype=bool).all()):
@@ -443,4 +486,8 @@ class MoleculeDensities:
                 "centred_on": "centre of mass",
             },
         )
-        return Field(data=data, geometry=geometry, conditions=conditions, sources=(str(path),))
+        reference = None
+        if self.reference == "promolecule":
+            reference = ds[["promolecule"]].rename(promolecule="density")
+        return Field(data=data, geometry=geometry, conditions=conditions, sources=(str(path),),
+                     reference=reference)

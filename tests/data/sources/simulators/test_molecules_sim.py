@@ -115,6 +115,29 @@ def test_cache_fill_resume_and_hit(tmp_path: Path) -> None:
     assert MoleculeDensities(n_samples=9, **kw).store_path == first.store_path
 
 
+def test_promolecule_reference_is_added_to_an_existing_cache(tmp_path: Path) -> None:
+    """``reference="promolecule"`` adds each sample's promolecular density to the cache the
+    densities are already in (no SCF re-run), and the Field carries it as its reference."""
+    kw = dict(TINY, molecules=["H2O", "LiH"], cache_dir=tmp_path, seed=0, n_samples=2)
+    plain = MoleculeDensities(**kw)
+    field = plain.open()
+    assert field.reference is None
+    withref = MoleculeDensities(reference="promolecule", **kw)
+    ref_field = withref.open()
+    assert withref.n_computed == 0 and withref.store_path == plain.store_path
+    np.testing.assert_array_equal(ref_field.data["density"].values, field.data["density"].values)
+    assert ref_field.reference is not None and ref_field.reference["density"].dims == ref_field.dims
+    axis = grid_axis(12, 12.0)
+    for i in range(2):
+        _, numbers, pos, _ = withref.sample_geometry(i)
+        expect = promolecule_on_grid(numbers, pos, (axis, axis, axis), "sto-3g").astype(np.float32)
+        np.testing.assert_array_equal(ref_field.reference["density"].values[i], expect)
+    group = zarr.open_group(str(withref.store_path), mode="r")
+    assert bool(np.all(group["promolecule_done"][:]))
+    with pytest.raises(DataError, match=r"reference='atoms' is not one of \[None, 'promolecule'\]"):
+        MoleculeDensities(reference="atoms", **kw)
+
+
 def test_field_labels_and_determinism(tmp_path: Path) -> None:
     kw = dict(TINY, molecules=["H2", "H"], n_samples=2, seed=1)
     a = MoleculeDensities(cache_dir=tmp_path / "a", **kw).open()
