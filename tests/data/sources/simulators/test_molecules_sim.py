@@ -187,4 +187,8 @@ def test_preset_with_debug_tiny(tmp_path: Path) -> None:
     assert isinstance(source, MoleculeDensities)
     assert (source.grid, source.basis, source.n_samples, source.xc_grid_level) == (12, "sto-3g", 8, 1)
     assert isinstance(source.transforms["density"], Log1p) and len(source.molecules) == 12
+    assert source.reference == "promolecule"  # the density is modelled relative to its promolecule
+    with initialize_config_dir(config_dir=str(conf), version_base=None):  # the card's override, as written
+        off = compose("config", overrides=["data=molecules", "debug=tiny", "data.reference=null"])
+    assert instantiate(off.data, _convert_="partial").reference is None
     assert source.store_path.parent == tmp_path / "molecules"
