@@ -66,7 +66,7 @@ from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Bounded, Transform
 from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.generate.noise import SAMPLE_INIT, member_generators, member_seed
-from simdiff.generate.output import partial_path
+from simdiff.generate.output import FOLDED, partial_path
 from simdiff.generate.rollout import LatentDecoder, SamplerSpec
 from simdiff.generate.template import WRITTEN
 
@@ -341,21 +341,20 @@ def open_rows(target: str | Path) -> list[int]:
 def tally_rejections(target: str | Path) -> dict[str, int]:
     """Fold the per-row rejection counts into ``simdiff_rejected`` and drop them; returns the tally.
 
-    Idempotent: a store whose counts were already folded returns the recorded tally.
+    Idempotent and safe to kill at any point: the tally and the names it drops
+    (``simdiff_folded``, which :func:`simdiff.generate.output.create_partial` leaves out when it
+    matches a resumed run's layout) are recorded in one attribute write before anything is
+    deleted, and a re-run finishes the deletion.
     """
     g = zarr.open_group(str(partial_path(target)), mode="r+")
-    if REJECTIONS not in g:
-        return json.loads(g.attrs["simdiff_rejected"])
-    counts = np.asarray(g[REJECTIONS][...]).sum(axis=0)
-    tally = {r: int(c) for r, c in zip(REASONS, counts, strict=True)}
-    draws = np.asarray(g["draws"][...])
-    tally["total"] = int((draws[draws > 0] - 1).sum())  # every candidate before the accepted one
-    g.attrs["simdiff_rejected"] = json.dumps(tally)
-    del g[REJECTIONS]
-    if "reject_reason" in g:
-        del g["reject_reason"]
-    layout = json.loads(g.attrs["simdiff_layout"])
-    layout["sizes"].pop("reject_reason", None)
-    layout["variables"] = [v for v in layout["variables"] if v != REJECTIONS]
-    g.attrs["simdiff_layout"] = json.dumps(layout)
-    return tally
+    if "simdiff_rejected" not in g.attrs:
+        counts = np.asarray(g[REJECTIONS][...]).sum(axis=0)
+        tally = {r: int(c) for r, c in zip(REASONS, counts, strict=True)}
+        draws = np.asarray(g["draws"][...])
+        tally["total"] = int((draws[draws > 0] - 1).sum())  # every candidate before the accepted one
+        folded = json.dumps([REJECTIONS, "reject_reason"])
+        g.attrs.update({"simdiff_rejected": json.dumps(tally), FOLDED: folded})
+    for name in (REJECTIONS, "reject_reason"):
+        if name in g:
+            del g[name]
+    return json.loads(g.attrs["simdiff_rejected"])

@@ -80,6 +80,9 @@ from simdiff.base.errors import DataError
 from simdiff.generate.template import WRITTEN
 
 OUTPUT_KIND = "generated"
+#: Partial-store attr: JSON list of the variables and dims a finishing step dropped (augment's
+#: per-row rejection counts once tallied); a resumed run's layout is compared without them.
+FOLDED = "simdiff_folded"
 #: The second unit dim of ``written`` (beside realization) -> its store-index coordinate.
 COLUMN_INDEX = {"init_time": "init_index", "condition": "condition_index"}
 CONVENTIONS = "CF-1.10"
@@ -160,6 +163,14 @@ def _layout(ds: xr.Dataset) -> dict[str, Any]:
     return out
 
 
+def _without(layout: Any, folded: list[str]) -> Any:
+    """``layout`` less the variables and dims a finishing run folded away (``FOLDED``)."""
+    if not folded or not isinstance(layout, dict):
+        return layout
+    return {**layout, "sizes": {k: v for k, v in layout["sizes"].items() if k not in folded},
+            "variables": [v for v in layout["variables"] if v not in folded]}
+
+
 def _column(g: zarr.Group) -> tuple[str, list[int]] | None:
     """The unit column of a partial store: (dim, store indices), or None (sample mode)."""
     dims = g[WRITTEN].metadata.dimension_names
@@ -200,7 +211,8 @@ def create_partial(
         reasons = []
         if old.get("simdiff_config_sha256") != attrs["simdiff_config_sha256"]:
             reasons.append("it was made with a different config")
-        if json.loads(old.get("simdiff_layout", "null")) != layout:
+        folded = json.loads(old.get(FOLDED, "[]"))  # dropped while finishing, before a kill
+        if _without(json.loads(old.get("simdiff_layout", "null")), folded) != _without(layout, folded):
             reasons.append("its variables, members, inits or sizes differ")
         if not reasons:
             return partial
@@ -359,7 +371,8 @@ def finalize(target: str | Path, *, force: bool = False) -> Path:
     # times stay raw numbers with their units/calendar attrs: copied verbatim, not re-encoded
     ds = xr.open_zarr(partial, consolidated=False, decode_times=False, decode_timedelta=False)
     ds = ds.drop_vars(WRITTEN, errors="ignore")
-    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "simdiff_layout"} | {"simdiff_complete": 1}
+    kept = {k: v for k, v in ds.attrs.items() if k not in ("simdiff_layout", FOLDED)}
+    ds.attrs = kept | {"simdiff_complete": 1}
     for v in ds.variables.values():
         v.encoding = {k: v.encoding[k] for k in _NETCDF_ENCODING if k in v.encoding}
     encoding = {name: {"zlib": True, "complevel": 4, "chunksizes": v.data.chunksize}

@@ -159,11 +159,14 @@ def test_store_is_partial_until_every_row_is_written_then_carries_the_counts(lat
     tally = tally_rejections(target)
     assert tally == {"nonfinite": 0, "negative": 1, "domain": 3, "range": 0, "total": 3}
     assert tally_rejections(target) == tally  # idempotent (a resumed publish)
+    # a run killed after the tally, before publishing: its re-run (same template) resumes the store
+    assert create_partial(target, template, attrs) == partial_path(target) and open_rows(target) == []
     finalize(target)
     assert is_complete(target) and not partial_path(target).exists()
     ds = xr.open_zarr(target)
     assert json.loads(ds.attrs["simdiff_rejected"]) == tally
     assert "rejections" not in ds and "written" not in ds and "reject_reason" not in ds.coords
+    assert json.loads(ds.attrs["simdiff_folded"]) == ["rejections", "reject_reason"]  # what was dropped
     assert ds["synthetic"].values.tolist() == [False, False, True, True, True]
     assert ds["sample_id"].values.tolist() == [-1, -1, 7, 3, 11]
     assert ds["time"].values.tolist() == [0, 1, 2, 3, 4]
