@@ -251,13 +251,9 @@ class Run:
         if missing:
             raise DataError(f"encode: the dataset lacks {missing}; it needs {names}")
         n = ds[names[0]].shape[0]  # prepare's normalisation, the store's own statistics
-        if "reference" in src and (rows is None or len(rows) != n):
-            raise DataError(f"encode: {self.store.path} models {list(src['reference_channel'].values)} "
-                            "relative to per-sample reference fields; pass rows= (the store sample of each "
-                            f"of the {n} fields)")
+        rows = self._rows("encode", rows, n)
         fields = normalise(ds[names], src[["mean", "std"]], src["mask"], self.store.transforms,
-                           block_samples=n,
-                           reference=None if rows is None else store_reference(src, np.asarray(rows)))
+                           block_samples=n, reference=None if rows is None else store_reference(src, rows))
         x = torch.from_numpy(np.asarray(fields.values, dtype=np.float32)).to(self.device)
         with torch.no_grad():
             mu = self.autoencoder.encode(x).float().cpu().numpy()
@@ -277,12 +273,19 @@ class Run:
         """Standardised latents ``(sample, c, [d], h, w)`` -> the decoder's mean fields, physical
         units; ``rows`` as in :meth:`encode` (stores with reference fields only)."""
         z = torch.from_numpy(np.asarray(latents, dtype=np.float32)).to(self.device)
+        rows = self._rows("decode", rows, z.shape[0])
         decoder = self.models(0).decoder
-        try:
-            return physical(decoder(z).float().cpu().numpy(), self.store,
-                            None if rows is None else np.asarray(rows))
-        except ValueError as err:
-            raise DataError(f"decode: {err}") from None
+        return physical(decoder(z).float().cpu().numpy(), self.store, rows)
+
+    def _rows(self, what: str, rows: Sequence[int] | None, n: int) -> np.ndarray | None:
+        """``rows`` as an index array; refused (DataError) where the store models a variable
+        relative to per-sample reference fields and they are missing or not one per field."""
+        src = self.store.dataset()
+        if "reference" in src and (rows is None or len(rows) != n):
+            raise DataError(f"{what}: {self.store.path} models {list(src['reference_channel'].values)} "
+                            "relative to per-sample reference fields; pass rows= (the store sample of each "
+                            f"of the {n} fields)")
+        return None if rows is None else np.asarray(rows, dtype=np.int64)
 
     # -- scoring ---------------------------------------------------------------------------
     def evaluate(self, forecast: xr.Dataset, *, seed: int = 0, **scoring: Any) -> dict[str, Any]:

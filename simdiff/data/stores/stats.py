@@ -59,9 +59,10 @@ def _sample_moments(
             out[i, _INVALID] = (np.asarray(transform.invalid(x)) & mask).sum(axis=(-2, -1))  # type: ignore[attr-defined]
         # Masked cells may hold anything (NaN, fill values); they are discarded below.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            t = np.where(mask, transform.forward(x.astype(np.float64)), 0.0)
+            t = transform.forward(x.astype(np.float64))
             if ref is not None:
-                t -= np.where(mask, transform.forward(ref[i].astype(np.float64)), 0.0)
+                t = relative(transform, t, ref[i].astype(np.float64))
+            t = np.where(mask, t, 0.0)
             mean = t.sum(axis=(-2, -1)) / n
             t -= mean[:, None, None]
         t[~np.broadcast_to(mask, t.shape)] = 0.0
@@ -336,10 +337,16 @@ def to_physical(
             raise ValueError(f"the store models {list(store['reference_channel'].values)} relative to "
                              f"per-sample reference fields: give the store sample of each field (rows shaped "
                              f"{data.shape[: len(lead)]}, got {None if rows is None else np.shape(rows)})")
-        ref = store["reference"]
-        picked = ref.isel({ref.dims[0]: xr.DataArray(np.asarray(rows, dtype=np.int64), dims=lead)})
-        parts["reference"] = picked.drop_vars([c for c in picked.coords if c != "reference_channel"]).load()
+        parts["reference"] = _references_at(store, xr.DataArray(np.asarray(rows, dtype=np.int64), dims=lead))
     return denormalise(xr.Dataset(parts, attrs=store.attrs))
+
+
+def _references_at(store: xr.Dataset, rows: np.ndarray | xr.DataArray) -> xr.DataArray:
+    """``store["reference"]`` at store samples ``rows`` (an index array, or an indexer whose dims
+    replace the sample dim), in memory, ``reference_channel`` its only coordinate."""
+    ref = store["reference"]
+    picked = ref.isel({ref.dims[0]: rows}).load()
+    return picked.drop_vars([c for c in picked.coords if c != "reference_channel"])
 
 
 def store_reference(store: xr.Dataset, rows: np.ndarray) -> xr.Dataset | None:
@@ -347,8 +354,6 @@ def store_reference(store: xr.Dataset, rows: np.ndarray) -> xr.Dataset | None:
     (what ``normalise(..., reference=)`` takes), or None for a store without references."""
     if "reference" not in store:
         return None
-    ref = store["reference"]
-    picked = ref.isel({ref.dims[0]: np.asarray(rows, dtype=np.int64)}).load()
-    return xr.Dataset({str(c): picked.sel(reference_channel=c, drop=True).drop_vars(
-        [d for d in picked.coords if d != "reference_channel"], errors="ignore")
-        for c in picked["reference_channel"].values})
+    picked = _references_at(store, np.asarray(rows, dtype=np.int64))
+    return xr.Dataset({str(c): picked.sel(reference_channel=c, drop=True)
+                       for c in picked["reference_channel"].values})
