@@ -33,14 +33,14 @@ from simdiff.base.atomic import write_json  # noqa: E402
 DEFAULT_POINTS = "none:1,2x2:4,2x2:2,2x2+2x2:4,2x2+2x2:2"
 
 
-WIDTHS = (32, 64, 64, 64)  # channels per resolution level, finest first
+WIDTHS = "32,64,64,64"  # channels per resolution level, finest first (--widths)
 
 
-def _net(stages: str) -> tuple[str, str]:
+def _net(stages: str, widths: str) -> tuple[str, str]:
     """``autoencoder.net.factors`` and ``.channels`` for STAGES (one more width than stages)."""
     n = 0 if stages == "none" else len(stages.split("+"))
     factors = "[" + ",".join("[2,2]" for _ in range(n)) + "]"
-    return factors, "[" + ",".join(str(w) for w in WIDTHS[: n + 1]) + "]"
+    return factors, "[" + ",".join(widths.split(",")[: n + 1]) + "]"
 
 
 def simdiff(*args: str) -> None:
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--preset", default="wfde5_temperature")
     ap.add_argument("--points", default=DEFAULT_POINTS)
     ap.add_argument("--budget", default="00:00:03:00", help="autoencoder.max_time per point (dd:hh:mm:ss)")
+    ap.add_argument("--widths", default=WIDTHS, help="autoencoder widths per level, finest first")
     ap.add_argument("--work", default=None, help="run directories (default: runs/ae_curve_<preset>)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every stage")
     args = ap.parse_args()
@@ -70,7 +71,7 @@ def main() -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(base / "data", run_dir / "data")
         t0 = time.perf_counter()
-        factors, channels = _net(stages)
+        factors, channels = _net(stages, args.widths)
         simdiff("train-autoencoder", f"run_dir={run_dir}", *common, f"autoencoder.net.factors={factors}",
                 f"autoencoder.net.channels={channels}", f"autoencoder.net.latent_channels={latent}",
                 f"autoencoder.max_time={args.budget}")
@@ -89,7 +90,7 @@ def main() -> None:
     Console().print(table)
     out = REPO / "bench_results" / f"ae_compression_{args.preset}.json"
     out.parent.mkdir(exist_ok=True)
-    write_json({"preset": args.preset, "budget": args.budget, "points": rows}, out)
+    write_json({"preset": args.preset, "budget": args.budget, "widths": args.widths, "points": rows}, out)
     print(f"wrote {out}")
 
 

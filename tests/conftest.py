@@ -22,3 +22,9 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared reference data not found at {path} (set SIMDIFF_SHARED_DATA)")
     return path
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``longest`` first: pytest-xdist hands tests out in collection order, so a
+    test of several minutes collected late runs alone at the end of the suite."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -83,7 +85,7 @@ class _NoAdvertising(logging.Filter):
 
 def lightning_logs_once() -> None:
     """Each Lightning record once, through the handlers Hydra gave the root logger (console and
-    ``run_dir/logs``), and no advertising.
+    ``run_dir/logs``), no advertising, and no "prepend srun" hint outside a SLURM job.
 
     Importing ``lightning`` gives its package logger a console handler of its own (``INFO: ...``)
     while its records also reach the root's: every line printed twice. That handler is removed
@@ -103,3 +105,8 @@ def lightning_logs_once() -> None:
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _NoAdvertising) for f in tips.filters):
         tips.addFilter(_NoAdvertising())
+    if "SLURM_JOB_ID" not in os.environ:
+        # Outside any SLURM job (a workstation or login node that has slurm installed) Lightning
+        # still tells every command to "prepend srun": it only checks that srun exists. Inside a
+        # job the hint can be right (an sbatch script that forgot srun) and stays.
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")

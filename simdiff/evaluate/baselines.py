@@ -228,7 +228,8 @@ def climatology_ensemble(
     members are drawn with replacement. What was used is in the result's ``simdiff_climatology``
     attribute: the valid times per pool, the draws with replacement, the smallest pool, and
     ``weak`` (some pool held fewer than twice the members, so the baseline is close to a fixed
-    set of states and its CRPS is a poor yardstick).
+    set of states and its CRPS is a poor yardstick) and ``seasonal`` (whether the record has a
+    season to match).
 
     Args:
         train_truth: physical training states ``(sample_dim, [level], y, x)``.
@@ -286,12 +287,15 @@ def climatology_ensemble(
     out.attrs = {"simdiff_climatology": {
         "pools": used, "with_replacement": replaced, "smallest_pool": smallest,
         "training_states": int(times.size), "members": int(members),
-        "weak": bool(smallest < 2 * members),
+        "weak": bool(smallest < 2 * members), "seasonal": train_phase is not None,
     }}
     return out.assign_coords(valid_time=(valid_times.dims, vt))
 
 
 def climatology_needs_care(info: dict) -> bool:
     """True when a climatology (its ``simdiff_climatology`` record) is a weak yardstick: a pool
-    under twice the members, or valid times that fell back from their hour and season."""
-    return bool(info["weak"] or info["pools"].get("season") or info["pools"].get("any"))
+    under twice the members, or, on a record with a season, valid times that fell back from their
+    hour and season (a record without one, such as QG's numeric time, draws from every training
+    state by design: that is its climatology, not a fallback)."""
+    fell_back = info.get("seasonal", True) and (info["pools"].get("season") or info["pools"].get("any"))
+    return bool(info["weak"] or fell_back)

@@ -4,7 +4,7 @@
 
     {"members": M, "cases": n_init, "lead_times": [LEAD, ...],
      "baselines": {"climatology": null | {"pools": {POOL: n}, "with_replacement", "smallest_pool",
-                                          "training_states", "members", "weak"},
+                                          "training_states", "members", "weak", "seasonal"},
                    "persistence": bool, "ae_ceiling": bool},
      "variables": {KEY: {
         "crps", "crps_fair", "rmse", "spread", "spread_skill", "crps_climatology",

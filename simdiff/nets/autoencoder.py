@@ -24,6 +24,7 @@ from torch import nn
 from simdiff.nets.blocks import Attention, Downsample, ResBlock, Upsample, group_norm
 from simdiff.nets.bottleneck import Bottleneck, BottleneckOutput, KLBottleneck
 from simdiff.nets.conv import GeoConv
+from simdiff.nets.fold import fold, unfold
 from simdiff.nets.padding import crop_to, pad_to_multiple
 
 
@@ -154,6 +155,12 @@ class Autoencoder(nn.Module):
             down/up-samplers always span 3 cells along an axis they do not resample, so with 1
             the levels still mix there, at about a third of the cost of full 3D blocks.
         groups: GroupNorm groups (at most).
+        fold_depth: 3D fields only: a 2D network that sees the ``depth`` levels as channels
+            (``(B, C, D, H, W) -> (B, C*D, H, W)``, :mod:`simdiff.nets.fold`), as most weather
+            models treat a few pressure levels or layers; the latents keep the depth axis,
+            ``(B, c, D, h, w)``, so everything downstream is unchanged. About 3x cheaper than
+            the 3D network on a CPU for 2 levels; wrong for a real volume (a molecule's grid).
+        depth: D, required with ``fold_depth`` (the CLI passes it from the store).
     """
 
     def __init__(
@@ -169,13 +176,24 @@ class Autoencoder(nn.Module):
         kernel_size: int = 3,
         depth_kernel_size: int = 3,
         groups: int = 8,
+        fold_depth: bool = False,
+        depth: int | None = None,
     ) -> None:
         super().__init__()
         self.periodic = tuple(bool(p) for p in periodic)
         ndim = len(self.periodic)
         if ndim not in (2, 3):
             raise ValueError(f"Autoencoder: periodic needs one flag per spatial axis (2 or 3): {periodic}")
-        self.factors = stage_factors(factors, ndim)
+        # With fold_depth the inner nets are 2D over (H, W) and carry D in their channels.
+        self.depth = int(depth) if fold_depth and ndim == 3 and depth is not None else None
+        if fold_depth and ndim == 3 and self.depth is None:
+            raise ValueError("Autoencoder: fold_depth on a 3D field needs depth (its number of levels)")
+        if self.depth is not None and any(len(f) > 2 for f in factors):
+            raise ValueError(
+                f"Autoencoder: fold_depth keeps the depth axis; factors {list(factors)} resample it"
+            )
+        inner = 2 if self.depth is not None else ndim
+        self.factors = stage_factors(factors, inner)
         if len(channels) != len(self.factors) + 1:
             raise ValueError(
                 f"Autoencoder: channels {list(channels)} needs len(factors) + 1 = "
@@ -184,11 +202,13 @@ class Autoencoder(nn.Module):
         self.in_channels = int(in_channels)
         self.latent_channels = int(latent_channels)
         self.total_factors = total_factors(factors, ndim)
-        kernel = (int(depth_kernel_size),) * (ndim - 2) + (int(kernel_size),) * 2
+        kernel = (int(depth_kernel_size),) * (inner - 2) + (int(kernel_size),) * 2
         self.bottleneck: Bottleneck = bottleneck if bottleneck is not None else KLBottleneck()
-        args = (channels, self.factors, self.periodic, kernel, int(blocks), bool(attention), int(groups))
-        self.encoder = Encoder(in_channels, self.bottleneck.moments * latent_channels, *args)
-        self.decoder = Decoder(latent_channels, in_channels, *args)
+        periodic_inner = self.periodic[ndim - inner:]
+        args = (channels, self.factors, periodic_inner, kernel, int(blocks), bool(attention), int(groups))
+        d = self.depth or 1
+        self.encoder = Encoder(in_channels * d, self.bottleneck.moments * latent_channels * d, *args)
+        self.decoder = Decoder(latent_channels * d, in_channels * d, *args)
 
     @property
     def ndim(self) -> int:
@@ -211,8 +231,13 @@ class Autoencoder(nn.Module):
                 f"Autoencoder expects (B, {self.in_channels}, {'D, ' if self.ndim == 3 else ''}H, W), "
                 f"got {tuple(x.shape)}"
             )
+        if self.depth is not None and x.shape[2] != self.depth:
+            raise ValueError(f"Autoencoder: built for depth {self.depth} (fold_depth), got {tuple(x.shape)}")
         padded, _ = pad_to_multiple(x, self.total_factors, self.periodic)
-        return self.bottleneck(self.encoder(padded))
+        if self.depth is None:
+            return self.bottleneck(self.encoder(padded))
+        out = self.bottleneck(self.encoder(fold(padded)))
+        return BottleneckOutput(unfold(out.z, self.depth), unfold(out.mean, self.depth), out.loss)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic latents (the posterior mean): (B, C, [D], H, W) -> (B, c, [d], h, w)."""
@@ -220,7 +245,7 @@ class Autoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
         """(B, c, [d], h, w) -> (B, C, [D], H, W), cropped to the spatial ``shape`` if given."""
-        out = self.decoder(z)
+        out = self.decoder(z) if self.depth is None else unfold(self.decoder(fold(z)), self.depth)
         return out if shape is None else crop_to(out, shape)
 
     def forward(self, x: torch.Tensor) -> AutoencoderOutput:

@@ -143,6 +143,10 @@ def stage(run: RunDir, name: str, identity: Identity, *, force: bool = False) ->
         return
     with lock(run, name):
         path = record_path(run, name, identity.outputs)
+        # A run killed while it wrote this record left its temporary file (the record itself is
+        # either the old one or the new one): no writer of it is alive under the lock.
+        if sweep_scratch(path):
+            log.info("%s: removed the half-written record a killed run left beside %s", name, path.name)
         old = _read(path)
         known = (old or {}).get("inputs", {})
         # A stage whose input is missing runs (and says which stage to run first). A record

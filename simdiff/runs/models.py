@@ -62,17 +62,22 @@ def read_config(path: Path) -> dict[str, Any]:
 def build_net(
     ae_cfg: dict[str, Any], signature: dict[str, Any], source: str = "the autoencoder config"
 ) -> Any:
-    """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it).
+    """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it, and
+    the depth of a 3D field when the net folds it into channels).
 
     ``ae_cfg["net"]`` is a plain spec; it must be one :mod:`simdiff.base.registry` allows
     (DataError naming ``source`` otherwise).
     """
+    extra = {}
+    if ae_cfg["net"].get("fold_depth") and len(signature["periodic"]) == 3:
+        extra["depth"] = int(signature["spatial_shape"][0])
     return build_spec(
         ae_cfg["net"],
         source=source,
         key="autoencoder.net",
         in_channels=len(signature["variables"]),
         periodic=list(signature["periodic"]),
+        **extra,
     )
 
 

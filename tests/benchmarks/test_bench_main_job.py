@@ -1,4 +1,5 @@
-"""benchmarks/bench_main_job.py times every stage of a (tiny) main job and writes its JSON."""
+"""benchmarks/bench_main_job.py times every stage of a (tiny) main job and writes its JSON;
+benchmarks/nfe_curve.py then scores the same run's forecasts against the sampler's step count."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ STAGES = ["prepare", "train-autoencoder", "encode", "train-diffusion", "generate
 
 def test_main_job_benchmark_times_each_stage(tmp_path: Path) -> None:
     out = tmp_path / "main_job.json"
+    run_dir = tmp_path / "run"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_main_job.py"), "debug=tiny",
-                           f"cache_dir={tmp_path / 'cache'}", "--out", str(out)],
+                           f"cache_dir={tmp_path / 'cache'}", "--out", str(out), "--keep", str(run_dir)],
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
@@ -27,3 +29,21 @@ def test_main_job_benchmark_times_each_stage(tmp_path: Path) -> None:
     for leads in result["report"].values():
         assert all(e["crps"] is not None and e["crps"] > 0 for e in leads.values())
     assert "train-diffusion" in done.stdout and "-> " in done.stdout
+
+    curve = tmp_path / "nfe.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "nfe_curve.py"),
+                           "--run-dir", str(run_dir),
+                           "--points", "heun:2,euler:3,heun:2", "--inits", "2", "--members", "2",
+                           "--lead-steps", "2", "--out", str(curve)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    points = json.loads(curve.read_text())["points"]
+    assert [p["nfe"] for p in points] == [3, 3, 3]  # Heun: 2N - 1 (no second order at sigma 0); Euler: N
+    for p in points:
+        assert list(p["by_lead"]) == list(points[0]["by_lead"]) and len(p["by_lead"]) == 2
+        for e in p["by_lead"].values():
+            assert 0 < e["crps_vs_clim"] < float("inf") and e["spread_skill"] > 0
+    assert points[0]["variables"] == points[2]["variables"]  # the same draws, scored the same
+    assert points[0]["variables"] != points[1]["variables"]
+    assert "CRPS vs NFE" in done.stdout

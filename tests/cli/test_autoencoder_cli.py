@@ -51,7 +51,7 @@ def test_train_writes_checkpoint_config_and_report(trained):
     import simdiff.evaluate.reconstruction  # noqa: F401
     assert (ae / "reconstruction.json").is_file(), "no reconstruction report: see the stage's warning"
     report = json.loads((ae / "reconstruction.json").read_text())
-    assert report["compression_ratio"] == pytest.approx(16.0)
+    assert report["compression_ratio"] == pytest.approx(4.0)
     assert (ae / "reconstruction.png").is_file()
 
 
@@ -70,10 +70,10 @@ def test_same_config_is_skipped_and_other_config_refused(trained):
 def test_a_patch_the_net_cannot_tile_is_refused_at_startup(trained):
     run_dir, common = trained
     before = (run_dir / "autoencoder" / "autoencoder.ckpt").stat().st_mtime_ns
-    out = simdiff("train-autoencoder", *common, "autoencoder.patch=[30,32]", "force=true")
+    out = simdiff("train-autoencoder", *common, "autoencoder.patch=[31,32]", "force=true")
     assert out.returncode == 2
-    assert "autoencoder.patch=[30, 32]" in out.stderr and "factor 4" in out.stderr
-    assert "use 28 or 32" in out.stderr
+    assert "autoencoder.patch=[31, 32]" in out.stderr and "factor 2" in out.stderr  # the QG preset's
+    assert "use 30 or 32" in out.stderr
     assert (run_dir / "autoencoder" / "autoencoder.ckpt").stat().st_mtime_ns == before  # nothing discarded
 
 
@@ -84,7 +84,7 @@ def test_encode_writes_unit_variance_latents_with_the_split(trained):
     store = TrainingStore(run_dir / "data" / "train.zarr")
     lat = LatentStore(run_dir / "latents.zarr")
     data = lat.array("data")
-    assert data.shape == (store.n_samples, 2, 2, 8, 8)  # 4x4 over y/x, levels kept
+    assert data.shape == (store.n_samples, 2, 2, 16, 16)  # the QG preset: 2x2 over y/x, levels kept
     assert data.dtype == np.float32
     train = lat.indices("train")
     per_channel = np.moveaxis(data[train], 1, 0).reshape(2, -1)
@@ -93,7 +93,7 @@ def test_encode_writes_unit_variance_latents_with_the_split(trained):
     np.testing.assert_array_equal(lat.array("split"), store.array("split"))
     np.testing.assert_array_equal(lat.array("block"), store.array("block"))
     info = lat.autoencoder
-    assert info["compression_ratio"] == pytest.approx(16.0)
+    assert info["compression_ratio"] == pytest.approx(4.0)
     assert len(info["checkpoint_sha256"]) == 64
     # Unscaled means round-trip through the stored scale.
     mu = lat.latent_means().values

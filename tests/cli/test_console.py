@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import warnings
 
 from simdiff.cli.nodes import lightning_logs_once
 
@@ -25,3 +27,27 @@ def test_lightning_records_print_once_and_tips_for_paid_services_not_at_all(caps
     assert stream.getvalue().splitlines() == ["GPU available: False, used: False", "Seed set to 0"]
     assert "INFO:" not in capsys.readouterr().err  # the package's own console handler is gone
     assert len(logging.getLogger("lightning.pytorch.utilities.rank_zero").filters) == 1
+
+
+def test_the_prepend_srun_hint_only_inside_a_slurm_job(tmp_path, monkeypatch):
+    """Lightning warns "prepend srun" wherever an srun executable exists; outside a SLURM job
+    (a workstation or login node) that is noise on every command, inside one it may be right."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    srun = tmp_path / "srun"
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+
+    def hints() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lightning_logs_once()
+            SLURMEnvironment._validate_srun_used()
+        return [str(w.message) for w in caught if "srun" in str(w.message)]
+
+    assert hints() == []
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # an sbatch script that runs simdiff without srun
+    assert len(hints()) == 1

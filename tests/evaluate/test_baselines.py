@@ -9,7 +9,13 @@ import xarray as xr
 
 from simdiff.base.errors import DataError
 from simdiff.data.time_features import time_features
-from simdiff.evaluate.baselines import climatology_ensemble, persistence, truth_at, valid_times
+from simdiff.evaluate.baselines import (
+    climatology_ensemble,
+    climatology_needs_care,
+    persistence,
+    truth_at,
+    valid_times,
+)
 
 
 def daily(n: int = 4 * 365) -> xr.Dataset:
@@ -113,6 +119,8 @@ def test_climatology_without_season_draws_random_training_states():
     assert 5 not in idx[:, 0, 0] and 7 not in idx[:, 0, 1]
     assert ens.attrs["simdiff_climatology"]["pools"] == {"hour_and_season": 0, "season": 0, "any": 2}
     assert not ens.attrs["simdiff_climatology"]["weak"]
+    assert not ens.attrs["simdiff_climatology"]["seasonal"]
+    assert not climatology_needs_care(ens.attrs["simdiff_climatology"])  # every state is its climatology
     few = climatology_ensemble(train, vt, members=100)  # more members than states: with replacement
     info = few.attrs["simdiff_climatology"]
     assert info["with_replacement"] == 2 and info["weak"] and info["smallest_pool"] == 99
@@ -131,6 +139,7 @@ def test_climatology_falls_back_on_a_short_record():
     ens = climatology_ensemble(train, vt, members=4, seed=0)
     info = ens.attrs["simdiff_climatology"]
     assert info["pools"] == {"hour_and_season": 1, "season": 1, "any": 0}
+    assert info["seasonal"] and climatology_needs_care(info)  # the evening fell back from its hour
     picked = time.values[ens["p"].isel(x=0).values.astype(int)]
     offset = np.abs(picked[:, 0, 0] - np.datetime64("2020-10-31T05:00"))
     assert (offset < np.timedelta64(30, "m")).all()  # same hour (within half an hour) where it exists

@@ -101,3 +101,43 @@ def test_wrong_channel_count_is_refused():
     net = small(2, (False, True))
     with pytest.raises(ValueError, match="expects"):
         net(torch.randn(1, 3, 16, 16))
+
+
+def test_folded_levels_keep_the_depth_axis_in_the_latents():
+    """fold_depth: a 2D net over (H, W) with the levels in its channels; latents (c, D, h, w), and
+    the same compression as the 3D net with the same latent channels."""
+    folded = small(2, (False, False, True), fold_depth=True, depth=3)
+    volume = small(2, (False, False, True))
+    x = torch.randn(2, 2, 3, 16, 24)
+    out = folded(x)
+    assert out.recon.shape == x.shape and out.z.shape == (2, 3, 3, 4, 6)
+    assert folded.latent_shape((3, 16, 24)) == volume.latent_shape((3, 16, 24)) == (3, 3, 4, 6)
+    assert folded.compression_ratio((3, 16, 24)) == volume.compression_ratio((3, 16, 24))
+    convs = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d)]
+    assert convs and all(m.weight.dim() == 4 for m in convs)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.decode(folded.encode(x), (3, 16, 24)), folded.eval()(x).recon)
+
+
+def test_folded_levels_mix_every_level_and_roll_along_longitude():
+    net = small(1, (False, False, True), fold_depth=True, depth=2).eval()
+    x = torch.randn(1, 1, 2, 16, 32)
+    bumped = x.clone()
+    bumped[:, :, 0] += 1.0
+    with torch.no_grad():
+        changed = (net(bumped).recon - net(x).recon)[:, :, 1].abs().amax()
+        a = torch.roll(net(x).recon, 8, dims=-1)
+        b = net(torch.roll(x, 8, dims=-1)).recon
+    assert changed > 1e-4  # level 0 reaches level 1 through the channels
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_folded_levels_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="needs depth"):
+        small(1, (False, False, True), fold_depth=True)
+    with pytest.raises(ValueError, match="resample"):
+        small(1, (False, False, True), fold_depth=True, depth=4, factors=[[2, 2, 2], [2, 2]])
+    net = small(1, (False, False, True), fold_depth=True, depth=2)
+    with pytest.raises(ValueError, match="depth 2"):
+        net(torch.randn(1, 1, 3, 16, 16))
+    assert small(1, (False, True), fold_depth=True).depth is None  # a 2D field has nothing to fold

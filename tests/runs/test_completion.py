@@ -207,3 +207,21 @@ def test_an_extra_rank_is_told_when_the_primary_failed_the_stage(run, tmp_path):
     assert errors and "primary process (rank 0) stopped without finishing" in errors[0]
     with pytest.raises(DataError, match="did not start this stage"):
         wait_for_primary(run, "encode", ident, poll=0.01, start_timeout=0.05)
+
+
+@pytest.mark.parametrize("record_written", [True, False])
+def test_the_half_written_record_of_a_killed_run_is_removed(run, tmp_path, record_written):
+    """A run killed inside write_json leaves the record's temporary file (``.NAME.XXXX.tmp``, as
+    atomic_file names it); the stage's next run, skipped or not, removes it under its lock."""
+    import tempfile
+
+    ident = _identity(tmp_path)
+    _run(run, ident)
+    path = record_path(run, "encode", ident.outputs)
+    if not record_written:
+        path.unlink()
+    fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.write(fd, b'{"stage": "enc')
+    os.close(fd)
+    assert _run(run, ident) is (not record_written)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
