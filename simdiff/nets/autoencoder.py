@@ -185,9 +185,10 @@ class Autoencoder(nn.Module):
         if ndim not in (2, 3):
             raise ValueError(f"Autoencoder: periodic needs one flag per spatial axis (2 or 3): {periodic}")
         # With fold_depth the inner nets are 2D over (H, W) and carry D in their channels.
-        self.depth = int(depth) if fold_depth and ndim == 3 and depth is not None else None
-        if fold_depth and ndim == 3 and self.depth is None:
+        folded = bool(fold_depth) and ndim == 3
+        if folded and depth is None:
             raise ValueError("Autoencoder: fold_depth on a 3D field needs depth (its number of levels)")
+        self.depth = int(depth) if folded else None
         if self.depth is not None and any(len(f) > 2 for f in factors):
             raise ValueError(
                 f"Autoencoder: fold_depth keeps the depth axis; factors {list(factors)} resample it"
