@@ -242,6 +242,23 @@ def test_experiment_qg_is_the_default_main_job():
     assert _compose(["experiment=qg"]) == _compose([])
 
 
+def test_the_qg_preset_chooses_its_presets_and_qg_long_the_stage_defaults():
+    """data=qg picks conf/{autoencoder,diffusion}/qg.yaml; experiment=qg_long is the same data with
+    the stage defaults (3D 16x autoencoder, the 6.3 M UNet) and Heun with 18 levels."""
+    default = _compose([], hydra=True)
+    choices = default.hydra.runtime.choices
+    assert (choices.autoencoder, choices.diffusion, choices.sampler) == ("qg", "qg", "dpmpp_2m")
+    assert default.autoencoder.net.fold_depth and default.sampler.steps == 10
+    long = _compose(["experiment=qg_long"], hydra=True)
+    choices = long.hydra.runtime.choices
+    assert (choices.data, choices.autoencoder, choices.diffusion, choices.sampler) == (
+        "qg", "default", "default", "heun")
+    plain = _compose(["data=qg", "autoencoder=default", "diffusion=default", "sampler=heun"])
+    for key in ("autoencoder", "diffusion", "data"):
+        assert long[key] == plain[key]
+    assert long.sampler.steps == 18 and not long.autoencoder.net.fold_depth
+
+
 def test_experiment_ersst_chooses_the_ersst_presets():
     cfg = _compose(["experiment=ersst"], hydra=True)
     choices = cfg.hydra.runtime.choices
