@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from importlib.resources import files
@@ -193,6 +194,36 @@ def check_argv(argv: list[str]) -> None:
             _check_group_choice(key, value)
 
 
+class _LibraryWarningsToFile(logging.Filter):
+    """On a console handler: drops the Python warnings raised inside installed packages
+    (Lightning's deprecation notes and data-loader hints), which still reach ``run_dir/logs``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "py.warnings":
+            return True
+        where = str(record.args[0] if record.args else record.msg).split(":", 1)[0]
+        return not where.startswith(_LIBRARY_PATHS)
+
+
+_LIBRARY_PATHS = tuple({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")})
+
+
+def library_warnings_to_log() -> None:
+    """Python warnings become log records (``py.warnings``); the root's console handlers drop
+    those raised inside installed packages, its file handler (``run_dir/logs``) keeps them all.
+    Nothing is silenced: simdiff's own warnings still print, and the full log has every one.
+    Only when the root has handlers (a CLI command under Hydra): as a library, warnings stay
+    Python's."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    logging.captureWarnings(True)
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler and not any(
+                isinstance(f, _LibraryWarningsToFile) for f in handler.filters):
+            handler.addFilter(_LibraryWarningsToFile())
+
+
 def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
     """Run ``task`` as the Hydra app ``simdiff NAME`` with the overrides in ``argv``."""
     _register_resolvers()
@@ -204,6 +235,7 @@ def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> No
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
     def _main(cfg: DictConfig) -> None:
+        library_warnings_to_log()
         try:
             check_targets(cfg)
             task(cfg)

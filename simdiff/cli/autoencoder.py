@@ -37,7 +37,7 @@ from simdiff.runs.autoencoder import encode_run, publish_checkpoint, reconstruct
 from simdiff.runs.completion import Identity, trained
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_net
-from simdiff.runs.stage_dir import claim, whole_field_identity
+from simdiff.runs.stage_dir import claim, display_free_identity, whole_field_identity
 
 log = logging.getLogger("simdiff")
 
@@ -47,6 +47,7 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     plain["loader"].pop("store", None)  # a path: the data signature identifies the store, so runs can move
     plain["autoencoder"].pop("checkpoint_every_n_steps", None)  # resume is exact: the cadence changes nothing
     whole_field_identity(plain, "autoencoder")
+    display_free_identity(plain)
     plain["seed"] = int(cfg.seed)
     plain["data_signature"] = signature
     return yaml.safe_load(config_yaml(plain))

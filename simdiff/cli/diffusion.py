@@ -30,7 +30,7 @@ from simdiff.cli.nodes import build, lightning_logs_once, preemption_signal
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import build_model, latent_signature, open_latents, residual_scale, static_fields
-from simdiff.runs.stage_dir import claim, whole_field_identity
+from simdiff.runs.stage_dir import claim, display_free_identity, whole_field_identity
 from simdiff.runs.training import finish_diffusion
 
 log = logging.getLogger("simdiff")
@@ -40,6 +40,7 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("diffusion", "trainer", "loader")}
     plain["loader"].pop("store", None)
     whole_field_identity(plain, "diffusion")
+    display_free_identity(plain)
     plain["seed"] = int(cfg.seed)
     plain["latent_signature"] = signature
     return yaml.safe_load(config_yaml(plain))

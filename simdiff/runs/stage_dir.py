@@ -43,6 +43,26 @@ def whole_field_identity(plain: dict[str, Any], stage: str) -> dict[str, Any]:
     return plain
 
 
+#: Trainer callbacks that only display progress: they change no output.
+DISPLAY_CALLBACKS = frozenset({
+    "lightning.pytorch.callbacks.RichProgressBar",
+    "lightning.pytorch.callbacks.TQDMProgressBar",
+    "simdiff.lit.progress.StageProgressBar",
+})
+
+
+def display_free_identity(plain: dict[str, Any]) -> dict[str, Any]:
+    """Leave the progress display out of a training stage's identity (``plain["trainer"]``):
+    a run trained with one bar is resumed or skipped, not refused, under another."""
+    trainer = plain.get("trainer") or {}
+    callbacks = trainer.get("callbacks")
+    if callbacks:
+        trainer["callbacks"] = [c for c in callbacks
+                                if not (isinstance(c, dict) and c.get("_target_") in DISPLAY_CALLBACKS)]
+    trainer.pop("enable_progress_bar", None)
+    return plain
+
+
 def claim(out: Path, config: dict[str, Any], *, final: str, stage: str, force: bool) -> str | None:
     """Make ``out`` the folder of a run with ``config``.
 

@@ -51,3 +51,37 @@ def test_the_prepend_srun_hint_only_inside_a_slurm_job(tmp_path, monkeypatch):
     assert hints() == []
     monkeypatch.setenv("SLURM_JOB_ID", "7")  # an sbatch script that runs simdiff without srun
     assert len(hints()) == 1
+
+
+def test_library_warnings_reach_the_log_file_not_the_console(tmp_path):
+    """A warning raised inside an installed package (Lightning's deprecation notes) is written to
+    run_dir/logs only; one raised in simdiff's own code still prints on the console too."""
+    import sysconfig
+
+    from simdiff.cli.app import library_warnings_to_log
+
+    root = logging.getLogger()
+    console_stream = io.StringIO()
+    console = logging.StreamHandler(console_stream)  # Hydra's console handler
+    logfile = logging.FileHandler(tmp_path / "run.log")  # Hydra's run_dir/logs handler
+    library = sysconfig.get_paths()["purelib"] + "/lightning/pytorch/utilities/_pytree.py"
+    with warnings.catch_warnings():  # restores showwarning (captureWarnings replaces it)
+        warnings.simplefilter("always")
+        root.addHandler(console)
+        root.addHandler(logfile)
+        try:
+            library_warnings_to_log()
+            library_warnings_to_log()  # idempotent: one filter per console handler
+            warnings.warn_explicit("`isinstance(treespec, LeafSpec)` is deprecated", DeprecationWarning,
+                                   library, 21)
+            warnings.warn_explicit("a simdiff warning", UserWarning, "/work/simdiff/runs/x.py", 3)
+        finally:
+            root.removeHandler(console)
+            root.removeHandler(logfile)
+            logfile.close()
+            logging.captureWarnings(False)
+    on_console = console_stream.getvalue()
+    in_file = (tmp_path / "run.log").read_text()
+    assert "LeafSpec" not in on_console and "a simdiff warning" in on_console
+    assert "LeafSpec" in in_file and "a simdiff warning" in in_file
+    assert len(console.filters) == 1 and not logfile.filters
