@@ -26,6 +26,8 @@ simdiff = partial(clirun.simdiff, timeout=1200)
 
 FORECAST_PRESETS = ["ersst", "wfde5_temperature", "wfde5_precipitation", "era5_t2m", "hgt_djf",
                     "sst_anom", "wind200", "bom_radar"]
+#: presets run through their study (conf/experiment/), which also chooses the model presets
+STUDY = {"ersst": "experiment=ersst"}
 #: presets whose variable has a lower bound (log1p): never negative, dry cells exactly 0.
 BOUNDED = {"wfde5_precipitation": "pr", "bom_radar": "precipitation"}
 
@@ -38,7 +40,8 @@ def _finite(v) -> bool:
 @pytest.mark.parametrize("preset", FORECAST_PRESETS)
 def test_preset_runs_the_main_job_end_to_end(preset, tmp_path, shared_data):
     run_dir = tmp_path / preset
-    out = simdiff("run", f"run_dir={run_dir}", f"data={preset}", "debug=tiny", f"shared_data={shared_data}")
+    choice = STUDY.get(preset, f"data={preset}")
+    out = simdiff("run", f"run_dir={run_dir}", choice, "debug=tiny", f"shared_data={shared_data}")
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     store = TrainingStore(run_dir / "data" / "train.zarr")

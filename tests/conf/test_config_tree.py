@@ -262,8 +262,26 @@ def test_the_qg_preset_chooses_its_presets_and_qg_long_the_stage_defaults():
 def test_experiment_ersst_chooses_the_ersst_presets():
     cfg = _compose(["experiment=ersst"], hydra=True)
     choices = cfg.hydra.runtime.choices
-    assert (choices.data, choices.autoencoder) == ("ersst", "ersst")
+    assert (choices.data, choices.autoencoder, choices.diffusion, choices.sampler) == (
+        "ersst", "ersst", "ersst", "dpmpp_2m")
+    assert cfg.sampler.steps == 10
     assert cfg.data.source.endswith("/climate/xrtutorial_sst.mnmean.nc")
     # a command-line choice still wins over the experiment's
     chosen = _compose(["experiment=ersst", "autoencoder=default"], hydra=True).hydra.runtime.choices
     assert chosen.autoencoder == "default"
+
+
+def test_the_progress_display_is_not_part_of_a_training_stage_identity():
+    """A run trained with one progress bar is skipped (not refused) under another: the training
+    stages' identities leave display-only callbacks out, and keep every other callback."""
+    from simdiff.cli.autoencoder import stage_config as ae_config
+    from simdiff.cli.diffusion import stage_config as dm_config
+
+    bars = ["lightning.pytorch.callbacks.RichProgressBar", "simdiff.lit.progress.StageProgressBar"]
+    for build in (ae_config, dm_config):
+        configs = [build(_compose([f"+trainer.callbacks=[{{_target_: {bar}}}]"]), {"shape": [1]})
+                   for bar in bars]
+        assert configs[0] == configs[1] and configs[0]["trainer"]["callbacks"] == []
+        early = "lightning.pytorch.callbacks.EarlyStopping"
+        kept = build(_compose([f"trainer.callbacks=[{{_target_: {early}, monitor: val/loss}}]"]), {})
+        assert kept["trainer"]["callbacks"] == [{"_target_": early, "monitor": "val/loss"}]
