@@ -66,6 +66,22 @@ SHIPPED: frozenset[str] = frozenset({
     "simdiff.runs.modes.Forecast",  # generate/mode: the generation modes (the rest of runs/ is denied)
     "simdiff.runs.modes.Sample",
     "simdiff.runs.modes.Conditional",
+    # simdiff's own nodes of every composed config: checked by name, so that a command that does
+    # not train (prepare, generate, evaluate) does not import Lightning's trainer to check them
+    "simdiff.data.loading.datamodule.SimdiffDataModule",
+    "simdiff.data.stores.prepare.PrepareOptions",
+    "simdiff.data.stores.cluster.LocalCluster",
+    "simdiff.data.stores.cluster.SlurmCluster",
+    "simdiff.data.stores.cluster.SchedulerAddress",
+    "simdiff.data.sources.climate.ClimateSource",
+    "simdiff.data.sources.molecular.CubeSource",
+    "simdiff.data.sources.simulators.qg_source.QGSource",
+    "simdiff.data.sources.simulators.molecules.MoleculeDensities",
+    "simdiff.lit.autoencoder.AutoencoderModule",
+    "simdiff.lit.diffusion.DiffusionModule",
+    "simdiff.lit.progress.StageProgressBar",
+    "simdiff.diffusion.sampling.Sampling",
+    "simdiff.generate.augment.BoundsFilter",
 })
 
 #: Where config targets may come from (a prefix ends with "."); see the module docstring.

@@ -171,6 +171,21 @@ def test_config_targets_refused(target):
     assert not registry.config_target_allowed(target)
 
 
+@pytest.mark.parametrize("target", sorted(registry.STORED | registry.SHIPPED))
+def test_every_name_checked_without_import_names_what_it_says(target):
+    """STORED and SHIPPED are trusted by name: each must be a class or module-level function of
+    that name, defined in (or under) the module its path names (a typo or a moved class fails
+    here, not at run time)."""
+    import inspect
+
+    obj = registry.locate(target)
+    module, _, name = target.rpartition(".")
+    assert inspect.isclass(obj) or inspect.isfunction(obj)
+    assert obj.__qualname__ == name and obj.__module__.startswith(module.split(".")[0])
+    if target.startswith("simdiff."):
+        assert obj.__module__.startswith(module)
+
+
 def test_allowed_targets_extend_the_config_check():
     assert registry.config_target_allowed("os.system", ["os.system"])
     assert registry.config_target_allowed("collections.OrderedDict", ["collections."])
