@@ -45,6 +45,9 @@ def check_values(aug: DictConfig) -> None:
     rounds = aug.max_rounds
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise DataError(f"augment.max_rounds={rounds!r}: give a count >= 1 (draws per sample at most)")
+    per = aug.draws_per_source
+    if not isinstance(per, int) or isinstance(per, bool) or per < 1:
+        raise DataError(f"augment.draws_per_source={per!r}: give a count >= 1 (draws per real state)")
 
 
 def identity(cfg: DictConfig) -> Identity:
@@ -99,6 +102,7 @@ def augment_stage(cfg: DictConfig) -> None:
         int(aug.max_rounds),
         int(aug.batch_size),
         attrs,
+        per_source=int(aug.draws_per_source),
     )
     publish(job, target, config=loaded.config, ranks=loaded.fabric, force=bool(cfg.force),
             preemption=preemption_signal(cfg))

@@ -12,6 +12,7 @@ the sample each was drawn for (``molecular``), sample mode's draws against held-
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ def identity(cfg: DictConfig) -> Identity:
         inputs["forecast"] = forecast
     if augmented.exists():
         inputs["augmented"] = augmented
+    if run.certificate.is_file():
+        inputs["certificate"] = run.certificate
     if cfg.evaluate.baselines.ae_ceiling and run.final("autoencoder").is_file():
         inputs.update(trained(run, "autoencoder"))
     config = {"evaluate": plain_node(cfg.evaluate), "seed": int(cfg.seed)}
@@ -138,8 +141,11 @@ def evaluate_stage(cfg: DictConfig) -> None:
     if augmented.exists():
         synthetic = open_output(augmented)
         log.info("evaluate: %s, %d synthetic samples", augmented, int(synthetic["synthetic"].sum()))
-        metrics["augment"] = score_augmented(run, synthetic)
+        metrics["augment"] = score_augmented(run, synthetic, forecast, seed=int(cfg.seed))
         metrics["augment"]["source"] = str(augmented)
+    if run.certificate.is_file():
+        log.info("evaluate: the downstream certificate %s", run.certificate)
+        metrics["certificate"] = json.loads(run.certificate.read_text())
     if forecast is not None:
         sdim = store.layout.sample_dim
         figures.update(report_figures(metrics, forecast=forecast, truth=truth, sample_dim=sdim))

@@ -15,10 +15,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from simdiff.base.errors import DataError
-from simdiff.cli import augment, autoencoder, diffusion, evaluate, generate
+from simdiff.cli import augment, autoencoder, certify, diffusion, evaluate, generate
 from simdiff.cli.app import restart_stage_clock, to_plain
 from simdiff.cli.augment import augment_stage
 from simdiff.cli.autoencoder import encode_stage, train_autoencoder_stage
+from simdiff.cli.certify import certify_stage
 from simdiff.cli.diffusion import train_diffusion_stage
 from simdiff.cli.evaluate import evaluate_stage
 from simdiff.cli.generate import generate_stage
@@ -107,6 +108,8 @@ STAGES: tuple[Stage, ...] = (
           ranked=True),
     Stage("augment", "synthetic samples in the source schema -> run_dir/augmented.zarr", augment_stage,
           augment.identity, ranked=True),
+    Stage("certify", "a downstream model on real vs real + synthetic data -> run_dir/certificate.json",
+          certify_stage, certify.identity),
     Stage("evaluate", "metrics, plots and report -> run_dir/report/", evaluate_stage, evaluate.identity),
 )
 MAIN_JOB = ("prepare", "train-autoencoder", "encode", "train-diffusion", "generate", "evaluate")

@@ -80,6 +80,7 @@ def index_html(metrics: dict, pngs: Sequence[str], data_files: Sequence[str]) ->
     for key, title in (("samples", "Samples (generate/mode=sample) against held-out data"),
                        ("augment", "Augmentation")):
         parts.extend(_distribution_html(metrics.get(key), title))
+    parts.extend(_certificate_html(metrics.get("certificate")))
     parts.append("<p>Data: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>"
                                           for f in data_files) + "</p>")
     for png in pngs:
@@ -94,11 +95,46 @@ def _distribution_html(augment: dict[str, Any] | None, title: str) -> list[str]:
     parts: list[str] = []
     if augment:
         parts.append(f"<h2>{html.escape(title)} ({augment['samples']} synthetic samples)</h2>")
-        rows = [[key, e["wasserstein1"], e["wasserstein1_train_test"], e["spectrum_ratio"]]
+        rows = [[key, e["wasserstein1"], e["wasserstein1_train_test"], e["spectrum_ratio"],
+                 e["quantiles"]["synthetic"][-1], e["quantiles"]["test"][-1],
+                 ", ".join(f"{q:g}" for q in e["quantiles"].get("outside_test_band", [])) or "none",
+                 (e.get("beyond_train_range") or {}).get("total")]
                 for key, e in augment["variables"].items()]
-        parts.append(_table(["variable", "W1 synthetic-test", "W1 train-test", "spectrum_ratio"], rows))
-        mem = augment.get("memorisation", {})
+        parts.append(_table(["variable", "W1 synthetic-test", "W1 train-test", "spectrum_ratio",
+                             "q99.9 synthetic", "q99.9 held-out", "quantiles outside the held-out band",
+                             "share beyond train range"], rows))
+        mem = dict(augment.get("memorisation", {}))
+        successors = mem.pop("successors", None)
+        parts.append("<p>Nearest-neighbour check (unconditional draws): synthetic samples' distance to "
+                     "the nearest training sample against held-out samples' (ratio about 1 when novel).</p>")
+        verdict = mem.pop("verdict", None)
         parts.append(_table(list(mem), [list(mem.values())]))
+        if verdict:
+            parts.append(f"<p>{html.escape(str(verdict))}.</p>")
+        if successors is not None:
+            verdict = successors.get("verdict") or successors.get("skipped", "")
+            parts.append(f"<p><b>Memorisation of next-state draws:</b> {html.escape(str(verdict))}.</p>")
+    return parts
+
+
+def _certificate_html(cert: dict[str, Any] | None) -> list[str]:
+    """The downstream certificate: per fraction of real pairs, the errors and their ratios."""
+    if not cert:
+        return []
+
+    def ci(e: dict[str, Any]) -> str:
+        if e["lower"] is None:
+            return f"{e['mean']:.3g}"
+        return f"{e['mean']:.3g} [{e['lower']:.3g}, {e['upper']:.3g}]"
+
+    parts = [f"<h2>Downstream certificate ({html.escape(cert['task'])}, {cert['seeds']} seeds)</h2>",
+             f"<p>Score: {html.escape(cert['score'])}; persistence {cert['persistence']:.4g}. "
+             f"{cert['pairs']['synthetic']} synthetic pairs; {html.escape(cert['caveat'])}.</p>"]
+    rows = [[key, cert["pairs"]["real_by_fraction"][key], ci(e["real"]), ci(e["real+synthetic"]),
+             ci(e["synthetic"]), ci(e["ratio_real+synthetic"]), ci(e["ratio_synthetic"]), e["verdict"]]
+            for key, e in cert["by_fraction"].items()]
+    parts.append(_table(["fraction", "real pairs", "error real", "error real+synthetic", "error synthetic",
+                         "real+synthetic / real", "synthetic / real", "verdict"], rows))
     return parts
 
 

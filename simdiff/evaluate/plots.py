@@ -283,6 +283,53 @@ def spectra_figure(metrics: dict) -> Figure:
     return fig
 
 
+def certificate_figure(certificate: dict) -> Figure:
+    """The downstream certificate: test error of real + synthetic and of synthetic-only training
+    relative to real-only, against the fraction of real pairs, with the 95 % intervals over seeds
+    (below 1: better than real data alone)."""
+    fig, axes = _key_grid(1, PANEL_WIDTH_IN * 1.4, PANEL_HEIGHT_IN)
+    ax = axes[0]
+    by = certificate["by_fraction"]
+    pairs = certificate["pairs"]["real_by_fraction"]
+    x = np.asarray([float(k) for k in by], dtype=float)
+    for arm, style in (("ratio_real+synthetic", "o-"), ("ratio_synthetic", "s--")):
+        mean = np.asarray([by[k][arm]["mean"] for k in by], dtype=float)
+        lo, hi = (np.asarray([np.nan if by[k][arm][b] is None else by[k][arm][b] for k in by], dtype=float)
+                  for b in ("lower", "upper"))
+        ax.errorbar(x, mean, yerr=np.nan_to_num(np.stack([mean - lo, hi - mean])), fmt=style, capsize=3,
+                    label=arm.removeprefix("ratio_") + " / real")
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(x, [f"{float(k):g}\n({pairs[k]})" for k in by], fontsize=6)
+    ax.set_xlabel("fraction of the real training pairs (pairs)", fontsize=7)
+    ax.set_ylabel("test error ratio", fontsize=7)
+    ax.set_title(f"downstream certificate: {certificate['task']} ({certificate['seeds']} seeds)", fontsize=8)
+    ax.legend(fontsize=6)
+    return fig
+
+
+def tails_figure(section: dict) -> Figure:
+    """Quantiles 0.1 %-99.9 % of synthetic and held-out real values per KEY, each with its
+    bootstrap band (an augment or samples section of the report), on a logit probability axis
+    so both tails are visible."""
+    variables = section["variables"]
+    fig, axes = _key_grid(len(variables), PANEL_WIDTH_IN, PANEL_HEIGHT_IN)
+    for ax, (key, entry) in zip(axes, variables.items(), strict=False):
+        q = entry["quantiles"]
+        p = np.asarray(q["q"], dtype=float)
+        for side, style, colour in (("test", "k-", "0.6"), ("synthetic", "C0--", "C0")):
+            if f"{side}_lower" in q:
+                ax.fill_between(p, q[f"{side}_lower"], q[f"{side}_upper"], color=colour, alpha=0.3, lw=0)
+            ax.plot(p, q[side], style, label="held-out real" if side == "test" else side, lw=1)
+        ax.set_xscale("logit")
+        ax.set_title(f"{key}: quantiles", fontsize=8)
+        ax.set_xlabel("probability", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    return fig
+
+
 def diurnal_figure(metrics: dict) -> Figure:
     """Mean change per step by local hour, ensemble mean against truth, per variable."""
     diurnal = metrics["diurnal"]

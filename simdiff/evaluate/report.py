@@ -79,6 +79,7 @@ from simdiff.evaluate.diurnal import MORNING, applies, diurnal_cycle
 from simdiff.evaluate.domain import domain_checks
 from simdiff.evaluate.html import SCORES, index_html, write_csv
 from simdiff.evaluate.plots import (
+    certificate_figure,
     diurnal_figure,
     ensemble_figure,
     format_level,
@@ -86,10 +87,11 @@ from simdiff.evaluate.plots import (
     rank_histogram_figure,
     save_figure,
     spectra_figure,
+    tails_figure,
 )
 from simdiff.evaluate.reconstruction import _same_coords
 from simdiff.metrics.crps import crps
-from simdiff.metrics.distribution import quantiles, wasserstein1
+from simdiff.metrics.distribution import beyond_range, quantile_bands, wasserstein1
 from simdiff.metrics.memorisation import memorisation
 from simdiff.metrics.spectra import WAVENUMBER, field_spectrum, spectrum_ratio_low
 from simdiff.metrics.weighting import weighted_sums
@@ -488,6 +490,23 @@ def _w1(a: xr.DataArray, b: xr.DataArray) -> float:
     return float(wasserstein1(xr.Dataset({"v": a}), xr.Dataset({"v": b}))["v"])
 
 
+def _tails(synthetic: xr.Dataset, test: xr.Dataset) -> dict[str, Any]:
+    """The quantile entry of a KEY: both sides with their bootstrap bands, and the quantiles
+    where the synthetic value falls outside the held-out data's band."""
+    q = np.asarray(test["quantile"].values)
+    outside = (synthetic["value"] < test["lower"]) | (synthetic["value"] > test["upper"])
+    return {
+        "q": q.tolist(),
+        "synthetic": synthetic["value"].values.tolist(),
+        "synthetic_lower": synthetic["lower"].values.tolist(),
+        "synthetic_upper": synthetic["upper"].values.tolist(),
+        "test": test["value"].values.tolist(),
+        "test_lower": test["lower"].values.tolist(),
+        "test_upper": test["upper"].values.tolist(),
+        "outside_test_band": q[outside.values].tolist(),
+    }
+
+
 def evaluate_augmented(
     synthetic: xr.Dataset,
     real_train: xr.Dataset,
@@ -497,6 +516,7 @@ def evaluate_augmented(
     periodic: Collection[str] = (),
     sample_dim: str = "time",
     synthetic_dim: str | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Does augmentation data look like held-out data without copying the training set?
 
@@ -509,9 +529,13 @@ def evaluate_augmented(
         synthetic_dim: the synthetic sample dim (default ``sample_dim``).
 
     Returns:
-        ``{"samples": n, "variables": {KEY: {"quantiles": {"q", "synthetic", "test"},
-        "wasserstein1", "wasserstein1_train_test", "spectrum_ratio"}}, "memorisation":
-        {"median_ratio", "fraction_closer_than_test_p05"}}``. W1 is in the variable's units;
+        ``{"samples": n, "variables": {KEY: {"quantiles": {"q", "synthetic", "test", their
+        bootstrap bands "..._lower"/"..._upper", "outside_test_band"}, "beyond_train_range":
+        {"train_min", "train_max", "below", "above", "total"}, "wasserstein1",
+        "wasserstein1_train_test", "spectrum_ratio"}}, "memorisation": {"median_ratio",
+        "fraction_closer_than_test_p05"}}``. Quantiles run from 0.1 % to 99.9 %, with 95 % bands
+        from a bootstrap over whole samples (``seed`` keys it); ``beyond_train_range`` is the
+        share of synthetic values outside the real training split's range. W1 is in the variable's units;
         ``wasserstein1_train_test`` is what a generator as good as fresh real data scores. The
         memorisation distances use each KEY standardised by the train mean and std (so variables
         in different units count alike).
@@ -531,12 +555,13 @@ def evaluate_augmented(
         for key, where in _level_keys(real_test, name, sample_dim):
             s, tr, te = (d[name].isel(where) for d in (syn, real_train, real_test))
             wk = w.isel({k: v for k, v in where.items() if k in w.dims})
-            q = quantiles(xr.Dataset({"s": s, "t": te}))
+            qs, qt = (quantile_bands(d, sample_dim, seed=seed) for d in (s, te))
+            low, high = float(tr.min()), float(tr.max())
             spec_t = field_spectrum(te, weights=wk, periodic=periodic)
             spec_s = field_spectrum(s, weights=wk, periodic=periodic)
             variables[key] = {
-                "quantiles": {"q": np.asarray(q["quantile"].values).tolist(),
-                              "synthetic": q["s"].values.tolist(), "test": q["t"].values.tolist()},
+                "quantiles": _tails(qs, qt),
+                "beyond_train_range": {"train_min": low, "train_max": high, **beyond_range(s, low, high)},
                 "wasserstein1": _w1(s, te),
                 "wasserstein1_train_test": _w1(tr, te),
                 "spectrum_ratio": _json_float(spectrum_ratio_low(spec_t, spec_s)),
@@ -550,8 +575,27 @@ def evaluate_augmented(
                     for _, where in _level_keys(real_test, name, sample_dim)], dim=key_dim,
                    coords="minimal", compat="override", join="override")
     mem = memorisation(*(xr.Dataset({"standardised": x}) for x in stacked), weights=wk, sample_dim=sample_dim)
-    return {"samples": int(syn.sizes[sample_dim]), "variables": variables,
-            "memorisation": {k: _json_float(v) for k, v in mem.attrs.items()}}
+    summary: dict[str, Any] = {k: _json_float(v) for k, v in mem.attrs.items()}
+    summary["verdict"] = nearest_neighbour_verdict(summary["median_ratio"],
+                                                   summary["fraction_closer_than_test_p05"])
+    return {"samples": int(syn.sizes[sample_dim]), "variables": variables, "memorisation": summary}
+
+
+def nearest_neighbour_verdict(median_ratio: float | None, closer: float | None) -> str:
+    """The nearest-neighbour check in one sentence (for unconditional draws; a forecaster's
+    next-state draws sit near their sources' true successors, which are training samples, and
+    are judged by the successor test instead)."""
+    if median_ratio is None or closer is None:
+        return "undecided: the distances are not finite"
+    numbers = (f"median distance ratio {median_ratio:.2f}, {100 * closer:.0f} % of synthetic samples nearer "
+               "to the training set than 95 % of unseen samples (5 % when novel)")
+    if median_ratio >= 0.8 and closer <= 0.1:
+        return ("no sign of copying: synthetic samples are as far from the training set as unseen real "
+                f"data ({numbers})")
+    if median_ratio < 0.5 or closer > 0.25:
+        return (f"synthetic samples sit much closer to the training set than unseen real data ({numbers}): "
+                "copying, unless they are next-state draws (then read the successor test)")
+    return f"synthetic samples sit somewhat closer to the training set than unseen real data ({numbers})"
 
 
 def report_figures(
@@ -580,6 +624,11 @@ def report_figures(
         figures["spectra"] = spectra_figure(metrics)
     if metrics.get("diurnal"):
         figures["diurnal"] = diurnal_figure(metrics)
+    if metrics.get("certificate"):
+        figures["certificate"] = certificate_figure(metrics["certificate"])
+    for section in ("augment", "samples"):
+        if (metrics.get(section) or {}).get("variables"):
+            figures[f"{section}_tails"] = tails_figure(metrics[section])
     return figures
 
 

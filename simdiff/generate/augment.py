@@ -12,7 +12,9 @@ there is none).
 Keys. The draw of sample id ``k`` in round ``r`` (``r = 0`` first; ``r > 0`` redraws a sample the
 filter rejected) takes all its noise from the stream keyed ``(seed, SAMPLE_INIT, k, r + 1)``
 (:mod:`simdiff.generate.noise`) and picks its real source uniformly from the split's candidates
-with a numpy generator seeded by the key ``(seed, SAMPLE_INIT, k, -(r + 1))``. So sample ``k`` is
+with a numpy generator seeded by the key ``(seed, SAMPLE_INIT, k, -(r + 1))`` (with
+``draws_per_source = m > 1``, ids ``k`` with one ``k // m`` share a source, keyed by
+``(seed, SAMPLE_INIT, k // m, -1)``, redraws included). So sample ``k`` is
 the same whatever the other ids, the batch, the rank, or a resume (with ``row_by_row``
 sampling, bit for bit).
 
@@ -186,16 +188,23 @@ class BoundsFilter:
 
 
 # -- drawing --------------------------------------------------------------------------------
-def choose_sources(pool: np.ndarray, ids: Sequence[int], round_: int, seed: int) -> np.ndarray:
+def choose_sources(pool: np.ndarray, ids: Sequence[int], round_: int, seed: int,
+                   per_source: int = 1) -> np.ndarray:
     """The real sample behind draw ``(id, round_)``: ``pool[u]``, u keyed by ``(seed, -1, id, -(round_+1))``.
+
+    With ``per_source = m > 1`` the ids come in groups ``k // m`` that share one source, keyed by
+    ``(seed, -1, k // m, -1)`` in every round (a redraw keeps its group's source): m draws of
+    the next state of one real state, which the successor test of evaluate needs.
 
     Returns:
         (B,) int64 entries of ``pool`` (-1 for every id when ``pool`` is empty).
     """
     if not len(pool):
         return np.full(len(ids), -1, dtype=np.int64)
-    picks = [np.random.default_rng(member_seed(seed, SAMPLE_INIT, int(k), -(round_ + 1))).integers(len(pool))
-             for k in ids]
+    if per_source < 1:
+        raise DataError(f"augment.draws_per_source={per_source}; it must be >= 1")
+    keys = [(int(k), -(round_ + 1)) if per_source == 1 else (int(k) // per_source, -1) for k in ids]
+    picks = [np.random.default_rng(member_seed(seed, SAMPLE_INIT, k, r)).integers(len(pool)) for k, r in keys]
     return np.asarray(pool, dtype=np.int64)[np.asarray(picks, dtype=np.int64)]
 
 

@@ -65,3 +65,52 @@ def wasserstein1(synthetic: xr.Dataset, reference: xr.Dataset) -> xr.Dataset:
             for name in reference.data_vars
         }
     )
+
+
+def quantile_bands(
+    da: xr.DataArray,
+    sample_dim: str,
+    q: tuple[float, ...] = QUANTILES,
+    *,
+    resamples: int = 200,
+    max_values: int = 200_000,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Pooled quantiles with 95 % bootstrap bands, resampling whole samples.
+
+    Cells of one sample are correlated, so the bootstrap draws samples (with replacement), not
+    cells. Each resample pools at most ``max_values`` values: when the samples hold more, a fixed
+    random subset of cells (the same for every resample) is pooled, so a tail quantile of a large
+    grid costs a bounded sort; the point estimate ``value`` uses every valid cell.
+
+    Returns:
+        ``value``, ``lower``, ``upper`` over ``quantile``.
+    """
+    x = np.asarray(da.transpose(sample_dim, ...).values, dtype=np.float64).reshape(da.sizes[sample_dim], -1)
+    n, cells = x.shape
+    if n == 0:
+        raise ValueError(f"quantile_bands: {da.name!r} has no samples")
+    rng = np.random.default_rng(seed)
+    keep = min(cells, max(1, max_values // n))
+    sub = x[:, np.sort(rng.choice(cells, keep, replace=False))] if keep < cells else x
+    boot = np.empty((resamples, len(q)))
+    for b in range(resamples):
+        v = sub[rng.integers(0, n, n)].ravel()
+        v = v[~np.isnan(v)]
+        boot[b] = np.quantile(v, q) if v.size else np.nan
+    value = quantiles(xr.Dataset({"v": da}), q)["v"].values
+    return xr.Dataset(
+        {"value": ("quantile", value), "lower": ("quantile", np.nanquantile(boot, 0.025, axis=0)),
+         "upper": ("quantile", np.nanquantile(boot, 0.975, axis=0))},
+        coords={"quantile": list(q)},
+    )
+
+
+def beyond_range(da: xr.DataArray, low: float, high: float) -> dict[str, float]:
+    """The shares of ``da``'s valid values below ``low`` and above ``high`` (a real training
+    range), and their sum."""
+    v = _values(da)
+    if v.size == 0:
+        raise ValueError(f"beyond_range: {da.name!r} has no valid values")
+    below, above = float(np.mean(v < low)), float(np.mean(v > high))
+    return {"below": below, "above": above, "total": below + above}

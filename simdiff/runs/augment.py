@@ -103,6 +103,7 @@ class AugmentJob:
     max_rounds: int
     batch_size: int
     attributes: Callable[[], dict[str, Any]]
+    per_source: int = 1
     stage: str = "augment"
     unit: str = "rows"
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
@@ -202,7 +203,7 @@ class AugmentJob:
             if not pending:
                 break
             ids = [self.ids[p - self.n_real] for p in pending]
-            sources = choose_sources(self.pool, ids, r, self.seed)
+            sources = choose_sources(self.pool, ids, r, self.seed, self.per_source)
             window = None
             if previous:
                 window = torch.from_numpy(

@@ -124,7 +124,8 @@ def residual_attr(forecast: xr.Dataset) -> dict[str, float] | None:
     return value
 
 
-def _against_held_out(run: RunDir, synthetic: xr.Dataset, synthetic_dim: str | None = None) -> dict[str, Any]:
+def _against_held_out(run: RunDir, synthetic: xr.Dataset, synthetic_dim: str | None = None,
+                      seed: int = 0) -> dict[str, Any]:
     """Synthetic fields against the store's held-out data (test, else val): quantiles,
     Wasserstein-1, spectra, memorisation (:func:`simdiff.evaluate.report.evaluate_augmented`)."""
     from simdiff.evaluate.report import evaluate_augmented
@@ -144,13 +145,70 @@ def _against_held_out(run: RunDir, synthetic: xr.Dataset, synthetic_dim: str | N
         periodic=set(store.attrs["geometry"].get("periodic", [])),
         sample_dim=sdim,
         synthetic_dim=synthetic_dim,
+        seed=seed,
     )
 
 
-def score_augmented(run: RunDir, synthetic: xr.Dataset) -> dict[str, Any]:
-    """metrics.json's ``augment`` part for a published augmented dataset (its synthetic rows)."""
+#: At most this many held-out inits of the forecast are the successor test's reference.
+HELD_OUT_SOURCES = 100
+
+
+def successor_check(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | None = None,
+                    seed: int = 0) -> dict[str, Any] | None:
+    """The memorisation test of next-state draws (:mod:`simdiff.evaluate.successors`): the
+    augmented dataset's draws from training states, grouped by source, against each source's true
+    successor, with the forecast's first lead on held-out inits as the reference. None for
+    draws that are not next states (the nearest-neighbour check is theirs)."""
+    from simdiff.evaluate.successors import by_source, standardised, successor_memorisation
+
+    if synthetic.attrs.get("simdiff_draws") != "next_state" or "source_index" not in synthetic:
+        return None
+    store = TrainingStore(run.store)
+    sdim = store.layout.sample_dim
+    ds = store.dataset()
+    truth = denormalise(ds)
+    names = [str(v) for v in truth.data_vars]
+    train = truth.isel({sdim: store.indices("train")})
+    fake = np.flatnonzero(synthetic["synthetic"].values)
+    grouped, sources = by_source(synthetic[names].isel({sdim: fake}), sdim,
+                                 np.asarray(synthetic["source_index"].values)[fake])
+    if not len(sources):
+        return {"skipped": "no training state conditions two draws or more; set augment.draws_per_source "
+                           ">= 2 (e.g. 4) to test whether the draws copy the true successors"}
+
+    def successors(index: np.ndarray) -> xr.DataArray:
+        picked = truth.isel({sdim: np.asarray(index, dtype=np.int64) + 1})
+        picked = picked.drop_vars([n for n, c in picked.coords.items() if sdim in c.dims])
+        return standardised(picked.rename({sdim: "source"}), train, ds["weights"], sdim)
+
+    held_members = held_truth = None
+    if forecast is not None and forecast.sizes.get("realization", 0) >= 2:
+        inits = np.asarray(forecast["init_index"].values, dtype=np.int64)
+        pick = np.unique(np.linspace(0, len(inits) - 1, min(len(inits), HELD_OUT_SOURCES)).astype(int))
+        first = forecast[names].isel(lead_time=0, init_time=pick)
+        first = first.drop_vars([n for n, c in first.coords.items()
+                                 if {"init_time", "realization"} & set(c.dims)])
+        first = first.rename(init_time="source", realization="member")
+        first = first.transpose("source", "member", ...).load()
+        held_members = standardised(first, train, ds["weights"], sdim)
+        held_truth = successors(inits[pick])
+    result = successor_memorisation(standardised(grouped, train, ds["weights"], sdim), successors(sources),
+                                    held_members, held_truth, seed=seed)
+    log.info("evaluate: memorisation of next-state draws: %s", result["verdict"])
+    return result
+
+
+def score_augmented(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | None = None,
+                    seed: int = 0) -> dict[str, Any]:
+    """metrics.json's ``augment`` part for a published augmented dataset (its synthetic rows):
+    the distributions against held-out data and, for next-state draws, the successor test."""
     sdim = TrainingStore(run.store).layout.sample_dim
-    return _against_held_out(run, synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)}))
+    out = _against_held_out(run, synthetic.isel({sdim: np.flatnonzero(synthetic["synthetic"].values)}),
+                            seed=seed)
+    check = successor_check(run, synthetic, forecast, seed=seed)
+    if check is not None:
+        out["memorisation"]["successors"] = check
+    return out
 
 
 def score_samples(run: RunDir, samples: xr.Dataset) -> dict[str, Any]:

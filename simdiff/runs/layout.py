@@ -14,6 +14,8 @@
     conditional.zarr | .nc     generate (conditional mode: members per conditioning sample)
     cubes/                     generate (conditional mode on voxel grids): one Gaussian cube per member
     augmented.zarr | .nc       augment
+    certificate.json           certify: a downstream model trained on real, real + synthetic and
+                               synthetic pairs, scored on the real test split
     report/                    evaluate: metrics.json, metrics.csv, figures, index.html
     logs/                      one folder per sub-command invocation (Hydra)
 
@@ -91,6 +93,11 @@ class RunDir:
     def cubes(self) -> Path:
         """Gaussian cube files of a conditional output on a voxel grid."""
         return self.root / "cubes"
+
+    @property
+    def certificate(self) -> Path:
+        """certify: the downstream certificate of the augmented dataset."""
+        return self.root / "certificate.json"
 
     @property
     def report(self) -> Path:

@@ -2,7 +2,8 @@
 
 ``workflows/weather_ensemble/run.sh`` (the main job with ``experiment=weather_ensemble``: a
 50-member ensemble, 3 under debug=tiny) and ``workflows/augment_dataset/run.sh`` (the main job,
-``augment`` merged after the real train samples, the report again with its augment section).
+``augment`` merged after the real train samples, ``certify``, the report again with its augment
+section and the certificate).
 The molecular recipe is tests/cli/test_molecules_end_to_end.py; the SLURM sweep recipe is
 tests/cluster/test_slurm_sweep.py (on the CI SLURM).
 """
@@ -39,7 +40,9 @@ def test_the_experiments_of_the_recipes_ask_for_what_their_readmes_say():
         weather = compose("config", overrides=["experiment=weather_ensemble", "run_dir=/r"])
         augment = compose("config", overrides=["experiment=augment_dataset", "run_dir=/r"])
     assert weather.generate.members == 50 and weather.data._target_.endswith("QGSource")
-    assert augment.augment.samples == 200 and augment.augment.merge is True
+    assert augment.augment.samples == 1000 and augment.augment.merge is True
+    assert augment.augment.draws_per_source == 2
+    assert list(augment.certify.fractions) == [0.01, 0.05, 0.25, 1.0] and augment.certify.seeds == 3
 
 
 @pytest.mark.slow
@@ -69,3 +72,20 @@ def test_augment_dataset_recipe_merges_synthetic_samples_and_reports_them(tmp_pa
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert metrics["augment"]["samples"] == 6
     assert metrics["augment"]["memorisation"]["median_ratio"] > 0
+    # two draws per source: ids 0-1, 2-3 and 4-5 share a training state -> three sources of 2
+    successors = metrics["augment"]["memorisation"]["successors"]
+    assert successors["train"]["sources"] == 3 and successors["train"]["members"] == 2
+    assert successors["held_out"]["members"] == 3  # the forecast's first lead on test inits
+    assert isinstance(successors["copying"], bool) and successors["verdict"]
+    q = metrics["augment"]["variables"]["q@1"]["quantiles"]
+    assert all(lo <= v <= hi for lo, v, hi in zip(q["test_lower"], q["test"], q["test_upper"], strict=True))
+    # the certificate: every arm at both tiny fractions, 2 seeds each, finite errors, in the report
+    cert = metrics["certificate"]
+    assert json.loads((run_dir / "certificate.json").read_text()) == cert
+    assert set(cert["by_fraction"]) == {"0.5", "1"} and cert["seeds"] == 2
+    for arm in ("real", "real+synthetic"):
+        assert all(len(v) == 2 and all(e > 0 for e in v) for v in cert["errors"][arm].values())
+    assert cert["pairs"]["synthetic"] == 6
+    assert cert["pairs"]["real_by_fraction"]["1"] == cert["pairs"]["real_train"]
+    assert {"certificate.png", "augment_tails.png"} <= {p.name for p in (run_dir / "report").iterdir()}
+    assert not list(run_dir.glob("certificate.partial-*"))  # published whole, the cells cleared

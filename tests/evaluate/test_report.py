@@ -171,7 +171,7 @@ def test_report_files_schema_html_and_atomic_replace(tmp_path: Path):
     out.mkdir()
     (out / "stale.png").write_bytes(b"old run")
     figures = report_figures(metrics, forecast=forecast, truth=truth)
-    assert set(figures) == {"ensemble", "lead_time", "rank_histogram", "spectra"}
+    assert set(figures) == {"ensemble", "lead_time", "rank_histogram", "spectra", "augment_tails"}
     write_report(metrics, out, figures)
     files = {p.name for p in out.iterdir()}
     assert files == {"metrics.json", "metrics.csv", "index.html", *(f"{s}.png" for s in figures)}
@@ -201,10 +201,19 @@ def test_augmented_memorisation_and_distances():
     b = evaluate_augmented(fresh, train, test, periodic={"x", "y"}, synthetic_dim="sample")
     assert a["memorisation"]["median_ratio"] == pytest.approx(0.0, abs=1e-6)
     assert a["memorisation"]["fraction_closer_than_test_p05"] == 1.0
+    assert a["memorisation"]["verdict"].startswith("synthetic samples sit much closer")
     assert b["memorisation"]["median_ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert b["memorisation"]["verdict"].startswith("no sign of copying")
     assert b["variables"]["q@1"]["wasserstein1"] == 0.0  # identical samples
     assert a["variables"]["q@2"]["wasserstein1"] > 0.0
-    assert set(b["variables"]["q@1"]["quantiles"]) == {"q", "synthetic", "test"}
+    qb = b["variables"]["q@1"]["quantiles"]
+    assert set(qb) == {"q", "synthetic", "test", "synthetic_lower", "synthetic_upper", "test_lower",
+                       "test_upper", "outside_test_band"}
+    assert qb["synthetic"] == qb["test"] and qb["outside_test_band"] == []  # the test set itself
+    bands = zip(qb["test_lower"], qb["test"], qb["test_upper"], strict=True)
+    assert all(lo <= v <= hi for lo, v, hi in bands)
+    # copies of training states lie inside the training range; the test states need not
+    assert a["variables"]["q@1"]["beyond_train_range"]["total"] == 0.0
 
 
 

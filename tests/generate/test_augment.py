@@ -122,6 +122,20 @@ def test_sources_are_keyed_by_id_and_round_not_by_the_batch():
     assert np.all(np.abs(counts - 1000) < 5 * np.sqrt(4000 * 0.25 * 0.75))
 
 
+def test_draws_per_source_share_a_source_in_every_round():
+    pool = np.arange(1000)
+    ids = list(range(40))
+    first = choose_sources(pool, ids, 0, seed=5, per_source=4)
+    groups = first.reshape(10, 4)
+    assert (groups == groups[:, :1]).all()  # ids 4g..4g+3 share one source
+    assert len(set(groups[:, 0])) >= 9  # and the groups draw their own sources
+    # a redraw keeps its group's source
+    np.testing.assert_array_equal(choose_sources(pool, ids, 3, seed=5, per_source=4), first)
+    np.testing.assert_array_equal(choose_sources(pool, [13, 2], 0, seed=5, per_source=4), first[[13, 2]])
+    with pytest.raises(DataError, match="draws_per_source"):
+        choose_sources(pool, ids, 0, seed=5, per_source=0)
+
+
 def test_physical_inverts_the_store_normalisation(latlon_store):
     store = latlon_store
     idx = store.indices("train")[:3]

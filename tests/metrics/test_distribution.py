@@ -55,3 +55,33 @@ def test_memorisation_detects_copies_and_passes_novel_samples():
     # an exact copy is at distance 0; distances are RMS over cells
     exact = memorisation(train.isel(sample=slice(0, 3)), train, test, w)
     np.testing.assert_allclose(exact["nn_synthetic"].values, 0.0, atol=1e-6)
+
+
+def test_quantile_bands_cover_the_true_quantiles_and_shrink_with_more_samples():
+    from scipy.stats import norm
+
+    from simdiff.metrics.distribution import quantile_bands
+
+    rng = np.random.default_rng(3)
+    q = (0.01, 0.5, 0.99, 0.999)
+
+    def bands(n):
+        da = xr.DataArray(rng.normal(size=(n, 16, 16)), dims=("time", "y", "x"))
+        return quantile_bands(da, "time", q, resamples=200, seed=1)
+
+    small, large = bands(40), bands(400)
+    truth = norm.ppf(q)
+    assert np.all(large["lower"].values < truth) and np.all(truth < large["upper"].values)
+    assert np.all((large["upper"] - large["lower"]).values < (small["upper"] - small["lower"]).values)
+    # the same seed gives the same bands
+    da = xr.DataArray(np.arange(600.0).reshape(6, 10, 10), dims=("time", "y", "x"))
+    a, b = (quantile_bands(da, "time", q, resamples=50, seed=2) for _ in range(2))
+    xr.testing.assert_identical(a, b)
+
+
+def test_beyond_range_counts_values_outside_the_training_range():
+    from simdiff.metrics.distribution import beyond_range
+
+    da = xr.DataArray([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0, np.nan, 4.0])
+    out = beyond_range(da, -1.0, 1.0)
+    assert out == pytest.approx({"below": 1 / 7, "above": 2 / 7, "total": 3 / 7})

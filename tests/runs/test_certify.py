@@ -1,0 +1,117 @@
+"""The downstream certificate on a real training store: the emulator, the arms, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from simdiff.base.errors import DataError
+from simdiff.base.provenance import provenance
+from simdiff.data.field import Field
+from simdiff.data.geometry import Geometry
+from simdiff.data.stores.prepare import PrepareOptions, write_training_store
+from simdiff.data.stores.training import TrainingStore
+from simdiff.evaluate.certificate import Downstream, downstream_error, interval, train_emulator
+from simdiff.runs.certify import Certify, certify, real_pairs
+from simdiff.runs.layout import RunDir
+
+N = 80
+
+
+def _advected(n: int, seed: int) -> np.ndarray:
+    """(n, 2, 8, 8): each state is the last one shifted one cell east, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, 2, 8, 8))
+    x[0] = rng.standard_normal((2, 8, 8))
+    for t in range(1, n):
+        x[t] = np.roll(x[t - 1], 1, axis=-1) + 0.05 * rng.standard_normal((2, 8, 8))
+    return x
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    root = tmp_path_factory.mktemp("certify")
+    ds = xr.Dataset(
+        {"q": (("time", "level", "y", "x"), _advected(N, 0).astype(np.float32), {"units": "1"})},
+        coords={"time": ("time", np.arange(N) * 1.0, {"units": "days"}), "level": [1, 2],
+                "y": ("y", np.arange(8.0), {"axis": "Y"}), "x": ("x", np.arange(8.0), {"axis": "X"})},
+    )
+    geometry = Geometry(dims=("level", "y", "x"), periodic=frozenset({"x", "y"}),
+                        weights=xr.DataArray(np.ones((2, 8, 8)), dims=("level", "y", "x")),
+                        mask=xr.DataArray(np.ones((2, 8, 8), bool), dims=("level", "y", "x")))
+    run = RunDir(root)
+    write_training_store(Field(ds, geometry), run.store, transforms={},
+                         options=PrepareOptions(progress=False),
+                         provenance=provenance([], {"data": {"name": "advection"}}))
+    return run
+
+
+def _augmented(run: RunDir, noise: float, seed: int = 1) -> xr.Dataset:
+    """Next-state draws of the train states: the true successor plus ``noise`` (physical units)."""
+    rng = np.random.default_rng(seed)
+    sources = rng.choice(TrainingStore(run.store).indices("train")[:-1], 40)
+    nxt = _advected(N, 0)[sources + 1] + noise * rng.standard_normal((40, 2, 8, 8))
+    return xr.Dataset(
+        {"q": (("time", "level", "y", "x"), nxt.astype(np.float32)),
+         "synthetic": ("time", np.ones(40, bool)), "source_index": ("time", sources.astype(np.int64))},
+        coords={"time": np.arange(40), "level": [1, 2]},
+        attrs={"simdiff_draws": "next_state", "history": f"test noise {noise}"},
+    )
+
+
+SMALL = Downstream(width=8, layers=2, steps=60, batch_size=8, lr=5e-3)
+
+
+def test_the_emulator_learns_advection_far_below_persistence(run: RunDir):
+    store = TrainingStore(run.store)
+    train, test = real_pairs(store, "train"), real_pairs(store, "test")
+    assert train.inputs.shape[1:] == (2, 8, 8)  # the two levels folded into channels
+    w = np.ones((2, 8, 8), np.float32)
+    spec = Downstream(width=8, layers=2, steps=300, batch_size=8, lr=5e-3)
+    model = train_emulator([(train.inputs, train.targets)], w, [True, True], spec, seed=0)
+    persistence = downstream_error(None, test.inputs, test.targets, w)
+    assert downstream_error(model, test.inputs, test.targets, w) < 0.2 * persistence
+
+
+def test_interval_is_the_student_t_interval():
+    out = interval([1.0, 2.0, 3.0])
+    assert out["mean"] == 2.0
+    assert out["upper"] - 2.0 == pytest.approx(4.303 * 1.0 / np.sqrt(3))
+    assert interval([5.0]) == {"mean": 5.0, "lower": None, "upper": None}
+
+
+def test_certificate_scores_every_arm_is_deterministic_and_resumes(run: RunDir):
+    settings = Certify(fractions=(0.1, 1.0), seeds=2, downstream=SMALL)
+    garbage = _augmented(run, noise=3.0)
+    a = certify(run, garbage, Path("aug.zarr"), settings)
+    assert json.loads(run.certificate.read_text()) == json.loads(json.dumps(a))
+    assert not list(run.root.glob("certificate.partial-*"))
+    assert set(a["by_fraction"]) == {"0.1", "1"} and a["pairs"]["synthetic"] == 40
+    # draws that are mostly noise teach the emulator less than the real pairs do
+    assert a["by_fraction"]["1"]["ratio_synthetic"]["mean"] > 1.0
+    assert a == certify(run, garbage, Path("aug.zarr"), settings)  # the same numbers again
+    # a killed run left a finished cell: the next run takes it instead of training it again
+    run.certificate.unlink()
+    from simdiff.runs import certify as module
+
+    inputs = {"store": str(run.store), "augmented": "aug.zarr", "augmented_history": "test noise 3.0",
+              "seed": 0}
+    partial = run.root / f"certificate.partial-{module._digest(settings, inputs)}"
+    partial.mkdir()
+    (partial / "real@1@seed0.json").write_text(json.dumps({"test_error": 123.0}))
+    b = certify(run, garbage, Path("aug.zarr"), settings)
+    assert b["errors"]["real"]["1"][0] == 123.0 and b["errors"]["real"]["1"][1] == a["errors"]["real"]["1"][1]
+
+
+def test_bad_settings_and_foreign_draws_are_refused(run: RunDir):
+    with pytest.raises(DataError, match=r"certify\.fractions"):
+        Certify(fractions=(0.0, 1.0))
+    with pytest.raises(DataError, match=r"certify\.task"):
+        Certify(task="classify")
+    states = _augmented(run, 0.1).assign_attrs(simdiff_draws="state")
+    with pytest.raises(DataError, match="not next-state draws"):
+        certify(run, states, Path("aug.zarr"), Certify(downstream=SMALL))
