@@ -162,6 +162,10 @@ def _build_stages(cfg: DictConfig, plain: dict[str, Any], tmp_path: Path) -> Non
         _build_diffusion(cfg.diffusion, cfg.sampler)
     if _first_time("trainer", plain["trainer"], plain["autoencoder"]):
         _build_trainer(cfg, tmp_path)
+    if _first_time("certify", plain["certify"]):
+        from simdiff.cli.certify import settings
+
+        settings(cfg)  # as `certify` does: the node as library values, checked
 
 
 def _build_hydra_node(group: str, option: str, cfg: DictConfig) -> None:
@@ -285,3 +289,16 @@ def test_the_progress_display_is_not_part_of_a_training_stage_identity():
         early = "lightning.pytorch.callbacks.EarlyStopping"
         kept = build(_compose([f"trainer.callbacks=[{{_target_: {early}, monitor: val/loss}}]"]), {})
         assert kept["trainer"]["callbacks"] == [{"_target_": early, "monitor": "val/loss"}]
+
+
+def test_the_readme_certify_command_sets_its_fractions_and_seeds():
+    from simdiff.base.errors import DataError
+    from simdiff.cli.certify import settings
+
+    got = settings(_compose(["experiment=augment_dataset", "certify.fractions=[0.1,1.0]", "certify.seeds=5"]))
+    assert got.fractions == (0.1, 1.0) and got.seeds == 5 and got.synthetic_share == 0.5
+    assert got.downstream.levels == 3 and got.downstream.steps == 300
+    with pytest.raises(DataError, match=r"certify\.fractions"):
+        settings(_compose(["certify.fractions=[0,1.0]"]))
+    with pytest.raises(DataError, match=r"certify\.downstream"):
+        settings(_compose(["certify.downstream.steps=0"]))
