@@ -151,6 +151,18 @@ def _against_held_out(run: RunDir, synthetic: xr.Dataset, synthetic_dim: str | N
 
 #: At most this many held-out inits of the forecast are the successor test's reference.
 HELD_OUT_SOURCES = 100
+#: The successor test loads at most this many values (sources x members x cells) a side, taking
+#: evenly spaced sources (at least 20), so a large grid bounds its memory (400 MB in float64).
+SUCCESSOR_VALUES = 50_000_000
+
+
+def _evenly(n: int, keep: int) -> np.ndarray:
+    """``keep`` evenly spaced positions of ``n`` (all when ``keep >= n``)."""
+    return np.unique(np.linspace(0, n - 1, min(n, keep)).astype(int))
+
+
+def _affordable(members: int, cells: int) -> int:
+    return max(20, SUCCESSOR_VALUES // max(1, members * cells))
 
 
 def successor_check(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | None = None,
@@ -175,6 +187,9 @@ def successor_check(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | N
     if not len(sources):
         return {"skipped": "no training state conditions two draws or more; set augment.draws_per_source "
                            ">= 2 (e.g. 4) to test whether the draws copy the true successors"}
+    cells = sum(int(np.prod([truth[n].sizes[d] for d in truth[n].dims if d != sdim])) for n in names)
+    keep = _evenly(len(sources), _affordable(grouped.sizes["member"], cells))
+    grouped, sources = grouped.isel(source=keep), sources[keep]
 
     def successors(index: np.ndarray) -> xr.DataArray:
         picked = truth.isel({sdim: np.asarray(index, dtype=np.int64) + 1})
@@ -184,7 +199,7 @@ def successor_check(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | N
     held_members = held_truth = None
     if forecast is not None and forecast.sizes.get("realization", 0) >= 2:
         inits = np.asarray(forecast["init_index"].values, dtype=np.int64)
-        pick = np.unique(np.linspace(0, len(inits) - 1, min(len(inits), HELD_OUT_SOURCES)).astype(int))
+        pick = _evenly(len(inits), min(HELD_OUT_SOURCES, _affordable(forecast.sizes["realization"], cells)))
         first = forecast[names].isel(lead_time=0, init_time=pick)
         first = first.drop_vars([n for n, c in first.coords.items()
                                  if {"init_time", "realization"} & set(c.dims)])
