@@ -63,7 +63,7 @@ def _augmented(run: RunDir, noise: float, seed: int = 1) -> xr.Dataset:
     )
 
 
-SMALL = Downstream(width=8, layers=2, steps=60, batch_size=8, lr=5e-3)
+SMALL = Downstream(width=8, levels=2, layers=1, steps=40, batch_size=8, lr=5e-3)
 
 
 def test_the_emulator_learns_advection_far_below_persistence(run: RunDir):
