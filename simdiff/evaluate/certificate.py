@@ -83,7 +83,6 @@ class Emulator(nn.Module):
         self.periodic = tuple(bool(p) for p in periodic)
         widths = [spec.width * 2**level for level in range(spec.levels)]
         self.down = nn.ModuleList()
-        self.up = nn.ModuleList()
         self.encode = nn.ModuleList([_convs(channels, widths[0], spec.layers, periodic)])
         for a, b in itertools.pairwise(widths):
             self.down.append(GeoConv(a, a, 3, periodic, stride=2))
@@ -173,7 +172,7 @@ def train_emulator(
 
 @torch.no_grad()
 def downstream_error(model: nn.Module | None, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray,
-               batch_size: int = 64) -> float:
+                     batch_size: int = 64) -> float:
     """Weighted mean squared error of ``model`` (None: persistence, predicting the input) over
     every test pair."""
     w = torch.from_numpy(np.asarray(weights, dtype=np.float32))

@@ -553,7 +553,8 @@ def evaluate_augmented(
     standard = {}
     for name in names:
         for key, where in _level_keys(real_test, name, sample_dim):
-            s, tr, te = (d[name].isel(where) for d in (syn, real_train, real_test))
+            # each side loaded once: quantiles, bands, range, W1 and spectra all read it
+            s, tr, te = (d[name].isel(where).load() for d in (syn, real_train, real_test))
             wk = w.isel({k: v for k, v in where.items() if k in w.dims})
             qs, qt = (quantile_bands(d, sample_dim, seed=seed) for d in (s, te))
             low, high = float(tr.min()), float(tr.max())

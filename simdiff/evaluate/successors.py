@@ -15,8 +15,10 @@ standard deviation) and weighted by the cell weights, as the nearest-neighbour c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -27,25 +29,43 @@ from simdiff.metrics.indistinguishability import successor_test
 COPYING_RATIO = 0.8
 
 
-def standardised(ds: xr.Dataset, train: xr.Dataset, weights: xr.DataArray, sample_dim: str) -> xr.DataArray:
-    """Every variable of ``ds`` standardised by ``train``'s mean and std (per level of a
-    non-spatial depth dim), times sqrt(cell weight / total weight), stacked over ``_variable``:
+@dataclass(frozen=True)
+class Standardiser:
+    """Standardises fields by the training split's mean and std (per level of a non-spatial
+    depth dim) and weights them by sqrt(cell weight / total weight), stacked over ``_variable``:
     Euclidean distances of the result are weighted RMS differences in standard deviations.
 
-    ``ds`` may have any leading dims (e.g. ``source``, ``member``) before the fields' own.
+    :meth:`fit` reads the training split once; calling the standardiser on fields with any leading
+    dims (e.g. ``source``, ``member``) before the fields' own costs no further pass over it.
     """
-    parts = []
-    for name in train.data_vars:
-        da = train[name]
-        fields = [d for d in da.dims if d != sample_dim]
-        per_level = fields[:1] if len(fields) == 3 and fields[0] not in SPATIAL_DEPTH_DIMS else []
-        over = [d for d in da.dims if d not in per_level]
-        parts.append((ds[name] - da.mean(over)) / da.std(over))
-    stacked = xr.concat(parts, dim="_variable", coords="minimal", compat="override", join="override")
-    features = {"_variable", *(d for d in train[next(iter(train.data_vars))].dims if d != sample_dim)}
-    first = stacked.isel({d: 0 for d in stacked.dims if d not in features}, drop=True)
-    w = weights.astype(np.float64).broadcast_like(first).where(first.notnull(), 0.0)
-    return stacked * np.sqrt(w / float(w.sum()))
+
+    mean: dict[str, xr.DataArray]
+    std: dict[str, xr.DataArray]
+    weights: xr.DataArray
+    features: frozenset[str]
+
+    @classmethod
+    def fit(cls, train: xr.Dataset, weights: xr.DataArray, sample_dim: str) -> Standardiser:
+        """The moments of every variable of ``train`` over ``sample_dim`` and the cells, in one pass."""
+        names = [str(n) for n in train.data_vars]
+        moments = []
+        for name in names:
+            da = train[name]
+            fields = [d for d in da.dims if d != sample_dim]
+            per_level = fields[:1] if len(fields) == 3 and fields[0] not in SPATIAL_DEPTH_DIMS else []
+            over = [d for d in da.dims if d not in per_level]
+            moments += [da.mean(over), da.std(over)]
+        moments = list(dask.compute(*moments))
+        features = frozenset({"_variable", *(d for d in train[names[0]].dims if d != sample_dim)})
+        return cls(dict(zip(names, moments[0::2], strict=True)), dict(zip(names, moments[1::2], strict=True)),
+                   weights.astype(np.float64), features)
+
+    def __call__(self, ds: xr.Dataset) -> xr.DataArray:
+        parts = [(ds[name] - self.mean[name]) / self.std[name] for name in self.mean]
+        stacked = xr.concat(parts, dim="_variable", coords="minimal", compat="override", join="override")
+        first = stacked.isel({d: 0 for d in stacked.dims if d not in self.features}, drop=True)
+        w = self.weights.broadcast_like(first).where(first.notnull(), 0.0)
+        return stacked * np.sqrt(w / float(w.sum()))
 
 
 def _summary(test: xr.Dataset) -> dict[str, Any]:
@@ -63,7 +83,7 @@ def successor_memorisation(
 
     Args:
         train_members, held_out_members: ``(source, member, ...)`` standardised fields
-            (:func:`standardised`).
+            (:class:`Standardiser`).
         train_truth, held_out_truth: ``(source, ...)`` each source's true successor.
 
     Returns:

@@ -98,7 +98,7 @@ def quantile_bands(
         v = sub[rng.integers(0, n, n)].ravel()
         v = v[~np.isnan(v)]
         boot[b] = np.quantile(v, q) if v.size else np.nan
-    value = quantiles(xr.Dataset({"v": da}), q)["v"].values
+    value = quantiles(xr.Dataset({"v": (("sample", "cell"), x)}), q)["v"].values  # x: loaded once
     return xr.Dataset(
         {"value": ("quantile", value), "lower": ("quantile", np.nanquantile(boot, 0.025, axis=0)),
          "upper": ("quantile", np.nanquantile(boot, 0.975, axis=0))},

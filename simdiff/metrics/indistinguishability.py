@@ -17,12 +17,12 @@ indistinguishable from another member. Two summaries of that, per source with ``
 
 Copying and over-dispersion both push both summaries down, so the verdict is read against the
 same summaries for draws from *held-out* source states, which the model cannot have copied
-(:func:`simdiff.evaluate.report.successor_verdict`). A model that copies training transitions is
+(:func:`simdiff.evaluate.successors.successor_verdict`). A model that copies training transitions is
 much closer to the true successors of training states than to those of unseen states.
 
 Distances are Euclidean over the features as given: the caller standardises the fields and
 multiplies them by sqrt(normalised cell weight), which makes them weighted RMS differences
-(:func:`simdiff.evaluate.successors.standardised`); features NaN anywhere are left out. The
+(:class:`simdiff.evaluate.successors.Standardiser`); features NaN anywhere are left out. The
 95 % intervals come from a bootstrap over sources.
 """
 

@@ -36,9 +36,16 @@ from simdiff.base.atomic import write_json
 from simdiff.base.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.data.loading.loader import window_targets
-from simdiff.data.stores.stats import normalise, referenced
+from simdiff.data.stores.stats import normalise
 from simdiff.data.stores.training import SPLITS, TrainingStore
-from simdiff.evaluate.certificate import Downstream, downstream_error, fraction_key, summarise, train_emulator
+from simdiff.evaluate.certificate import (
+    ARMS,
+    Downstream,
+    downstream_error,
+    fraction_key,
+    summarise,
+    train_emulator,
+)
 from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
@@ -121,7 +128,7 @@ def synthetic_pairs(store: TrainingStore, augmented: xr.Dataset, path: Path) -> 
     source = np.asarray(augmented["source_index"].values, dtype=np.int64)[fake]
     ds = store.dataset()
     draws = augmented[store.variables].isel({sdim: fake})
-    if referenced(draws, None):
+    if "reference" in ds:
         raise DataError(f"{store.path}: its variables are normalised relative to a reference field; the "
                         "next-state certificate does not support such stores")
     normalised = normalise(draws, ds[["mean", "std"]], ds["mask"], store.transforms, block_samples=64)
@@ -181,7 +188,7 @@ def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: 
               "augmented_history": str(augmented.attrs.get("history", "")), "seed": int(seed)}
     partial = run.root / f"certificate.partial-{_digest(settings, inputs)}"
     partial.mkdir(exist_ok=True)
-    errors: dict[str, dict[str, list[float]]] = {arm: {} for arm in ("real", "real+synthetic", "synthetic")}
+    errors: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
     cells = _cells(settings)
     log.info("certify: %d real training pairs, %d synthetic pairs (%d sources), %d test pairs; %d trainings "
              "of %d steps", len(real), len(synthetic), len(np.unique(sources)), len(test), len(cells),

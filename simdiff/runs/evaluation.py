@@ -171,7 +171,7 @@ def successor_check(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | N
     augmented dataset's draws from training states, grouped by source, against each source's true
     successor, with the forecast's first lead on held-out inits as the reference. None for
     draws that are not next states (the nearest-neighbour check is theirs)."""
-    from simdiff.evaluate.successors import by_source, standardised, successor_memorisation
+    from simdiff.evaluate.successors import Standardiser, by_source, successor_memorisation
 
     if synthetic.attrs.get("simdiff_draws") != "next_state" or "source_index" not in synthetic:
         return None
@@ -190,11 +190,12 @@ def successor_check(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | N
     cells = sum(int(np.prod([truth[n].sizes[d] for d in truth[n].dims if d != sdim])) for n in names)
     keep = _evenly(len(sources), _affordable(grouped.sizes["member"], cells))
     grouped, sources = grouped.isel(source=keep), sources[keep]
+    standardised = Standardiser.fit(train, ds["weights"], sdim)  # one pass over the train split
 
     def successors(index: np.ndarray) -> xr.DataArray:
         picked = truth.isel({sdim: np.asarray(index, dtype=np.int64) + 1})
         picked = picked.drop_vars([n for n, c in picked.coords.items() if sdim in c.dims])
-        return standardised(picked.rename({sdim: "source"}), train, ds["weights"], sdim)
+        return standardised(picked.rename({sdim: "source"}))
 
     held_members = held_truth = None
     if forecast is not None and forecast.sizes.get("realization", 0) >= 2:
@@ -205,9 +206,9 @@ def successor_check(run: RunDir, synthetic: xr.Dataset, forecast: xr.Dataset | N
                                  if {"init_time", "realization"} & set(c.dims)])
         first = first.rename(init_time="source", realization="member")
         first = first.transpose("source", "member", ...).load()
-        held_members = standardised(first, train, ds["weights"], sdim)
+        held_members = standardised(first)
         held_truth = successors(inits[pick])
-    result = successor_memorisation(standardised(grouped, train, ds["weights"], sdim), successors(sources),
+    result = successor_memorisation(standardised(grouped), successors(sources),
                                     held_members, held_truth, seed=seed)
     log.info("evaluate: memorisation of next-state draws: %s", result["verdict"])
     return result

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.evaluate.successors import by_source, standardised, successor_memorisation
+from simdiff.evaluate.successors import Standardiser, by_source, successor_memorisation
 
 
 def _fields(values: np.ndarray, dims: tuple[str, ...]) -> xr.Dataset:
@@ -28,8 +28,9 @@ def test_standardised_distances_are_weighted_rms_in_standard_deviations():
     rng = np.random.default_rng(0)
     train = _fields(rng.normal(3.0, 2.0, size=(500, 2, 4, 4)), ("time", "level", "y", "x"))
     weights = xr.DataArray(np.ones((4, 4)), dims=("y", "x"))
-    a = standardised(train.isel(time=[0]), train, weights, "time")
-    b = standardised(train.isel(time=[0]) + 2.0, train, weights, "time")  # about +1 std everywhere
+    standardised = Standardiser.fit(train, weights, "time")
+    a = standardised(train.isel(time=[0]))
+    b = standardised(train.isel(time=[0]) + 2.0)  # about +1 std everywhere
     per_level = 2.0 / train["q"].std(["time", "y", "x"]).values  # standardised per level
     expected = np.sqrt(np.mean(per_level**2))  # the RMS over the equally weighted cells
     assert float(np.sqrt(((b - a) ** 2).sum())) == pytest.approx(expected, rel=1e-9)
