@@ -15,7 +15,7 @@ help:
 	@echo "make run      set up .venv, then run the main job (simdiff run) on the built-in QG data"
 	@echo "make test     set up .venv, then ruff + lint-imports + the default test suite (CPU, minutes)"
 	@echo "make test-all the default suite plus the slow tests (not the slurm ones: .ci/run)"
-	@echo "make bench    QG, loader, prepare-RSS and latent-vs-pixel benchmarks -> bench_results/*.json"
+	@echo "make bench    every benchmark -> bench/results.json, bench/RESULTS.md (ARGS=--quick: minutes)"
 	@echo "make bench-gpu  on a CUDA machine: bf16 training samples/s and MFU, members/s, peak memory -> bench/results.json"
 
 setup: $(VENV)/.installed
@@ -48,12 +48,10 @@ test: lint
 test-all: lint
 	$(TEST_ENV) $(BIN)/pytest -n 2 -m "not slurm" $(ARGS)
 
+# The peer (pixel-space diffusers), sampler sweep, latent vs pixel, scaling, memory, loader,
+# kill/resume and the GPU script (a CPU check without CUDA): benchmarks/run_all.py.
 bench: setup
-	$(BIN)/python benchmarks/bench_qg.py
-	$(BIN)/python benchmarks/bench_loader.py
-	$(BIN)/python benchmarks/bench_prepare_rss.py
-	$(BIN)/python benchmarks/bench_latent_vs_pixel.py
-	PYTHONPATH=. $(BIN)/python benchmarks/kill_resume.py --stage all --kills 20
+	PYTHONPATH=. $(BIN)/python benchmarks/run_all.py $(ARGS)
 
 bench-gpu: setup
 	$(BIN)/python benchmarks/bench_gpu.py

@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_latent_vs_pixel import build
+from bench_latent_vs_pixel import build, default_configs
 
 from simdiff.base.atomic import write_json
 from simdiff.diffusion.edm import EDMLoss
@@ -164,13 +163,7 @@ def main() -> None:
     bf16 = device == "cuda"
     name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     peak = peak_tflops(name, args.peak_tflops) if device == "cuda" else args.peak_tflops
-    dm = yaml.safe_load((REPO / "conf" / "diffusion" / "default.yaml").read_text())["net"]
-    net_cfg = {"channels": [64, 128, 128], "factors": dm["factors"], "blocks": 2,
-               "attention": [False, False, True], "heads": dm["heads"], "emb_dim": 128,
-               "kernel_size": dm["kernel_size"], "groups": dm["groups"]}  # the default, debug-free
-    ae = yaml.safe_load((REPO / "conf" / "autoencoder" / "default.yaml").read_text())["net"]
-    ae_cfg = {"latent_channels": ae["latent_channels"], "channels": [16, 32, 64], "factors": ae["factors"],
-              "blocks": 1, "depth_kernel_size": ae["depth_kernel_size"]}
+    net_cfg, ae_cfg = default_configs()
     quick = args.quick or args.cpu
     train_rows, gen_rows = {}, {}
     for label, field in FIELDS.items():

@@ -258,6 +258,7 @@ def main() -> None:
     parser.add_argument("--small-batch", type=int, default=32, help="batch size on 2x64x64")
     parser.add_argument("--large-batch", type=int, default=4, help="batch size on 2x721x1440")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary stores go")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "loader.json")
     args = parser.parse_args()
     small_n, large_n, rounds = (2048, 12, 3) if args.quick else (8192, 40, 5)
     tmp = Path(tempfile.mkdtemp(prefix="bench_loader-", dir=args.workdir))
@@ -287,8 +288,8 @@ def main() -> None:
     for ratio in cases[0]["ratios"]:  # type: ignore[union-attr]
         cells = "".join(f"{c['ratios'][ratio]:14.3f}" for c in cases)  # type: ignore[index]
         print(f"{ratio:36s}{cells}   {goals.get(ratio, '')}")
-    out = ROOT / "bench_results" / "loader.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "loader",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
