@@ -10,8 +10,8 @@ the command that measured it.
 * ``--quick``: every benchmark on small inputs (``debug=tiny`` runs, small grids, few steps):
   minutes; it checks the machinery, its figures are not the project's figures.
 * full (default): the default QG main job and its peer, the sampler sweep against a 1000-step
-  reference, scaling to 256x256, evaluate on 100 cases of 721x1440, prepare on 4 GB: about an hour
-  and a half on 2 CPU cores.
+  reference, scaling to 256x256, evaluate on 100 cases of 721x1440, prepare on 4 GB, 20 kills
+  per stage: 65 min on 2 CPU cores (quick: 4 min).
 
 ``--only peer,nfe`` runs some of them (the others keep their last parts); ``--gather`` only
 rebuilds ``results.json`` and ``RESULTS.md`` from ``bench/parts``. A benchmark that fails is
@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -158,12 +159,9 @@ def generate_figures(j: dict) -> dict:
 
 def prepare_figures(j: dict) -> dict:
     peak = max(j["peak_rss_mb_psutil"], j["peak_rss_mb_ru_maxrss"])
+    goal = f"<= {j['goal_peak_rss_mb']:g} MB ({j['dataset']['gb']:.1f} GB of data)"
     return {
-        "memory.prepare.peak_rss_mb": (
-            round(peak),
-            f"<= {j['goal_peak_rss_mb']} MB ({j['data_gb']:.1f} GB)" if "data_gb" in j else "",
-            j.get("pass"),
-        ),
+        "memory.prepare.peak_rss_mb": (round(peak), goal, j.get("pass")),
         "speed.prepare.mb_per_s": (round(j["throughput_mb_s"], 1), "", None),
     }
 
@@ -297,7 +295,7 @@ def gather(out_dir: Path, quick: bool) -> tuple[dict, list[str]]:
     results: dict[str, Any] = {
         "meta": {
             "commit": _commit(),
-            "mode": "quick" if quick else "full",
+            "last_invocation": "quick" if quick else "full",
             "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": {
                 "cpus": os.cpu_count(),
@@ -324,6 +322,10 @@ def gather(out_dir: Path, quick: bool) -> tuple[dict, list[str]]:
             failed.append(bench.name)
             figures = {}
         results["benchmarks"][bench.name] = {**rec, "result": data}
+        plot = part.with_suffix(".png")
+        if plot.is_file():  # a benchmark's plot goes beside RESULTS.md
+            shutil.copyfile(plot, out_dir / f"{bench.name}.png")
+            results["benchmarks"][bench.name]["plot"] = f"{bench.name}.png"
         for key, (value, goal, met) in figures.items():
             results["figures"][key] = {
                 "value": value,
@@ -340,24 +342,27 @@ def markdown(results: dict) -> str:
     lines = [
         "# simdiff benchmarks",
         "",
-        f"Written by `make bench{' ARGS=--quick' if meta['mode'] == 'quick' else ''}` "
-        "(`benchmarks/run_all.py`) "
-        f"at {meta['written']}, commit `{meta['commit']}`, on {meta['machine']['cpus']} CPUs "
-        f"({meta['machine']['processor']}). Figures marked *quick* come from the quick mode: small inputs "
-        "that check the machinery, not the project's figures. Each figure with a peer is a ratio measured "
-        "in one process.",
+        f"Written by `make bench` (`benchmarks/run_all.py`) at {meta['written']}, commit `{meta['commit']}`, "
+        f"on {meta['machine']['cpus']} CPUs ({meta['machine']['processor']}), gathering each benchmark's "
+        "latest full-mode result, or its quick-mode one where it has none. Figures marked *quick* come from "
+        "the quick mode (`make bench ARGS=--quick`): small inputs that check the machinery, not the "
+        "project's figures. Each figure with a peer is a ratio measured in one process. The commands are "
+        "at the end.",
         "",
         "| figure | value | goal | met | benchmark |",
         "|---|---|---|---|---|",
     ]
     for key, f in results["figures"].items():
         value = f["value"]
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        shown = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
         met = {True: "yes", False: "**no**", None: ""}[f["met"]]
         lines.append(
             f"| `{key}` | {shown}{' *quick*' if f['quick'] else ''} | {f['goal']} | {met} | "
             f"{f['benchmark']} |"
         )
+    plots = [(n, r["plot"]) for n, r in results["benchmarks"].items() if r.get("plot")]
+    for name, path in plots:
+        lines += ["", f"![{name}]({path})"]
     lines += ["", "## Commands", "", "| benchmark | command | wall s | status |", "|---|---|---|---|"]
     for name, rec in results["benchmarks"].items():
         status = "ok" if rec.get("ok") else f"failed: {str(rec.get('error', ''))[-160:]!r}".replace("|", "/")
