@@ -30,6 +30,24 @@ from simdiff.base.atomic import write_json
 DONE = re.compile(r"== stage (\S+) done in ([0-9.]+) s ==")
 
 
+def stage_times(log: str) -> dict[str, float]:
+    """Each stage's wall time from the ``== stage NAME done in T s ==`` lines of a run's log."""
+    return {name: float(t) for name, t in DONE.findall(log)}
+
+
+def simdiff_run(run_dir: Path, overrides: list[str], who: str) -> tuple[dict[str, float], float]:
+    """``simdiff run`` in a fresh interpreter: its stage times and wall time; exits (naming ``who``)
+    with the end of the log if the run fails."""
+    cmd = [sys.executable, "-m", "simdiff.cli.main", "run", f"run_dir={run_dir}", *overrides]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        sys.exit(f"{who}: simdiff run failed (exit {done.returncode}):\n{log[-4000:]}")
+    return stage_times(log), wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for simdiff run (e.g. data=ersst)")
@@ -40,14 +58,7 @@ def main() -> None:
         run_dir = Path(args.keep) if args.keep else Path(tmp) / "run"
         if run_dir.exists() and any(run_dir.iterdir()):
             sys.exit(f"bench_main_job: {run_dir} is not empty; the benchmark times every stage from scratch")
-        cmd = [sys.executable, "-m", "simdiff.cli.main", "run", f"run_dir={run_dir}", *args.overrides]
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        log = done.stdout + done.stderr
-        if done.returncode != 0:
-            sys.exit(f"bench_main_job: simdiff run failed (exit {done.returncode}):\n{log[-4000:]}")
-        stages = {name: float(t) for name, t in DONE.findall(log)}
+        stages, wall = simdiff_run(run_dir, args.overrides, "bench_main_job")
         metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     report = {}
     for key, entry in metrics.get("variables", {}).items():

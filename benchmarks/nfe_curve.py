@@ -59,20 +59,46 @@ SWEEP_POINTS = ",".join(
 QUICK_POINTS = "euler:4,euler:10,heun:3,heun:6,dpmpp_2m:4,dpmpp_2m:10"
 
 
-def summarise(metrics: dict) -> dict:
-    """Per lead: CRPS over climatology CRPS and spread-skill, averaged over variables and levels."""
+def lead_means(metrics: dict, scores: dict) -> dict:
+    """Per lead, the mean over variables and levels of each ``scores[name](entry)`` that is not
+    None (None where none is)."""
     by_lead: dict[str, dict[str, list[float]]] = {}
     for entry in metrics["variables"].values():
         for lead, e in entry["by_lead"].items():
-            cell = by_lead.setdefault(lead, {"crps_vs_clim": [], "crps_vs_pers": [], "spread_skill": []})
-            if e.get("crps_climatology"):
-                cell["crps_vs_clim"].append(e["crps"] / e["crps_climatology"])
-            if e.get("crps_persistence"):
-                cell["crps_vs_pers"].append(e["crps"] / e["crps_persistence"])
-            cell["spread_skill"].append(e["spread_skill"])
+            cell = by_lead.setdefault(lead, {name: [] for name in scores})
+            for name, score in scores.items():
+                value = score(e)
+                if value is not None:
+                    cell[name].append(value)
     return {
         lead: {k: float(np.mean(v)) if v else None for k, v in cell.items()} for lead, cell in by_lead.items()
     }
+
+
+def summarise(metrics: dict) -> dict:
+    """Per lead: CRPS over climatology's and persistence's CRPS and spread-skill, averaged over
+    variables and levels."""
+    return lead_means(
+        metrics,
+        {
+            "crps_vs_clim": lambda e: (
+                e["crps"] / e["crps_climatology"] if e.get("crps_climatology") else None
+            ),
+            "crps_vs_pers": lambda e: (
+                e["crps"] / e["crps_persistence"] if e.get("crps_persistence") else None
+            ),
+            "spread_skill": lambda e: e["spread_skill"],
+        },
+    )
+
+
+def timed_forecast(run, inits: list[int], members: int, lead_steps: int, seed: int, sampler, steps: int):
+    """``run.forecast`` of ``inits`` with ``sampler`` over ``steps`` noise levels, and its seconds."""
+    t0 = time.perf_counter()
+    fc = run.forecast(
+        init_index=inits, members=members, lead_steps=lead_steps, seed=seed, sampler=sampler, steps=steps
+    )
+    return fc, time.perf_counter() - t0
 
 
 def spaced_inits(run, n: int, lead_steps: int) -> list[int]:
@@ -181,16 +207,7 @@ def main() -> None:
                 f"nfe_curve: unknown sampler {name!r} in --points; choose from {sorted(SAMPLERS)}"
             )
         fn, nfe = SAMPLERS[name]
-        t0 = time.perf_counter()
-        fc = run.forecast(
-            init_index=inits,
-            members=args.members,
-            lead_steps=args.lead_steps,
-            seed=args.seed,
-            sampler=fn,
-            steps=int(steps),
-        )
-        seconds = time.perf_counter() - t0
+        fc, seconds = timed_forecast(run, inits, args.members, args.lead_steps, args.seed, fn, int(steps))
         metrics = run.evaluate(fc, seed=args.seed, spectra=False, diurnal=False, ae_ceiling=False)
         fields = len(inits) * args.members * args.lead_steps
         rows.append(

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from nfe_curve import spaced_inits  # noqa: E402
+from bench_main_job import simdiff_run, stage_times  # noqa: E402
+from nfe_curve import lead_means, spaced_inits, timed_forecast  # noqa: E402
 
 from simdiff.base.atomic import write_json  # noqa: E402
 from simdiff.data.loading.loader import window_targets  # noqa: E402
@@ -51,20 +50,7 @@ from simdiff.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m  # noqa: E402
 from simdiff.runs.api import open_run  # noqa: E402
 from simdiff.runs.modes import Forecast  # noqa: E402
 
-DONE = re.compile(r"== stage (\S+) done in ([0-9.]+) s ==")
 P_MEAN, P_STD, SIGMA_DATA = -1.2, 1.2, 1.0
-
-
-def train_simdiff(run_dir: Path, overrides: list[str]) -> dict[str, float]:
-    """``simdiff run`` in a fresh interpreter; each stage's wall time from its log lines."""
-    cmd = [sys.executable, "-m", "simdiff.cli.main", "run", f"run_dir={run_dir}", *overrides]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(
-            f"peer_diffusers: simdiff run failed (exit {done.returncode}):\n"
-            f"{(done.stdout + done.stderr)[-4000:]}"
-        )
-    return {name: float(t) for name, t in DONE.findall(done.stdout + done.stderr)}
 
 
 def logged_stages(run_dir: Path) -> dict[str, float]:
@@ -72,7 +58,7 @@ def logged_stages(run_dir: Path) -> dict[str, float]:
     logs = sorted((run_dir / "logs" / "run").glob("*/run.log"))
     if not logs:
         sys.exit(f"peer_diffusers: {run_dir}/logs/run/*/run.log not found; pass --budget-s")
-    return {name: float(t) for name, t in DONE.findall(logs[-1].read_text())}
+    return stage_times(logs[-1].read_text())
 
 
 def folded(data: np.ndarray) -> np.ndarray:
@@ -181,24 +167,22 @@ class PeerForecast(Forecast):
         )
 
 
+#: Per-lead scores of each side, averaged over variables and levels (see ``summary``).
+SCORES = {
+    "crps_vs_clim": lambda e: e["crps"] / e["crps_climatology"] if e.get("crps_climatology") else None,
+    "spread_skill": lambda e: e["spread_skill"],
+    "spectrum_ratio": lambda e: e.get("spectrum_ratio"),
+    # the rank histogram's edge mass over a flat one's (1 flat, > 1 under-dispersed)
+    "rank_edges": lambda e: (e["rank_histogram"][0] + e["rank_histogram"][-1]) * len(e["rank_histogram"]) / 2,
+}
+
+
 def summary(metrics: dict) -> dict:
-    """Per lead, means over variables and levels: CRPS, CRPS / climatology, spread-skill, spectrum
-    ratio, and the rank histogram's edge mass over a flat one's (1 flat, > 1 under-dispersed)."""
-    out: dict[str, dict[str, float]] = {}
-    for entry in metrics["variables"].values():
-        for lead, e in entry["by_lead"].items():
-            cell = out.setdefault(lead, {})
-            ranks = np.asarray(e["rank_histogram"], dtype=float)
-            edge = (ranks[0] + ranks[-1]) * len(ranks) / 2
-            for k, v in (
-                ("crps_vs_clim", e["crps"] / e["crps_climatology"]),
-                ("spread_skill", e["spread_skill"]),
-                ("spectrum_ratio", e.get("spectrum_ratio")),
-                ("rank_edges", edge),
-            ):
-                if v is not None:
-                    cell.setdefault(k, []).append(float(v))
-    return {lead: {k: round(float(np.mean(v)), 4) for k, v in cell.items()} for lead, cell in out.items()}
+    """Per lead, means over variables and levels of ``SCORES`` (those a side has), to 4 digits."""
+    return {
+        lead: {k: round(v, 4) for k, v in cell.items() if v is not None}
+        for lead, cell in lead_means(metrics, SCORES).items()
+    }
 
 
 def crps_ratio(ours: dict, peer: dict) -> dict:
@@ -254,7 +238,7 @@ def main() -> None:
         else:
             run_dir = Path(args.keep) if args.keep else Path(tmp) / "run"
             print(f"training simdiff: simdiff run {' '.join(overrides)}", flush=True)
-            stages = train_simdiff(run_dir, overrides)
+            stages, _ = simdiff_run(run_dir, overrides, "peer_diffusers")
         simdiff_train_s = sum(stages.get(k, 0.0) for k in ("train-autoencoder", "train-diffusion"))
         budget = args.budget_s if args.budget_s is not None else simdiff_train_s
         run = open_run(run_dir)
@@ -262,7 +246,7 @@ def main() -> None:
         x = folded(np.asarray(store.data[...], dtype=np.float32))
         split, block = store.split, store.array("block")
         targets = window_targets(split, block, SPLITS["train"], 2)
-        scale = (x[targets] - x[targets - 1]).std(axis=(0, 2, 3)).astype(np.float32)
+        scale = (x[targets] - x[targets - 1]).std(axis=(0, 2, 3))
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
         widths = tuple(int(w) for w in args.widths.split(","))
         net = peer_net(x.shape[1], x.shape[-1], widths)
@@ -279,16 +263,9 @@ def main() -> None:
 
         inits = spaced_inits(run, args.inits, args.lead_steps)
         fields = len(inits) * args.members * args.lead_steps
-        t0 = time.perf_counter()
-        ours_fc = run.forecast(
-            init_index=inits,
-            members=args.members,
-            lead_steps=args.lead_steps,
-            seed=args.seed,
-            sampler=sample_dpmpp_2m,
-            steps=args.steps,
+        ours_fc, ours_s = timed_forecast(
+            run, inits, args.members, args.lead_steps, args.seed, sample_dpmpp_2m, args.steps
         )
-        ours_s = time.perf_counter() - t0
         gen = run._generation(args.members, args.seed, False, 0, 16)
         mode = PeerForecast(
             net, dict(scheduler.config), x, scale, args.steps, init_indices=inits, lead_steps=args.lead_steps
