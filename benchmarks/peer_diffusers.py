@@ -11,7 +11,8 @@ per-channel training standard deviation, and forecasts roll out one lead at a ti
 Both sides are trained in the same invocation on the same machine: simdiff by ``simdiff run``
 (unless ``--run-dir`` names a trained run), the peer for the wall time simdiff's autoencoder and
 latent diffusion model took together (``--budget-s`` to set it). Both then forecast the same
-test inits, members and leads with 10 DPM-Solver++(2M) steps (the QG preset's sampler), and both
+test inits, members and leads with 10 DPM-Solver++(2M) steps (the QG preset took 10 when this
+was measured; it now takes 20, `--steps`), and both
 forecasts are scored by simdiff's own evaluate (:meth:`simdiff.runs.api.Run.evaluate`): CRPS,
 spread-skill, rank histograms and spectra per variable, level and lead.
 

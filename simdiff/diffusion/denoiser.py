@@ -83,8 +83,9 @@ class ConditionalDenoiser(nn.Module):
         n: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """``{"spatial", "vector"}`` for a loader batch (keys previous/time_features/covariates/
-        label/atoms); ``n`` the batch size where no tensor of the batch gives it (an
-        unconditional draw has an empty batch).
+        label/atoms, and generated: whether the newest previous state is the model's own);
+        ``n`` the batch size where no tensor of the batch gives it (an unconditional draw has an
+        empty batch).
 
         A batch of crops carries ``origin`` (B, ndim) and its ``target`` has the crop's shape;
         static fields are then cropped at each row's origin.
@@ -108,6 +109,7 @@ class ConditionalDenoiser(nn.Module):
             covariates=batch.get("covariates"),
             label=batch.get("label"),
             atoms=batch.get("atoms"),
+            generated=batch.get("generated"),
             drop=drop,
             origin=origin,
             size=size,

@@ -163,6 +163,8 @@ def _rollout(model: ConditionalDenoiser, decoder: LatentDecoder, spec: SamplerSp
     for k in range(1, leads + 1):
         gens = member_generators(seed, [init] * b, list(members), k, device=device)
         batch: dict[str, torch.Tensor] = {} if previous is None else {"previous": previous}
+        if previous is not None and k > 1:  # the newest previous state is the model's own
+            batch["generated"] = torch.ones(b, device=device)
         for name, per_lead in conditions.items():
             batch[name] = _rows(per_lead[k - 1].to(device), b)
         x = model.sample(batch, state_shape, sampler=spec.sampler, sigmas=spec.sigmas, generator=gens,

@@ -92,7 +92,10 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
             a model trained on exact ones treats them as exact and its spread grows more slowly
             than its error (noise on the conditioning state: the conditioning augmentation of
             Ho et al. 2022, the training noise of Kohl et al. 2023). 0: off. Validation and
-            sampling see the states unchanged.
+            sampling see the states unchanged. With the conditioner's ``generated`` flag, a
+            random half of the rows is perturbed and flagged 1, the other half kept exact and
+            flagged 0, so the model tells the data's state (a forecast's lead 1) from its own
+            (leads >= 2) instead of treating every input as uncertain.
         signature: what the model is built for (kept in checkpoints; plain types).
     """
 
@@ -122,6 +125,10 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         if not 0.0 <= float(condition_noise) < float("inf"):
             raise ValueError(f"DiffusionModule: condition_noise must be finite and >= 0, "
                              f"got {condition_noise}")
+        if model.conditioner.generated and float(condition_noise) == 0.0:
+            raise ValueError("DiffusionModule: the conditioner's generated flag (conditioning.generated) "
+                             "is learnt from perturbed rows; set condition_noise > 0 "
+                             "(diffusion.module.condition_noise) or conditioning.generated=false")
         self.save_hyperparameters(ignore=["model", "weights", "sampling", "optimizer"])
         self.optimizer_factory = (adamw(lr=2e-4, betas=(0.9, 0.99)) if optimizer is None
                           else check_factory(optimizer, "DiffusionModule"))
@@ -165,7 +172,13 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
             return batch
         scale = self.model.residual_scale.to(previous.dtype).reshape(1, 1, -1, *([1] * (previous.ndim - 3)))
         noise = torch.randn(previous.shape, generator=generator, device=previous.device, dtype=previous.dtype)
-        return {**batch, "previous": previous + level * scale * noise}
+        if not self.model.conditioner.generated:
+            return {**batch, "previous": previous + level * scale * noise}
+        # flagged: half the rows stand for a rollout's own state (perturbed, flag 1), half for data
+        flag = (torch.rand(previous.shape[0], generator=generator, device=previous.device) < 0.5)
+        flag = flag.to(previous.dtype)
+        rows = flag.reshape(-1, *([1] * (previous.ndim - 1)))
+        return {**batch, "previous": previous + rows * level * scale * noise, "generated": flag}
 
     def on_train_start(self) -> None:
         self.start_step = int(self.global_step)

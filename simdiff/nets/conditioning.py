@@ -51,6 +51,10 @@ class Conditioner(nn.Module):
         labels: number of label classes (0: not used).
         atoms: channels of the per-sample ``atoms`` fields (0: not used).
         dropout: per condition name in ``DROPPABLE``, the training drop probability.
+        generated: add one indicator channel per row, ``generated`` (B,) in the batch: 1 where
+            the newest previous state is the model's own (a rollout's leads >= 2; in training, a
+            state perturbed by ``condition_noise``), 0 where it is data (lead 1). Needs
+            ``previous`` >= 1.
     """
 
     def __init__(
@@ -65,8 +69,12 @@ class Conditioner(nn.Module):
         labels: int = 0,
         atoms: int = 0,
         dropout: Mapping[str, float] | None = None,
+        generated: bool = False,
     ) -> None:
         super().__init__()
+        if generated and int(previous) < 1:
+            raise ValueError("Conditioner: the generated flag says whether the previous state is the "
+                             "model's own, so it needs previous >= 1 (conditioning.previous)")
         dropout = dict(dropout or {})
         unknown = sorted(set(dropout) - set(DROPPABLE))
         if unknown:
@@ -86,6 +94,7 @@ class Conditioner(nn.Module):
         self.n_covariates = int(covariates)
         self.n_labels = int(labels)
         self.n_atoms = int(atoms)
+        self.generated = bool(generated)
         self.dropout = {k: float(v) for k, v in dropout.items() if self.uses(k)}
         self.time_mlp = _mlp(self.n_time_features, self.emb_dim) if self.n_time_features else None
         self.covariate_mlp = _mlp(self.n_covariates, self.emb_dim) if self.n_covariates else None
@@ -105,7 +114,7 @@ class Conditioner(nn.Module):
     def spatial_channels(self) -> int:
         """C_s, the channels of ``spatial`` (0 when there is none)."""
         n = self.previous * self.state_channels + (0 if self.static is None else int(self.static.shape[0]))
-        n += self.n_atoms
+        n += self.n_atoms + int(self.generated)
         return n + sum(1 for k in ("previous", "atoms") if self.uses(k) and k in self.dropout)
 
     @property
@@ -132,6 +141,7 @@ class Conditioner(nn.Module):
         covariates: torch.Tensor | None = None,
         label: torch.Tensor | None = None,
         atoms: torch.Tensor | None = None,
+        generated: torch.Tensor | None = None,
         drop: Mapping[str, torch.Tensor] | None = None,
         origin: torch.Tensor | None = None,
         size: tuple[int, ...] | None = None,
@@ -144,6 +154,8 @@ class Conditioner(nn.Module):
                 ``self.previous`` are used.
             time_features: (B, F); covariates: (B, K); label: (B,) int64.
             atoms: (B, A, [D], H, W) per-sample fields on the state's grid.
+            generated: (B,) 1 where the newest previous state is the model's own, 0 (or None:
+                all) where it is data; used with ``self.generated``.
             drop: per condition, (B,) bool, True where it is dropped.
             origin, size: for states that are crops (``simdiff.data.loading.patch``): (B, ndim) crop
                 origins and the crop's spatial ``([D], H, W)``; the static fields are cropped
@@ -168,6 +180,10 @@ class Conditioner(nn.Module):
                 p = p * keep
                 indicator.append(keep.expand(-1, 1, *p.shape[2:]))
             spatial.append(p)
+            if self.generated:
+                flag = (torch.zeros(batch_size, dtype=p.dtype, device=p.device) if generated is None
+                        else generated.to(device=p.device, dtype=p.dtype).reshape(batch_size))
+                spatial.append(flag.reshape(batch_size, 1, *([1] * (p.ndim - 2))).expand(-1, 1, *p.shape[2:]))
         if self.static is not None:
             dtype = spatial[0].dtype if spatial else self.static.dtype
             if origin is not None:

@@ -183,6 +183,7 @@ def build_model(
         labels=sizes.get("label", 0) if cond["label"] else 0,
         atoms=sizes.get("atoms", 0) if cond.get("atoms") else 0,
         dropout=dict(cond.get("dropout") or {}),
+        generated=bool(cond.get("generated", False)),
     )
     periodic = list(signature["periodic"])
     fold = bool(dm_cfg.get("fold_depth")) and len(periodic) == 3

@@ -248,11 +248,14 @@ def test_experiment_qg_is_the_default_main_job():
 
 def test_the_qg_preset_chooses_its_presets_and_qg_long_the_stage_defaults():
     """data=qg picks conf/{autoencoder,diffusion}/qg.yaml; experiment=qg_long is the same data with
-    the stage defaults (3D 16x autoencoder, the 6.3 M UNet) and Heun with 18 levels."""
+    the stage defaults (3D 16x autoencoder, the 6.3 M UNet) and Heun with 18 levels; the QG
+    preset's forecaster sees two previous states with the generated flag, sampled over 20 levels."""
     default = _compose([], hydra=True)
     choices = default.hydra.runtime.choices
     assert (choices.autoencoder, choices.diffusion, choices.sampler) == ("qg", "qg", "dpmpp_2m")
-    assert default.autoencoder.net.fold_depth and default.sampler.steps == 10
+    assert default.autoencoder.net.fold_depth and default.sampler.steps == 20
+    cond = default.diffusion.conditioning
+    assert cond.previous == 2 and cond.generated and default.diffusion.module.condition_noise > 0
     long = _compose(["experiment=qg_long"], hydra=True)
     choices = long.hydra.runtime.choices
     assert (choices.data, choices.autoencoder, choices.diffusion, choices.sampler) == (
