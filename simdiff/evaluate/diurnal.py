@@ -16,6 +16,11 @@ minutes; a global one would need an offset per cell, which this check does not d
 default 06-12): the mean change over the morning, members against truth, and their relative
 error. It is ``complete`` when every step of the window has at least one case; with few
 inits some hours have none and the sum covers only ``hours``.
+
+With the training states, ``training`` gives the same statistics for every pair of
+consecutive training states one forecast step apart (the record's own cycle), and
+``morning["training"]`` its morning sum: a few test inits can fall on unusually sunny or
+cloudy days, so the truth's morning alone does not say what the model could have learnt.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ def diurnal_cycle(
     *,
     member_dim: str = "realization",
     window: Sequence[float] = MORNING,
+    training: xr.DataArray | None = None,
+    sample_dim: str = "time",
 ) -> dict[str, Any]:
     """The diurnal-cycle check of one variable.
 
@@ -79,13 +86,16 @@ def diurnal_cycle(
         valid_time: ``(init, lead)`` dates of the valid times.
         weights: the cell weights over ``spatial``.
         window: the morning, ``(start, end]`` in local hours.
+        training: ``(sample_dim, *spatial)`` the training states (dated), or None.
 
     Returns:
         ``{"clock", "offset_hours", "by_hour": {"hour", "members", "truth", "steps"},
-        "morning": {"window", "hours", "complete", "members", "truth", "relative_error"}}``,
-        changes per step in the variable's units.
+        "morning": {"window", "hours", "complete", "members", "truth", "relative_error",
+        ["training"]}, ["training": {"hour", "mean", "steps"}]}``, changes per step in the
+        variable's units.
     """
     spatial: list[Hashable] = [d for d in truth.dims if d not in (INIT_DIM, LEAD_DIM)]
+    step_s = int(_seconds(np.asarray(truth[LEAD_DIM].values[:1]))[0]) if LEAD_DIM in truth.coords else 0
     # index coords only: a forecast carries valid_time (init, lead), a grid lat/lon aux coords
     offset, clock = _offset_hours(truth, weights)
     members, truth, initial = (a.reset_coords(drop=True) for a in (members, truth, initial))
@@ -118,10 +128,53 @@ def diurnal_cycle(
     f = float(sum(by_m[h] for h in covered)) if covered else None  # type: ignore[misc]
     t = float(sum(by_t[h] for h in covered)) if covered else None  # type: ignore[misc]
     rel = (f - t) / abs(t) if f is not None and t not in (None, 0.0) else None  # type: ignore[operator]
-    return {
+    out: dict[str, Any] = {
         "clock": clock,
         "offset_hours": offset,
         "by_hour": {"hour": hours.tolist(), "members": by_m, "truth": by_t, "steps": steps},
         "morning": {"window": [lo, hi], "hours": covered, "complete": len(covered) == len(in_window),
                     "members": f, "truth": t, "relative_error": rel},
     }
+    if training is not None:
+        by_r, n_r = record_cycle(training, weights, step_s, offset, sample_dim=sample_dim)
+        covered_r = [h for h in in_window if n_r[h]]
+        out["training"] = {"hour": hours.tolist(), "mean": by_r, "steps": n_r}
+        out["morning"]["training"] = (float(sum(by_r[h] for h in covered_r))  # type: ignore[misc]
+                                      if covered_r else None)
+    return out
+
+
+def _seconds(delta: np.ndarray) -> np.ndarray:
+    """Time differences (timedelta64 or datetime.timedelta objects) in whole seconds."""
+    delta = np.asarray(delta)
+    if np.issubdtype(delta.dtype, np.timedelta64):
+        return delta.astype("timedelta64[s]").astype(np.int64)
+    return np.array([round(d.total_seconds()) for d in delta.ravel()], dtype=np.int64).reshape(delta.shape)
+
+
+def record_cycle(
+    states: xr.DataArray, weights: xr.DataArray, step_s: int, offset: float, *, sample_dim: str = "time"
+) -> tuple[list[float | None], list[int]]:
+    """The mean change per step by local hour over a record: every pair of consecutive states
+    ``step_s`` seconds apart, the area mean (with ``weights``, over cells valid in both) of
+    their change, grouped by the local hour (UTC + ``offset`` h) the step ends at.
+
+    Returns ``(mean per hour 0..23 (None where no pair), pairs per hour)``.
+    """
+    times = np.asarray(states[sample_dim].values)
+    spatial = [d for d in states.dims if d != sample_dim]
+    if times.size < 2:
+        return [None] * 24, [0] * 24
+    gap = _seconds(times[1:] - times[:-1])
+    x = states.reset_coords(drop=True)
+    change = x.isel({sample_dim: slice(1, None)}).variable - x.isel({sample_dim: slice(None, -1)}).variable
+    change = xr.DataArray(change, dims=x.dims)
+    mean = np.asarray(weighted_mean(change, weights, spatial).values, dtype=float)
+    hour = np.floor((_hours(times[1:]) + offset) % 24.0 + 1e-9) % 24
+    ok = (gap == int(step_s)) & np.isfinite(mean)
+    by, n = [], []
+    for h in range(24):
+        sel = ok & (hour == h)
+        n.append(int(sel.sum()))
+        by.append(float(mean[sel].mean()) if sel.any() else None)
+    return by, n

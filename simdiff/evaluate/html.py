@@ -228,10 +228,14 @@ def _diurnal_html(diurnal: dict[str, Any]) -> list[str]:
         m = d["morning"]
         hours = f"{m['window'][0]:g}-{m['window'][1]:g} h"
         hours += "" if m["complete"] else f" (only {m['hours']})"
-        rows.append([name, d["clock"], hours, m["members"], m["truth"], m["relative_error"]])
-    head = ["variable", "clock", "morning", "change members", "change truth", "relative error"]
+        rows.append([name, d["clock"], hours, m["members"], m["truth"], m["relative_error"],
+                     m.get("training")])
+    head = ["variable", "clock", "morning", "change members", "change truth", "relative error",
+            "change, training record"]
     return ["<h2>Diurnal cycle</h2><p>Mean change per step by local hour (figure <i>diurnal</i>); "
-            "the morning's changes summed.</p>", _table(head, rows)]
+            "the morning's changes summed. The training record's morning (every pair of training "
+            "states one step apart) says what the model could have learnt, where a few test inits "
+            "may fall on unusual days.</p>", _table(head, rows)]
 
 
 CSV_COLUMNS = ("variable", "lead_time", *SCORES, "rank_histogram")
@@ -309,5 +313,6 @@ def report_summary(metrics: dict[str, Any]) -> list[str]:
             part = "" if m["complete"] else f" (only steps ending at {m['hours']} h have cases)"
             lines.append(f"  {name}: change over the morning ({m['window'][0]:g}-{m['window'][1]:g} h "
                          f"{d['clock'].split(' (')[0]}) {fmt(m['members'])} vs truth {fmt(m['truth'])}, "
-                         f"relative error {fmt(m['relative_error'])}{part}")
+                         f"relative error {fmt(m['relative_error'])}{part}"
+                         + ("" if m.get("training") is None else f"; training record {fmt(m['training'])}"))
     return lines

@@ -340,6 +340,9 @@ def diurnal_figure(metrics: dict) -> Figure:
         for key, style in (("truth", "k-o"), ("members", "C0--s")):
             y = np.array([np.nan if v is None else v for v in by[key]], dtype=float)
             ax.plot(hour, y, style, ms=3, label="ensemble mean" if key == "members" else key)
+        if "training" in d:
+            y = np.array([np.nan if v is None else v for v in d["training"]["mean"]], dtype=float)
+            ax.plot(hour, y, ":", color="0.4", lw=1, label="training record")
         lo, hi = d["morning"]["window"]
         ax.axvspan(lo, hi, color="0.9", zorder=0)
         ax.axhline(0.0, color="0.6", lw=0.5)

@@ -461,7 +461,8 @@ def evaluate_forecast(
             name: diurnal_cycle(
                 forecast[name], obs_all[name].drop_vars(["valid_time", "verified"]), initial[name],
                 obs_all["valid_time"], _cell_weights(initial[name].isel({INIT_DIM: 0}, drop=True), weights),
-                member_dim=member_dim, window=diurnal_window)
+                member_dim=member_dim, window=diurnal_window,
+                training=None if train is None else train[name], sample_dim=sample_dim)
             for name in names
         }
     if spectra:

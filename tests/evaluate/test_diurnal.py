@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from simdiff.evaluate.diurnal import applies, diurnal_cycle
+from simdiff.evaluate.diurnal import applies, diurnal_cycle, record_cycle
 from simdiff.evaluate.report import evaluate_forecast
 
 AMPLITUDE = 4.0  # K
@@ -115,3 +115,22 @@ def test_report_shows_the_check(tmp_path) -> None:
     assert "Diurnal cycle" in page and "local solar" in page
     line = next(s for s in report_summary(metrics) if "morning" in s)
     assert "relative error -0.5" in line
+
+
+def test_the_training_record_gives_its_own_cycle_and_skips_gaps() -> None:
+    """Training states on the same cycle: the record's mean change per local hour is the closed
+    form; a pair of states further apart than one step does not count; evaluate reports it."""
+    fc, truth = case(np.array([-6.0, -3.0, 0.0]), follow=0.5)
+    offset = -3.0 / 15.0
+    train = truth["Tair"].drop_isel(time=[30])  # one missing hour: the pair across it is skipped
+    weights = xr.ones_like(truth["Tair"].isel(time=0, drop=True))
+    by, n = record_cycle(train, weights, 3600, offset)
+    assert sum(n) == 71 - 2  # 70 one-hour pairs around the gap, 69 left
+    for h in range(24):
+        u = (h + 1) % 24
+        expected = cycle(np.array([u + offset]))[0] - cycle(np.array([u - 1 + offset]))[0]
+        assert by[h] == pytest.approx(expected, abs=1e-9)
+    out = evaluate_forecast(fc, truth, train=truth.drop_isel(time=[30]), spectra=False)["diurnal"]["Tair"]
+    assert out["training"]["mean"] == pytest.approx(by, abs=1e-12)
+    assert out["morning"]["training"] == pytest.approx(out["morning"]["truth"], abs=1e-9)
+    assert evaluate_forecast(fc, truth, spectra=False)["diurnal"]["Tair"].get("training") is None
