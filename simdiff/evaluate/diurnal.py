@@ -114,19 +114,15 @@ def diurnal_cycle(
 
     d_mem = step_changes(mean.where(truth.notnull()))
     d_obs = step_changes(truth)
-    hour = np.floor((_hours(np.asarray(valid_time.values)) + offset) % 24.0 + 1e-9) % 24
+    hour = _local_hour(np.asarray(valid_time.values), offset)
     hours = np.arange(24)
-    by_m, by_t, steps = [], [], []
-    for h in hours:
-        sel = (hour == h) & np.isfinite(d_mem) & np.isfinite(d_obs)
-        steps.append(int(sel.sum()))
-        by_m.append(float(d_mem[sel].mean()) if sel.any() else None)
-        by_t.append(float(d_obs[sel].mean()) if sel.any() else None)
+    ok = np.isfinite(d_mem) & np.isfinite(d_obs)
+    by_m, steps = _by_hour(d_mem, hour, ok)
+    by_t, _ = _by_hour(d_obs, hour, ok)
     lo, hi = float(window[0]), float(window[1])
     in_window = [int(h) for h in hours if lo < h <= hi or (h == 0 and lo < 24 <= hi)]
     covered = [h for h in in_window if steps[h]]
-    f = float(sum(by_m[h] for h in covered)) if covered else None  # type: ignore[misc]
-    t = float(sum(by_t[h] for h in covered)) if covered else None  # type: ignore[misc]
+    f, t = _window_sum(by_m, covered), _window_sum(by_t, covered)
     rel = (f - t) / abs(t) if f is not None and t not in (None, 0.0) else None  # type: ignore[operator]
     out: dict[str, Any] = {
         "clock": clock,
@@ -137,11 +133,30 @@ def diurnal_cycle(
     }
     if training is not None:
         by_r, n_r = record_cycle(training, weights, step_s, offset, sample_dim=sample_dim)
-        covered_r = [h for h in in_window if n_r[h]]
         out["training"] = {"hour": hours.tolist(), "mean": by_r, "steps": n_r}
-        out["morning"]["training"] = (float(sum(by_r[h] for h in covered_r))  # type: ignore[misc]
-                                      if covered_r else None)
+        out["morning"]["training"] = _window_sum(by_r, [h for h in in_window if n_r[h]])
     return out
+
+
+def _local_hour(times: np.ndarray, offset: float) -> np.ndarray:
+    """Whole local hour (0-23) of ``times`` at ``offset`` hours from UTC."""
+    return np.floor((_hours(times) + offset) % 24.0 + 1e-9) % 24
+
+
+def _by_hour(values: np.ndarray, hour: np.ndarray, ok: np.ndarray) -> tuple[list[float | None], list[int]]:
+    """Mean of ``values`` where ``ok`` per hour 0..23 of ``hour`` (None where none), and the counts."""
+    means: list[float | None] = []
+    counts: list[int] = []
+    for h in range(24):
+        sel = ok & (hour == h)
+        counts.append(int(sel.sum()))
+        means.append(float(values[sel].mean()) if sel.any() else None)
+    return means, counts
+
+
+def _window_sum(by_hour: list[float | None], covered: list[int]) -> float | None:
+    """The hourly means of ``covered`` summed (None when no hour is covered)."""
+    return float(sum(by_hour[h] for h in covered)) if covered else None  # type: ignore[misc]
 
 
 def _seconds(delta: np.ndarray) -> np.ndarray:
@@ -166,15 +181,6 @@ def record_cycle(
     if times.size < 2:
         return [None] * 24, [0] * 24
     gap = _seconds(times[1:] - times[:-1])
-    x = states.reset_coords(drop=True)
-    change = x.isel({sample_dim: slice(1, None)}).variable - x.isel({sample_dim: slice(None, -1)}).variable
-    change = xr.DataArray(change, dims=x.dims)
+    change = states.reset_coords(drop=True).diff(sample_dim)
     mean = np.asarray(weighted_mean(change, weights, spatial).values, dtype=float)
-    hour = np.floor((_hours(times[1:]) + offset) % 24.0 + 1e-9) % 24
-    ok = (gap == int(step_s)) & np.isfinite(mean)
-    by, n = [], []
-    for h in range(24):
-        sel = ok & (hour == h)
-        n.append(int(sel.sum()))
-        by.append(float(mean[sel].mean()) if sel.any() else None)
-    return by, n
+    return _by_hour(mean, _local_hour(times[1:], offset), (gap == int(step_s)) & np.isfinite(mean))
