@@ -362,7 +362,9 @@ def tally_rejections(target: str | Path) -> dict[str, int]:
         draws = np.asarray(g["draws"][...])
         tally["total"] = int((draws[draws > 0] - 1).sum())  # every candidate before the accepted one
         folded = json.dumps([REJECTIONS, "reject_reason"])
-        g.attrs.update({"simdiff_rejected": json.dumps(tally), FOLDED: folded})
+        # one metadata write for both: zarr's ``attrs.update`` writes one key at a time, and a kill
+        # between the two left a tally without the folded names (a resumed layout then differed)
+        g.update_attributes({"simdiff_rejected": json.dumps(tally), FOLDED: folded})
     for name in (REJECTIONS, "reject_reason"):
         if name in g:
             del g[name]
