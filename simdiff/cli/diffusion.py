@@ -29,7 +29,16 @@ from simdiff.cli.app import stage_started
 from simdiff.cli.nodes import build, lightning_logs_once, preemption_signal
 from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
-from simdiff.runs.models import build_model, latent_signature, open_latents, residual_scale, static_fields
+from simdiff.runs.models import (
+    build_model,
+    check_tendency_cycle,
+    cycle_harmonics,
+    latent_signature,
+    open_latents,
+    residual_scale,
+    static_fields,
+    tendency_cycle,
+)
 from simdiff.runs.stage_dir import claim, display_free_identity, whole_field_identity
 from simdiff.runs.training import finish_diffusion
 
@@ -76,6 +85,9 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     patch = check_patch(cfg.diffusion.get("patch"), shape,
                         total_factors(cfg.diffusion.net.factors, len(shape)), "diffusion.patch")
     out, ckpt_dir = run.stage_dir("diffusion"), run.checkpoints("diffusion")
+    daily, annual = cycle_harmonics(OmegaConf.to_container(cfg.diffusion, resolve=True))
+    if daily or annual:  # refused before anything is written
+        check_tendency_cycle(store, daily, annual, bool(cfg.diffusion.residual))
     resume = claim(out, config, final=run.final("diffusion").name, stage="train-diffusion",
                    force=bool(cfg.force))
     if resume is None:
@@ -88,7 +100,8 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
                      patch=None if patch is None else [int(p) for p in dm_cfg["patch"]])
     static = static_fields(store, list(dm_cfg["conditioning"].get("static") or []))
     scale = residual_scale(store) if dm_cfg["residual"] else None
-    model = build_model(dm_cfg, signature, dm.condition_sizes, static, scale)
+    cycle = tendency_cycle(store, daily, annual, bool(dm_cfg["residual"])) if (daily or annual) else None
+    model = build_model(dm_cfg, signature, dm.condition_sizes, static, scale, cycle=cycle)
     # the Sampling object joins after instantiate: Hydra would turn a dataclass argument into a dict
     module = instantiate(cfg.diffusion.module, model=model, weights=dm.weights, seed=int(cfg.seed),
                          signature=signature, _convert_="all", _partial_=True)(sampling=build(cfg.sampler))

@@ -6,7 +6,9 @@
 residual mode, the tendency ``(x_{t+1} - x_t) / s`` with ``s`` the per-channel standard deviation
 of the tendency on the training split (as CorrDiff, Mardani et al. 2024, and ArchesWeatherGen,
 Couairon et al. 2024, diffuse a residual), so the diffused variable has unit variance either way
-and ``sigma_data = 1`` stays right. :meth:`target` maps a state to the diffused variable and
+and ``sigma_data = 1`` stays right. With a :class:`~simdiff.diffusion.cycle.TendencyCycle`
+the tendency's fitted mean at the target's hour of day and day of year is taken out too,
+``(x_{t+1} - x_t - m(t+1)) / s``. :meth:`target` maps a state to the diffused variable and
 :meth:`state` maps a sample back. All three pieces live in one module, so one weight average
 (EMA) and one checkpoint cover them.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simdiff.diffusion.cycle import TendencyCycle
 from simdiff.diffusion.edm import EDMPrecond
 from simdiff.diffusion.guidance import classifier_free_guidance
 from simdiff.diffusion.noise import randn_rows
@@ -36,6 +39,8 @@ class ConditionalDenoiser(nn.Module):
         sigma_data: standard deviation of the diffused variable (1 for unit-variance latents).
         residual: diffuse the scaled tendency ``(x_{t+1} - x_t) / residual_scale``.
         residual_scale: (C,) the tendency's per-channel std (required with ``residual``).
+        cycle: the tendency's mean by time of day/year, taken out of the diffused variable
+            (residual mode, batches with ``time_features``), or None.
     """
 
     def __init__(
@@ -45,6 +50,7 @@ class ConditionalDenoiser(nn.Module):
         sigma_data: float = 1.0,
         residual: bool = False,
         residual_scale: torch.Tensor | None = None,
+        cycle: TendencyCycle | None = None,
     ) -> None:
         super().__init__()
         if residual and conditioner.previous < 1:
@@ -52,28 +58,46 @@ class ConditionalDenoiser(nn.Module):
                              "conditioning on >= 1 previous state (conditioning.previous >= 1)")
         if residual and residual_scale is None:
             raise ValueError("ConditionalDenoiser: residual mode needs residual_scale (C,)")
+        if cycle is not None and not residual:
+            raise ValueError("ConditionalDenoiser: a tendency cycle is taken out of the tendency, so it "
+                             "needs residual mode (diffusion.residual=true)")
         self.conditioner = conditioner
         self.precond = EDMPrecond(net, sigma_data)
         self.residual = bool(residual)
         scale = residual_scale if residual_scale is not None else torch.ones(conditioner.state_channels)
         self.register_buffer("residual_scale", scale.to(torch.float32).reshape(-1))
+        self.cycle = cycle
 
     def _scale(self, like: torch.Tensor) -> torch.Tensor:
         return self.residual_scale.to(like.dtype).reshape(1, -1, *([1] * (like.ndim - 2)))
 
-    def target(self, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-        """The diffused variable for state ``x`` (B, C, ...) given ``previous`` (B, W-1, C, ...)."""
+    def _base(self, like: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """What residual mode diffuses about: the newest previous state (+ the cycle's mean tendency)."""
+        previous = batch.get("previous")
+        if previous is None:
+            raise ValueError("ConditionalDenoiser: residual mode needs the batch's previous states")
+        base = previous[:, -1]
+        if self.cycle is not None:
+            tf = batch.get("time_features")
+            if tf is None:
+                raise ValueError("ConditionalDenoiser: the tendency cycle needs the batch's time_features")
+            origin = batch.get("origin")
+            size = tuple(like.shape[2:]) if origin is not None else None
+            base = base + self.cycle(tf, origin, size).to(like)
+        return base
+
+    def target(self, x: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The diffused variable for state ``x`` (B, C, ...) given the ``batch`` of its conditions
+        (``previous`` (B, W-1, C, ...), and ``time_features`` with a cycle)."""
         if not self.residual:
             return x
-        assert previous is not None
-        return (x - previous[:, -1]) / self._scale(x)
+        return (x - self._base(x, batch)) / self._scale(x)
 
-    def state(self, y: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    def state(self, y: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The state for a sample ``y`` of the diffused variable (inverse of :meth:`target`)."""
         if not self.residual:
             return y
-        assert previous is not None
-        return previous[:, -1] + y * self._scale(y)
+        return self._base(y, batch) + y * self._scale(y)
 
     def conditions(
         self,
@@ -158,7 +182,7 @@ class ConditionalDenoiser(nn.Module):
             denoise = classifier_free_guidance(net, cond, cond, 1.0)
         x = randn_rows(shape, generator, dtype=torch.float32, device=ref.device) * sigmas[0]
         y = sampler(denoise, x, sigmas, generator=generator)
-        return self.state(y, batch.get("previous"))
+        return self.state(y, batch)
 
 
 def _per_row(denoiser: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -153,7 +153,7 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         x = batch["target"]
         if drop:  # training
             batch = self._perturb_previous(batch, generator)
-        y = self.model.target(x, batch.get("previous"))
+        y = self.model.target(x, batch)
         drops = None
         if drop:
             drops = self.model.conditioner.sample_drop(x.shape[0], generator=generator, device=x.device)

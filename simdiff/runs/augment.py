@@ -109,8 +109,7 @@ class AugmentJob:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
 
     def __post_init__(self) -> None:
-        cond = self.models.diffusion["conditioning"]
-        self.used = [n for n in CONDITIONS if self.latents.has(n) and cond.get(n)]
+        self.used = [n for n in CONDITIONS if self.latents.has(n) and self.models.uses(n)]
         previous = self.models.previous
         self.pool = (
             source_pool(self.latents, self.split, previous)

@@ -136,6 +136,92 @@ def residual_scale(store: TrainingStore) -> torch.Tensor:
     return torch.tensor(np.sqrt(np.maximum(var, 1e-12)), dtype=torch.float32)
 
 
+def cycle_harmonics(dm_cfg: dict[str, Any]) -> tuple[int, int]:
+    """``diffusion.tendency_cycle``'s (daily, annual) harmonics; (0, 0) when absent (no cycle)."""
+    spec = dm_cfg.get("tendency_cycle") or {}
+    return int(spec.get("daily", 0) or 0), int(spec.get("annual", 0) or 0)
+
+
+def check_tendency_cycle(store: TrainingStore, daily: int, annual: int, residual: bool = True) -> np.ndarray:
+    """Refuse a tendency cycle the store cannot determine; returns the train pairs' mask (N-1,).
+
+    Raises:
+        DataError: not in residual mode (``residual``: the cycle is one of the tendency), the
+            store has no time features, or its train targets do not determine a requested
+            cycle (:func:`simdiff.diffusion.cycle.coverage`: e.g. daily steps for the daily
+            cycle, or one month for the annual one).
+    """
+    from simdiff.diffusion import cycle
+
+    if not residual:
+        raise DataError("diffusion.tendency_cycle is the tendency's mean, taken out in residual mode, "
+                        "and diffusion.residual is false; set diffusion.residual=true or the cycle's "
+                        "harmonics to 0")
+    if daily < 0 or annual < 0:
+        raise DataError(f"diffusion.tendency_cycle: daily={daily}, annual={annual}; harmonics are "
+                        "counts >= 0")
+    if not store.has("time_features"):
+        raise DataError(
+            f"{store.path}: diffusion.tendency_cycle needs time features, and the store has none "
+            "(its time axis is not datetimes); set diffusion.tendency_cycle.daily=0 and annual=0"
+        )
+    split, block = store.array("split"), store.array("block")
+    ok = (split[1:] == 0) & (split[:-1] == 0) & (block[1:] == block[:-1])
+    targets = store.array("time_features").astype(np.float64)[1:][ok]
+    for name, harmonics in (("daily", daily), ("annual", annual)):
+        distinct, gap = cycle.coverage(targets, name)
+        if harmonics and (distinct < 2 * harmonics + 1 or gap > np.pi / 2 + 1e-9):
+            raise DataError(
+                f"{store.path}: diffusion.tendency_cycle.{name}={harmonics}, but the train split's "
+                f"targets sample the {name} cycle at {distinct} distinct phases with a gap of "
+                f"{gap / (2 * np.pi):.0%} of the cycle ({2 * harmonics + 1} phases and gaps of at most 25 % "
+                f"are needed), so its mean tendency is not determined; set diffusion.tendency_cycle."
+                f"{name} lower or to 0"
+            )
+    k = cycle.n_terms(daily, annual)
+    if ok.sum() <= k:
+        raise DataError(
+            f"{store.path}: {int(ok.sum())} consecutive train pairs for {k} cycle terms; set "
+            "diffusion.tendency_cycle.daily=0 and annual=0, or use a longer record"
+        )
+    return ok
+
+
+def tendency_cycle(store: TrainingStore, daily: int, annual: int, residual: bool = True) -> torch.Tensor:
+    """(K, C, [d], h, w) least-squares coefficients of the tendency's mean by time of day and year
+    (:mod:`simdiff.diffusion.cycle`), over the train pairs in one block, at the target's time;
+    refused as :func:`check_tendency_cycle` says."""
+    from simdiff.diffusion import cycle
+
+    ok = check_tendency_cycle(store, daily, annual, residual)
+    features = store.array("time_features").astype(np.float64)
+    data = store.data
+    k = cycle.n_terms(daily, annual)
+    btb, bty = np.zeros((k, k)), np.zeros((k, int(np.prod(data.shape[1:]))))
+    yty = 0.0
+    step = max(store.chunk_samples, 64)
+    for lo in range(0, data.shape[0] - 1, step):
+        hi = min(lo + step + 1, data.shape[0])
+        use = ok[lo : hi - 1]
+        if not use.any():
+            continue
+        x = np.asarray(data[lo:hi], dtype=np.float64)
+        b = cycle.basis(torch.from_numpy(features[lo + 1 : hi][use]), daily, annual).numpy()
+        y = (x[1:] - x[:-1])[use]
+        a, c = cycle.normal_equations(b, y)
+        btb += a
+        bty += c
+        yty += float((y**2).sum())
+    coef = cycle.solve(btb, bty, tuple(data.shape[1:]))
+    n = btb[0, 0]
+    total = yty - float((bty[0] ** 2).sum()) / n  # sum of squares about each cell's mean tendency
+    left = yty - float((coef.reshape(k, -1) * bty).sum())  # residual sum of squares of the fit
+    log.info("tendency cycle: %d daily and %d annual harmonics fitted on %d train pairs; they hold %.1f %% "
+             "of the tendency's variance about its mean", daily, annual, int(n),
+             100.0 * (1.0 - left / total) if total > 0 else 0.0)
+    return torch.tensor(coef, dtype=torch.float32)
+
+
 def static_fields(store: TrainingStore, names: list[str]) -> torch.Tensor | None:
     """(n, [d], h, w) the named store arrays, each standardised (a constant one becomes zeros)."""
     if not names:
@@ -160,12 +246,18 @@ def build_model(
     static: torch.Tensor | None,
     scale: torch.Tensor | None,
     source: str = "the diffusion config",
+    cycle: torch.Tensor | None = None,
 ) -> Any:
     """The ConditionalDenoiser for latents with ``signature`` and the store's condition ``sizes``.
+
+    ``cycle``: the tendency cycle's coefficients (:func:`tendency_cycle`) when
+    ``diffusion.tendency_cycle`` asks for one; zeros of the right shape when None (a checkpoint
+    fills them).
 
     ``dm_cfg["net"]`` is a plain spec :mod:`simdiff.base.registry` allows (DataError naming
     ``source`` otherwise).
     """
+    from simdiff.diffusion.cycle import TendencyCycle, n_terms
     from simdiff.diffusion.denoiser import ConditionalDenoiser
     from simdiff.nets.conditioning import Conditioner
     from simdiff.nets.fold import DepthAsChannels
@@ -199,6 +291,14 @@ def build_model(
     )
     if fold:
         net = DepthAsChannels(net, depth)
+    daily, annual = cycle_harmonics(dm_cfg)
+    cycle_module = None
+    if daily or annual:
+        shape = (n_terms(daily, annual), n_channels, *signature["latent_shape"])
+        coef = cycle if cycle is not None else torch.zeros(shape)
+        if tuple(coef.shape) != shape:
+            raise ValueError(f"build_model: tendency cycle coefficients {tuple(coef.shape)}, not {shape}")
+        cycle_module = TendencyCycle(coef, daily, annual)
     if dm_cfg.get("compile"):
         net.compile()
     return ConditionalDenoiser(
@@ -207,6 +307,7 @@ def build_model(
         sigma_data=float(dm_cfg["sigma_data"]),
         residual=bool(dm_cfg["residual"]),
         residual_scale=scale,
+        cycle=cycle_module,
     )
 
 
@@ -277,6 +378,12 @@ class Models:
     def previous(self) -> int:
         """Previous states the model conditions on (0: unconditional)."""
         return int(self.diffusion["conditioning"]["previous"])
+
+    def uses(self, name: str) -> bool:
+        """Whether the model reads the store array ``name`` per sample: a condition it was trained
+        on, or the time features its tendency cycle is evaluated at."""
+        return bool(self.diffusion["conditioning"].get(name)) or (
+            name == "time_features" and any(cycle_harmonics(self.diffusion)))
 
 
 def load_models(

@@ -58,8 +58,7 @@ class Generation:
     @cached_property
     def conditions(self) -> dict[str, np.ndarray]:
         """The store's conditions the model uses (time features, covariates, label), read once."""
-        cond = self.models.diffusion["conditioning"]
-        return {n: self.latents.array(n) for n in CONDITIONS if self.latents.has(n) and cond.get(n)}
+        return {n: self.latents.array(n) for n in CONDITIONS if self.latents.has(n) and self.models.uses(n)}
 
     @cached_property
     def source(self) -> xr.Dataset:

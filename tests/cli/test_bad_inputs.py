@@ -322,6 +322,8 @@ CASES: list[Case] = [
     Case("latents-missing-generate", "generate", (), ("{file}",), setup=latents_missing),
     Case("latents-missing-train-diffusion", "train-diffusion", ("force=true",), ("{file}",),
          setup=latents_missing),
+    Case("tendency-cycle-without-time-features", "train-diffusion",
+         ("force=true", "diffusion.tendency_cycle.daily=1"), ("diffusion.tendency_cycle", "time features")),
     Case("latents-chunk-deleted", "generate", (), ("{file}",), setup=latents_chunk_deleted),
     Case("latents-zarr-json-corrupt", "augment", (), ("{file}",), setup=latents_zarr_json_corrupt),
     # -- damaged checkpoints ------------------------------------------------------------------

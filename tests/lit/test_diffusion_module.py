@@ -122,8 +122,8 @@ def test_checkpoint_loads_ema_weights_for_sampling(qg_run: Path, tmp_path: Path)
     module.ema.restore(module.model, expected)
     # Residual mode: target() and state() invert each other.
     batch = next(iter(dm.val_dataloader()))
-    y = model.target(batch["target"], batch["previous"])
-    torch.testing.assert_close(model.state(y, batch["previous"]), batch["target"])
+    y = model.target(batch["target"], batch)
+    torch.testing.assert_close(model.state(y, batch), batch["target"])
 
 
 def test_non_finite_loss_stops_training_at_its_step(qg_run: Path, tmp_path: Path) -> None:
