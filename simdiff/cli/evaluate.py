@@ -80,6 +80,10 @@ def molecular_table(molecular: dict[str, Any]) -> Any:
         radial, peak = e["radial_profile_relative_error"]["median"], e["peak_ratio"]["median"]
         table.add_row(name, "all", f"{c['median']:.3%}", f"{c['p90']:.3%}", f"{radial:.3g}", f"{peak:.3g}",
                       f"{e['negative_fraction']:.3g}")
+        if e.get("renormalised"):
+            raw = e["electron_count_relative_error_raw"]
+            table.add_row("", "(as drawn, before renormalising)", f"{raw['median']:.3%}", f"{raw['p90']:.3%}",
+                          "", "", "")
         for base, b in (e.get("baselines") or {}).items():
             bc = b["electron_count_relative_error"]
             table.add_row("", f"({base})", f"{bc['median']:.3%}", f"{bc['p90']:.3%}",

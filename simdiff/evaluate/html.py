@@ -155,6 +155,10 @@ def _molecular_html(molecular: dict[str, Any]) -> list[str]:
         rows = [["members", c["median"], c["p90"], e["negative_fraction"],
                  e["radial_profile_relative_error"]["median"], e["peak_ratio"]["median"], e["spectrum_ratio"],
                  e["spectrum_ratio_high_k"]]]
+        if e.get("renormalised"):  # the counts above are after the flagged post-processing
+            rows[0][0] = "members (renormalised to the promolecule's count)"
+            raw = e["electron_count_relative_error_raw"]
+            rows.append(["members as drawn", raw["median"], raw["p90"], None, None, None, None, None])
         for base, b in (e.get("baselines") or {}).items():
             bc = b["electron_count_relative_error"]
             rows.append([f"{base} (baseline)", bc["median"], bc["p90"], None,
@@ -290,6 +294,10 @@ def report_summary(metrics: dict[str, Any]) -> list[str]:
             lines.append(f"{name}: {e['members']} members x {e['conditions']} conditions; electron count "
                          f"error median {c['median']:.2%}, p90 {c['p90']:.2%}; negative fraction "
                          f"{e['negative_fraction']:.3g}; radial error {fmt(radial)}; peak ratio {fmt(peak)}")
+            if e.get("renormalised"):
+                raw = e["electron_count_relative_error_raw"]
+                lines.append(f"  renormalised (generate.mode.renormalise): as drawn, the count error median "
+                             f"was {raw['median']:.2%}, p90 {raw['p90']:.2%}")
             pro = (e.get("baselines") or {}).get("promolecule")
             if pro:
                 verdict = ("beats" if c["median"] < pro["electron_count_relative_error"]["median"]

@@ -137,6 +137,7 @@ def molecular_scores(
     labels: np.ndarray | None = None,
     label_names: Sequence[str] | None = None,
     train: np.ndarray | None = None,
+    factors: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """metrics.json's ``molecular`` entry.
 
@@ -147,6 +148,9 @@ def molecular_scores(
         dv: voxel volume (bohr^3).
         labels, label_names: each condition's molecule.
         train: (N, Z, Y, X) training densities for the memorisation check (optional).
+        factors: (M, C) the factors generate renormalised each member by (``generate.mode.
+            renormalise``), or None; then the count error of the members as drawn
+            (``members / factors``) is reported too, as ``electron_count_relative_error_raw``.
     """
     members = np.asarray(members, np.float64)
     references = np.asarray(references, np.float64)
@@ -185,6 +189,10 @@ def molecular_scores(
         "reference_electron_count": [float(v) for v in ref_count],
         "radial_bin_bohr": width,
     }
+    if factors is not None:
+        raw = count / np.asarray(factors, np.float64)
+        out["renormalised"] = True
+        out["electron_count_relative_error_raw"] = _summary(np.abs(raw - ref_count[None]) / ref_count[None])
     if labels is not None:
         per: dict[str, Any] = {}
         for lab in np.unique(labels):

@@ -59,7 +59,7 @@ def write_cubes(output: xr.Dataset, directory: str | Path, geometry: Mapping[str
     Returns:
         The files written, in (condition, member) order.
     """
-    names = [str(v) for v in output.data_vars]
+    names = [str(v) for v in output.data_vars if set(SPATIAL) <= set(output[v].dims)]  # fields, not factors
     variable = variable or (names[0] if len(names) == 1 else None)
     if variable is None or variable not in output:
         raise DataError(f"cube files hold one variable; the output has {names}: pass variable=")

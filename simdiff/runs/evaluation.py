@@ -17,6 +17,7 @@ from simdiff.data.stores.stats import denormalise
 from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.data.transforms import domain_of
 from simdiff.evaluate.baselines import climatology_needs_care
+from simdiff.generate.renormalise import RENORMALISATION
 from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
@@ -284,12 +285,15 @@ def _score_conditional(store: TrainingStore, truth: xr.Dataset, output: xr.Datas
     basis = simulator_basis(store) if len(store.variables) == 1 else None
     split_names = {code: split for split, code in SPLITS.items()}
     out: dict[str, Any] = {}
-    for name in [str(v) for v in output.data_vars]:
-        dims = ("realization", "condition", *store.layout.spatial_dims)
+    dims = ("realization", "condition", *store.layout.spatial_dims)
+    for name in [str(v) for v in output.data_vars if set(output[v].dims) == set(dims)]:
         members = np.asarray(output[name].transpose(*dims).values)
         refs = np.asarray(truth[name].isel({sdim: idx}).values)
         train = np.asarray(truth[name].isel({sdim: train_idx}).values) if len(train_idx) >= 2 else None
-        out[name] = molecular_scores(members, refs, axes, dv, labels=labels, label_names=names, train=train)
+        factor = f"{name}{RENORMALISATION}"
+        factors = output[factor].transpose("realization", "condition").values if factor in output else None
+        out[name] = molecular_scores(members, refs, axes, dv, labels=labels, label_names=names, train=train,
+                                     factors=factors)
         if basis is not None:
             pro = molecular_scores(promolecules(store, idx, basis)[None], refs, axes, dv)
             out[name]["baselines"] = {"promolecule": {k: pro[k] for k in BASELINE_SCORES}}

@@ -34,6 +34,7 @@ from simdiff.data.stores.stats import to_physical
 from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.noise import SAMPLE_INIT
 from simdiff.generate.output import missing, write_block
+from simdiff.generate.renormalise import factor_variables, renormalise
 from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches, rollout
 from simdiff.generate.template import conditional_template, forecast_template, sample_template
 from simdiff.runs.models import Models
@@ -291,6 +292,7 @@ class Conditional:
     max_conditions: int = 12
     indices: list[int] | None = None
     cubes: bool = True  # also write run_dir/cubes/ (voxel grids with atoms: simdiff.generate.cubes)
+    renormalise: bool = False  # scale members to their reference's count (simdiff.generate.renormalise)
 
     kind = "conditional"  # the output's name (conditional.zarr)
 
@@ -320,7 +322,18 @@ class Conditional:
 
     def template(self, gen: Generation) -> xr.Dataset:
         without_previous(gen, "conditional draws")
-        return conditional_template(gen.store, gen.members, self.chosen(gen.latents), chunks=gen.chunks)
+        ds = conditional_template(gen.store, gen.members, self.chosen(gen.latents), chunks=gen.chunks)
+        return factor_variables(ds, self._renormalised(gen)) if self.renormalise else ds
+
+    def _renormalised(self, gen: Generation) -> list[str]:
+        """The variables renormalisation scales: those the store models relative to a reference."""
+        if "reference" not in gen.source:
+            raise DataError(
+                f"{gen.store.path}: generate.mode.renormalise=true scales each member to its reference "
+                "field's count (a molecule's promolecule), and this store has no reference fields; "
+                "prepare with data.reference=promolecule, or set generate.mode.renormalise=false"
+            )
+        return [str(c) for c in gen.source["reference_channel"].values]
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
         return column_blocks(gen, pending)
@@ -329,7 +342,11 @@ class Conditional:
         """Members ``members`` for the conditions of sample ``init``: ``(realization, [D], Y, X)``."""
         conds = {n: torch.from_numpy(np.repeat(np.asarray(v[init : init + 1]), len(members), axis=0))
                  for n, v in gen.conditions.items()}
-        return gen.draw(conds, members, np.full(len(members), init), init)
+        block = gen.draw(conds, members, np.full(len(members), init), init)
+        if not self.renormalise:
+            return block
+        ref = gen.source["reference"].isel({gen.store.layout.sample_dim: init})
+        return renormalise(block, {n: ref.sel(reference_channel=n).values for n in self._renormalised(gen)})
 
     @staticmethod
     def write(target: Path, block: xr.Dataset, init: int) -> None:

@@ -163,3 +163,39 @@ def test_sample_mode_draws_are_scored_against_held_out_densities(molecule_run, t
     assert scores["samples"] == samples.sizes["realization"]
     assert np.isfinite(scores["variables"]["density"]["wasserstein1"])
     assert "Samples (generate/mode=sample)" in (copy / "report" / "index.html").read_text()
+
+
+def test_renormalised_members_hold_the_promolecule_count_and_say_so(molecule_run, tmp_path):
+    """generate.mode.renormalise=true: a flagged post-processing step, recorded per member; the
+    members as drawn are the stored fields over their factors, and evaluate scores both."""
+    run_dir, cache, _ = molecule_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    common = (f"run_dir={copy}", "data=molecules", "debug=tiny", f"cache_dir={cache}",
+              "generate.mode.renormalise=true", "force=true")
+    for stage in ("generate", "evaluate"):
+        res = simdiff(stage, *common)
+        assert res.returncode == 0, res.stderr[-3000:]
+    out, drawn = open_output(copy / "conditional.zarr"), open_output(run_dir / "conditional.zarr")
+    assert "density" in out.attrs["simdiff_renormalised"]
+    f = out["density_renormalisation"].transpose("realization", "condition").values
+    assert np.isfinite(f).all() and (f > 0).all()
+    store = TrainingStore(run_dir / "data" / "train.zarr")
+    pro = store.dataset()["reference"].sel(reference_channel="density").isel(
+        sample=out["condition_index"].values).values.astype(np.float64)
+    rho = out["density"].transpose("realization", "condition", ...).values.astype(np.float64)
+    np.testing.assert_allclose(rho.sum(axis=(2, 3, 4)), np.broadcast_to(pro.sum(axis=(1, 2, 3)), f.shape),
+                               rtol=1e-5)
+    raw = drawn["density"].transpose("realization", "condition", ...).values
+    np.testing.assert_allclose(rho / f[:, :, None, None, None], raw, rtol=1e-5, atol=1e-9)
+    assert len(list((copy / "cubes").glob("*.cube"))) == f.size
+    mol = json.loads((copy / "report" / "metrics.json").read_text())["molecular"]["density"]
+    before = json.loads((run_dir / "report" / "metrics.json").read_text())["molecular"]["density"]
+    assert mol["renormalised"] is True and "renormalised" not in before
+    for q in ("median", "p90"):
+        assert mol["electron_count_relative_error_raw"][q] == pytest.approx(
+            before["electron_count_relative_error"][q], rel=1e-4)
+    # renormalised to the promolecule's count: the count error is the promolecule baseline's
+    assert mol["electron_count_relative_error"]["median"] == pytest.approx(
+        mol["baselines"]["promolecule"]["electron_count_relative_error"]["median"], rel=1e-3, abs=1e-6)
+    assert "as drawn" in (copy / "report" / "index.html").read_text()
