@@ -109,13 +109,18 @@ def latent_signature(store: TrainingStore) -> dict[str, Any]:
     }
 
 
+def train_pairs(store: TrainingStore) -> np.ndarray:
+    """(N-1,) bool: sample ``i`` and ``i + 1`` are both train samples of one block (a one-step pair)."""
+    split, block = store.array("split"), store.array("block")
+    return (split[1:] == 0) & (split[:-1] == 0) & (block[1:] == block[:-1])
+
+
 def residual_scale(store: TrainingStore) -> torch.Tensor:
     """(C,) std of the one-step tendency ``x_{t+1} - x_t`` per channel over train pairs in one block.
 
     Read chunk by chunk (a few MB at a time) in float64.
     """
-    split, block = store.array("split"), store.array("block")
-    ok = (split[1:] == 0) & (split[:-1] == 0) & (block[1:] == block[:-1])
+    ok = train_pairs(store)
     data = store.data
     c = data.shape[1]
     s1, s2, n = np.zeros(c), np.zeros(c), 0
@@ -165,8 +170,7 @@ def check_tendency_cycle(store: TrainingStore, daily: int, annual: int, residual
             f"{store.path}: diffusion.tendency_cycle needs time features, and the store has none "
             "(its time axis is not datetimes); set diffusion.tendency_cycle.daily=0 and annual=0"
         )
-    split, block = store.array("split"), store.array("block")
-    ok = (split[1:] == 0) & (split[:-1] == 0) & (block[1:] == block[:-1])
+    ok = train_pairs(store)
     targets = store.array("time_features").astype(np.float64)[1:][ok]
     for name, harmonics in (("daily", daily), ("annual", annual)):
         distinct, gap = cycle.coverage(targets, name)
