@@ -85,16 +85,16 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     patch = check_patch(cfg.diffusion.get("patch"), shape,
                         total_factors(cfg.diffusion.net.factors, len(shape)), "diffusion.patch")
     out, ckpt_dir = run.stage_dir("diffusion"), run.checkpoints("diffusion")
-    daily, annual = cycle_harmonics(OmegaConf.to_container(cfg.diffusion, resolve=True))
+    dm_cfg = OmegaConf.to_container(cfg.diffusion, resolve=True)
+    daily, annual = cycle_harmonics(dm_cfg)
     if daily or annual:  # refused before anything is written
-        check_tendency_cycle(store, daily, annual, bool(cfg.diffusion.residual))
+        check_tendency_cycle(store, daily, annual, bool(dm_cfg["residual"]))
     resume = claim(out, config, final=run.final("diffusion").name, stage="train-diffusion",
                    force=bool(cfg.force))
     if resume is None:
         return
 
     L.seed_everything(int(cfg.seed), workers=True)
-    dm_cfg = OmegaConf.to_container(cfg.diffusion, resolve=True)
     previous = int(dm_cfg["conditioning"]["previous"])
     dm = instantiate(cfg.loader, store=str(store.path), batch_size=dm_cfg["batch_size"], window=previous + 1,
                      patch=None if patch is None else [int(p) for p in dm_cfg["patch"]])

@@ -10,6 +10,7 @@ network.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,20 +116,30 @@ def train_pairs(store: TrainingStore) -> np.ndarray:
     return (split[1:] == 0) & (split[:-1] == 0) & (block[1:] == block[:-1])
 
 
-def residual_scale(store: TrainingStore) -> torch.Tensor:
-    """(C,) std of the one-step tendency ``x_{t+1} - x_t`` per channel over train pairs in one block.
-
-    Read chunk by chunk (a few MB at a time) in float64.
-    """
-    ok = train_pairs(store)
+def train_tendencies(
+    store: TrainingStore, ok: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The one-step tendencies ``x_{t+1} - x_t`` of the train pairs (``ok``, default
+    :func:`train_pairs`), chunk by chunk (a few MB at a time) in float64: ``(target sample
+    indices (n,), tendencies (n, C, ...))`` per chunk of the store that holds any."""
+    ok = train_pairs(store) if ok is None else ok
     data = store.data
-    c = data.shape[1]
-    s1, s2, n = np.zeros(c), np.zeros(c), 0
     step = max(store.chunk_samples, 64)
     for lo in range(0, data.shape[0] - 1, step):
         hi = min(lo + step + 1, data.shape[0])
+        use = ok[lo : hi - 1]
+        if not use.any():  # a chunk of val/test samples only: not read
+            continue
         x = np.asarray(data[lo:hi], dtype=np.float64)
-        d = np.moveaxis((x[1:] - x[:-1])[ok[lo : hi - 1]], 1, 0).reshape(c, -1)
+        yield lo + 1 + np.flatnonzero(use), (x[1:] - x[:-1])[use]
+
+
+def residual_scale(store: TrainingStore) -> torch.Tensor:
+    """(C,) std of the one-step tendency ``x_{t+1} - x_t`` per channel over train pairs in one block."""
+    c = store.data.shape[1]
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    for _, y in train_tendencies(store):
+        d = np.moveaxis(y, 1, 0).reshape(c, -1)
         s1 += d.sum(axis=1)
         s2 += (d**2).sum(axis=1)
         n += d.shape[1]
@@ -203,15 +214,8 @@ def tendency_cycle(store: TrainingStore, daily: int, annual: int, residual: bool
     k = cycle.n_terms(daily, annual)
     btb, bty = np.zeros((k, k)), np.zeros((k, int(np.prod(data.shape[1:]))))
     yty = 0.0
-    step = max(store.chunk_samples, 64)
-    for lo in range(0, data.shape[0] - 1, step):
-        hi = min(lo + step + 1, data.shape[0])
-        use = ok[lo : hi - 1]
-        if not use.any():
-            continue
-        x = np.asarray(data[lo:hi], dtype=np.float64)
-        b = cycle.basis(torch.from_numpy(features[lo + 1 : hi][use]), daily, annual).numpy()
-        y = (x[1:] - x[:-1])[use]
+    for targets, y in train_tendencies(store, ok):
+        b = cycle.basis(torch.from_numpy(features[targets]), daily, annual).numpy()
         a, c = cycle.normal_equations(b, y)
         btb += a
         bty += c
