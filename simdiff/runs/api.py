@@ -243,7 +243,7 @@ class Run:
         -> standardised latents ``(sample, latent_channel, [d], h, w)``, as ``latents.zarr`` holds.
         ``rows``: the store sample each field stands for, where the store models a variable
         relative to per-sample reference fields (molecules: the promolecule of its geometry)."""
-        from simdiff.data.stores.stats import normalise, store_reference
+        from simdiff.data.stores.stats import normalise, statistics, store_reference
 
         src = self.store.dataset()
         names = self.store.variables
@@ -252,7 +252,7 @@ class Run:
             raise DataError(f"encode: the dataset lacks {missing}; it needs {names}")
         n = ds[names[0]].shape[0]  # prepare's normalisation, the store's own statistics
         rows = self._rows("encode", rows, n)
-        fields = normalise(ds[names], src[["mean", "std"]], src["mask"], self.store.transforms,
+        fields = normalise(ds[names], statistics(src), src["mask"], self.store.transforms,
                            block_samples=n, reference=None if rows is None else store_reference(src, rows))
         x = torch.from_numpy(np.asarray(fields.values, dtype=np.float32)).to(self.device)
         with torch.no_grad():

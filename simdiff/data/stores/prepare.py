@@ -35,6 +35,7 @@ from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml, provenance
 from simdiff.data.field import SPATIAL_DEPTH_DIMS, Field, FieldSource
+from simdiff.data.stores import profile as level_profile
 from simdiff.data.stores.chunking import samples_per_chunk, task_mb, work_samples
 from simdiff.data.stores.cluster import Cluster, dask_client
 from simdiff.data.stores.progress import RichDaskProgress
@@ -71,6 +72,10 @@ class PrepareOptions:
         cluster: where the two passes run (:mod:`simdiff.data.stores.cluster`): None, dask's threaded
             scheduler in this process; or a LocalCluster, SlurmCluster or SchedulerAddress, whose
             client is open for the passes only. The store is the same bytes either way.
+        reference_profile: for a variable modelled relative to a per-sample reference field,
+            the number of reference-level bins of the profile that standardises it
+            (:mod:`simdiff.data.stores.profile`); 0: one mean and std (no profile). Ignored for
+            variables without a reference.
     """
 
     split: Mapping[str, float] = dc_field(default_factory=_default_split)
@@ -81,8 +86,13 @@ class PrepareOptions:
     shuffle: str = "shuffle"
     progress: bool = True
     cluster: Cluster | None = None
+    reference_profile: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.reference_profile, bool) or not isinstance(self.reference_profile, int) \
+                or self.reference_profile < 0 or self.reference_profile == 1:
+            raise DataError(f"prepare.reference_profile = {self.reference_profile!r}: give 0 (one mean and "
+                            "std) or a number of reference-level bins >= 2, e.g. 24")
         if self.cluster is not None and not isinstance(self.cluster, Cluster):
             raise DataError(
                 f"prepare.cluster = {self.cluster!r} is not a cluster spec; choose one of "
@@ -261,6 +271,7 @@ def write_training_store(
             stats = compute_statistics(
                 data, mask, split, transforms, block_samples=block, origin=origin,
                 pool_depth=field.depth_dim in SPATIAL_DEPTH_DIMS, reference=field.reference,
+                profile_bins=options.reference_profile,
             )
         normed = normalise(data, stats, mask, transforms, block_samples=block,
                            reference=field.reference).chunk({"channel": -1})
@@ -290,6 +301,8 @@ def write_training_store(
                 "block": blocks.drop_vars(list(blocks.coords)),
                 **_conditions(field, origin),
                 **_reference(field),
+                **{v: stats[v].drop_vars(list(stats[v].coords))
+                   for v in level_profile.VARIABLES if v in stats},
             },
             coords=coords,
         )

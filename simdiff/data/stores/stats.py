@@ -26,6 +26,8 @@ import numpy as np
 import xarray as xr
 
 from simdiff.base.errors import DataError
+from simdiff.data.stores import profile as level_profile
+from simdiff.data.stores.profile import Profile
 from simdiff.data.transforms import Bounded, Identity, Transform, from_spec
 
 A = TypeVar("A")
@@ -42,12 +44,14 @@ def transform_of(transforms: Mapping[str, Transform], name: str) -> Transform:
 
 
 def _sample_moments(
-    raw: np.ndarray, mask: np.ndarray, transform: Transform, ref: np.ndarray | None = None
+    raw: np.ndarray, mask: np.ndarray, transform: Transform, ref: np.ndarray | None = None,
+    profile: Profile | None = None,
 ) -> np.ndarray:
     """Per sample and level: [mean, M2, #non-finite, #out-of-domain] over valid cells.
 
     raw: (k, D, Y, X); mask: (D, Y, X) bool; ref: (k, D, Y, X) the samples' reference fields
-    (moments of ``T(raw) - T(ref)``) or None. Returns float64 (k, 4, D). One sample at a time,
+    (moments of ``T(raw) - T(ref)``, standardised by ``profile`` when given) or None. Returns
+    float64 (k, 4, D). One sample at a time,
     so the float64 temporaries stay the size of one sample.
     """
     n = mask.sum(axis=(-2, -1)).astype(np.float64)  # (D,)
@@ -61,13 +65,60 @@ def _sample_moments(
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             t = transform.forward(x.astype(np.float64))
             if ref is not None:
-                t = relative(transform, t, ref[i].astype(np.float64))
+                t = relative(transform, t, ref[i].astype(np.float64), profile)
             t = np.where(mask, t, 0.0)
             mean = t.sum(axis=(-2, -1)) / n
             t -= mean[:, None, None]
         t[~np.broadcast_to(mask, t.shape)] = 0.0
         out[i, _MEAN] = mean
         out[i, _M2] = np.einsum("dyx,dyx->d", t, t)
+    return out
+
+
+def _level_moments(
+    raw: np.ndarray, mask: np.ndarray, transform: Transform, ref: np.ndarray, edges: np.ndarray
+) -> np.ndarray:
+    """Per sample: :func:`simdiff.data.stores.profile.bin_moments` of ``T(raw) - T(ref)`` by the
+    level ``T(ref)``; float64 (k, 3, bins). Non-finite values are left to the moments pass."""
+    out = np.zeros((raw.shape[0], 3, edges.size - 1), dtype=np.float64)
+    for i, x in enumerate(raw):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            level = transform.forward(ref[i].astype(np.float64))
+            d = transform.forward(x.astype(np.float64)) - level
+        valid = mask & np.isfinite(d) & np.isfinite(level)
+        out[i] = level_profile.bin_moments(d, level, valid, edges)
+    return out
+
+
+def _level_profiles(
+    data: xr.Dataset, mask3: np.ndarray, train: np.ndarray, transforms: Mapping[str, Transform],
+    reference: xr.Dataset, bins: int, block_samples: int, origin: str,
+) -> dict[str, Profile]:
+    """The reference-level profile of every variable with a reference (two dask passes: the
+    range of ``T(reference)`` over the train split's valid cells, then the binned moments)."""
+    out = {}
+    for name in referenced(data, reference):
+        transform = transform_of(transforms, name)
+        x = da.asarray(data[name].data).rechunk((block_samples, *(-1,) * (data[name].ndim - 1)))
+        x = x if x.ndim == 4 else x[:, None]
+        ref = _reference_blocks(reference, name, x.chunks)
+        assert ref is not None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            level = transform.forward(ref[np.flatnonzero(train)].astype(np.float64))
+            level = da.where(np.broadcast_to(mask3, level.shape[1:]), level, np.nan)
+            lo, hi = dask.compute(da.nanmin(level), da.nanmax(level))
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+            raise DataError(f"{origin}: the reference field of {name!r} does not vary over the train split's "
+                            f"valid cells (T(reference) from {lo} to {hi}); set prepare.reference_profile: 0")
+        edges = np.linspace(float(lo), float(hi), bins + 1)
+        moments = da.map_blocks(
+            _level_moments, x, mask3, transform, ref, edges, dtype=np.float64,
+            chunks=(x.chunks[0], (3,), (bins,)), drop_axis=3,
+        ).compute()
+        try:
+            out[name] = level_profile.fit(moments[train].sum(axis=0), edges)
+        except ValueError as e:
+            raise DataError(f"{origin}: variable {name!r}: {e}; set prepare.reference_profile: 0") from e
     return out
 
 
@@ -95,12 +146,15 @@ def compute_statistics(
     origin: str = "the field",
     pool_depth: bool = False,
     reference: xr.Dataset | None = None,
+    profile_bins: int = 0,
 ) -> xr.Dataset:
     """Mean and std of each transformed variable per level over the train split's valid cells.
 
     A variable with a per-sample reference field (``reference[name]``, e.g. a molecule's
     promolecular density) is modelled relative to it: its moments are those of
-    ``T(x) - T(reference)`` (:func:`relative`).
+    ``T(x) - T(reference)`` (:func:`relative`); with ``profile_bins`` > 0, of that difference
+    standardised by the reference's level (:mod:`simdiff.data.stores.profile`), whose profile
+    the result then holds too.
 
     Pressure levels get their own statistics (z at 200 hPa and at 850 hPa differ by an order
     of magnitude); with ``pool_depth`` every level shares one mean and std, as a voxel grid's
@@ -114,9 +168,12 @@ def compute_statistics(
         block_samples: samples per dask block (memory per task ~ 4 x block x float64).
         origin: the source files, for error messages.
         pool_depth: one mean/std over all levels (broadcast over ``[D]`` in the result).
+        reference: per-sample reference fields of some variables (physical units), or None.
+        profile_bins: bins of the reference level for the profile; 0: none.
 
     Returns:
-        Dataset with float64 ``mean`` and ``std`` over ``(channel, [D])``.
+        Dataset with float64 ``mean`` and ``std`` over ``(channel, [D])``, and with a profile
+        ``profile_level/mean/scale (channel, profile_bin)``.
 
     Raises:
         DataError: NaN/inf at a valid cell (count, first index, fix), a value outside a
@@ -126,6 +183,10 @@ def compute_statistics(
     names = [str(v) for v in data.data_vars]
     depth = mask.dims[:-2]
     mask3 = mask.values.reshape((-1, *mask.shape[-2:]))  # (D', Y, X), D' = 1 for 2D
+    profiles: dict[str, Profile] = {}
+    if profile_bins and reference is not None:
+        profiles = _level_profiles(data, mask3, split.values == 0, transforms, reference, int(profile_bins),
+                                   block_samples, origin)
     lazy = []
     for name in names:
         x = da.asarray(data[name].data)
@@ -138,7 +199,7 @@ def compute_statistics(
                 x,
                 mask3,
                 transform_of(transforms, name),
-                *(() if ref is None else (ref,)),
+                *(() if ref is None else (ref, profiles.get(name))),
                 dtype=np.float64,
                 chunks=(x.chunks[0], (4,), (mask3.shape[0],)),
                 drop_axis=3,
@@ -200,7 +261,7 @@ def compute_statistics(
     coords = {"channel": np.array(names, dtype=object)}
     coords.update({d: mask[d] for d in depth if d in mask.coords})
     dims = ("channel", *depth)
-    return xr.Dataset(
+    out = xr.Dataset(
         {
             "mean": (
                 dims,
@@ -211,6 +272,15 @@ def compute_statistics(
         },
         coords=coords,
     )
+    if profiles:
+        out = out.merge(level_profile.to_dataset(profiles, names))
+    return out
+
+
+def statistics(store: xr.Dataset) -> xr.Dataset:
+    """What :func:`normalise` takes from a training store's Dataset: ``mean``, ``std`` and the
+    reference-level profile where the store has one."""
+    return store[[v for v in ("mean", "std", *level_profile.VARIABLES) if v in store]]
 
 
 def referenced(data: xr.Dataset, reference: xr.Dataset | None) -> list[str]:
@@ -227,20 +297,23 @@ def _reference_blocks(reference: xr.Dataset | None, name: str, chunks: tuple) ->
     return ref.rechunk(chunks)
 
 
-def relative(transform: Transform, t: A, ref: A) -> A:
-    """``t - T(ref)``: a transformed value relative to the transformed reference."""
-    return t - transform.forward(ref)  # type: ignore[operator,return-value]
+def relative(transform: Transform, t: A, ref: A, profile: Profile | None = None) -> A:
+    """``t - T(ref)``: a transformed value relative to the transformed reference; standardised
+    by the reference's level with a ``profile`` (:mod:`simdiff.data.stores.profile`)."""
+    level = transform.forward(ref)
+    d = t - level  # type: ignore[operator]
+    return d if profile is None else profile.forward(d, level)  # type: ignore[return-value]
 
 
 def _normalise_block(
     raw: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray, transform: Transform,
-    ref: np.ndarray | None = None,
+    ref: np.ndarray | None = None, profile: Profile | None = None,
 ) -> np.ndarray:
     """(k, [D], Y, X) raw -> float32 ``(T(raw) [- T(ref)] - mean) / std``, 0 at masked cells."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # masked cells only
         t = transform.forward(raw)
         if ref is not None:
-            t = relative(transform, t, ref.astype(np.float64))
+            t = relative(transform, t, ref.astype(np.float64), profile)
         z = (t - mean) / std
     return np.where(mask, z, 0).astype(np.float32)
 
@@ -257,7 +330,8 @@ def normalise(
     """Lazy normalised array ``(S, channel, [D], Y, X)`` float32, 0 at masked cells.
 
     Uses the float32 mean/std exactly as they are stored, so :func:`denormalise` inverts it;
-    a variable with a reference field is normalised relative to it (:func:`relative`).
+    a variable with a reference field is normalised relative to it (:func:`relative`), with the
+    reference-level profile of ``stats`` where it has one.
     """
     names = [str(v) for v in data.data_vars]
     mean32 = stats["mean"].astype(np.float32)
@@ -273,7 +347,7 @@ def normalise(
         parts.append(
             da.map_blocks(
                 _normalise_block, x, mask.values, m, s, transform_of(transforms, name),
-                *(() if ref is None else (ref,)), dtype=np.float32,
+                *(() if ref is None else (ref, level_profile.from_dataset(stats, name))), dtype=np.float32,
             )
         )
     first = data[names[0]]
@@ -292,7 +366,7 @@ def denormalise(store: xr.Dataset) -> xr.Dataset:
             and ``variables`` (e.g. ``TrainingStore.dataset()``, or generated samples put in
             its place); and ``reference`` ``(S, reference_channel, [D], Y, X)`` where the
             store models variables relative to per-sample reference fields (its sample dims
-            those of ``data``).
+            those of ``data``), with the store's reference-level profile where it has one.
 
     Returns:
         One variable per channel, dims ``(S, [D], Y, X)``, with the source's attrs.
@@ -308,7 +382,9 @@ def denormalise(store: xr.Dataset) -> xr.Dataset:
                                key=f"transforms.{name}") if name in specs else Identity())
         if "reference" in store and name in store["reference_channel"].values:
             ref = store["reference"].sel(reference_channel=name, drop=True).astype(np.float64)
-            t = t + transform.forward(ref)
+            level = transform.forward(ref)
+            profile = level_profile.from_dataset(store, name)
+            t = (t if profile is None else profile.inverse(t, level)) + level
         x = transform.inverse(t).where(store["mask"])
         x.attrs = dict(variables.get(name, {}))
         out[name] = x
@@ -330,7 +406,7 @@ def to_physical(
             (whose reference it is drawn against); needed only by a store with references.
     """
     data = xr.DataArray(fields, dims=dims, coords={"channel": store["channel"]})
-    parts = {"data": data, "mean": store["mean"], "std": store["std"], "mask": store["mask"]}
+    parts = {"data": data, **statistics(store).data_vars, "mask": store["mask"]}
     if "reference" in store:
         lead = dims[: dims.index("channel")]
         if rows is None or np.shape(rows) != data.shape[: len(lead)]:

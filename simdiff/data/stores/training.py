@@ -22,6 +22,13 @@ Schema (zarr v3, written through xarray, opens with ``xr.open_zarr``)::
                                                 physical units (a molecule's promolecule);
                                                 ``data`` of those variables is
                                                 (T(x) - T(reference) - mean) / std.
+  profile_level, profile_mean, profile_scale
+               float64 (channel, profile_bin)   optional, with ``reference``
+                                                (``prepare.reference_profile``): the
+                                                reference-level profile; ``data`` of those
+                                                variables is then (u - mean) / std with
+                                                u = (T(x) - T(ref) - m(T(ref))) / s(T(ref))
+                                                (simdiff.data.stores.profile).
 
   coords: the sample dim (``time`` or ``sample``), ``channel`` (variable names), the
   depth dim (``level``/``z``) and the horizontal dims, with their source attrs.
