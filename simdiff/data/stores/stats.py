@@ -51,8 +51,8 @@ def _sample_moments(
 
     raw: (k, D, Y, X); mask: (D, Y, X) bool; ref: (k, D, Y, X) the samples' reference fields
     (moments of ``T(raw) - T(ref)``, standardised by ``profile`` when given) or None. Returns
-    float64 (k, 4, D). One sample at a time,
-    so the float64 temporaries stay the size of one sample.
+    float64 (k, 4, D). One sample at a time, so the float64 temporaries stay the size of one
+    sample.
     """
     n = mask.sum(axis=(-2, -1)).astype(np.float64)  # (D,)
     out = np.zeros((raw.shape[0], 4, raw.shape[1]), dtype=np.float64)
@@ -73,6 +73,13 @@ def _sample_moments(
         out[i, _MEAN] = mean
         out[i, _M2] = np.einsum("dyx,dyx->d", t, t)
     return out
+
+
+def _sample_blocks(var: xr.DataArray, block_samples: int) -> da.Array:
+    """``var`` ``(S, [D], Y, X)`` as a dask array of whole-sample blocks, shaped ``(S, D', Y, X)``
+    (``D' = 1`` without a depth axis)."""
+    x = da.asarray(var.data).rechunk((block_samples, *(-1,) * (var.ndim - 1)))
+    return x if x.ndim == 4 else x[:, None]
 
 
 def _level_moments(
@@ -99,8 +106,7 @@ def _level_profiles(
     out = {}
     for name in referenced(data, reference):
         transform = transform_of(transforms, name)
-        x = da.asarray(data[name].data).rechunk((block_samples, *(-1,) * (data[name].ndim - 1)))
-        x = x if x.ndim == 4 else x[:, None]
+        x = _sample_blocks(data[name], block_samples)
         ref = _reference_blocks(reference, name, x.chunks)
         assert ref is not None
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -172,8 +178,8 @@ def compute_statistics(
         profile_bins: bins of the reference level for the profile; 0: none.
 
     Returns:
-        Dataset with float64 ``mean`` and ``std`` over ``(channel, [D])``, and with a profile
-        ``profile_level/mean/scale (channel, profile_bin)``.
+        Dataset with float64 ``mean`` and ``std`` over ``(channel, [D])``; with ``profile_bins``
+        and a reference also ``profile_level/mean/scale (channel, profile_bin)``.
 
     Raises:
         DataError: NaN/inf at a valid cell (count, first index, fix), a value outside a
@@ -189,9 +195,7 @@ def compute_statistics(
                                    block_samples, origin)
     lazy = []
     for name in names:
-        x = da.asarray(data[name].data)
-        x = x.rechunk((block_samples, *(-1,) * (x.ndim - 1)))
-        x = x if depth else x[:, None]  # (S, D', Y, X)
+        x = _sample_blocks(data[name], block_samples)  # (S, D', Y, X)
         ref = _reference_blocks(reference, name, x.chunks)
         lazy.append(
             da.map_blocks(
