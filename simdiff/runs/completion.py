@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -63,6 +64,9 @@ class Identity:
     config: Mapping[str, Any]
     inputs: Mapping[str, Path] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
+    #: what a forced redo removes first: a training stage's folder, whose checkpoints (and the
+    #: config its claim compares) were made from the old inputs and must not be resumed or kept
+    discard: list[Path] = field(default_factory=list)
 
 
 def trained(run: RunDir, *stages: str) -> dict[str, Path]:
@@ -175,6 +179,13 @@ def stage(run: RunDir, name: str, identity: Identity, *, force: bool = False) ->
                     "(and then the stages that read its outputs), or use another run_dir"
                 )
             log.info("%s: force=true, redoing it (%s)", name, "; ".join(changes))
+            for gone in identity.discard:
+                if gone.exists():
+                    log.info("%s: discarding %s (made from the old config or inputs)", name, gone)
+                    if gone.is_dir():
+                        shutil.rmtree(gone)
+                    else:
+                        gone.unlink()
         # The old record stays until the stage succeeds: outputs are published atomically, so
         # they are either those it describes, or newer ones it refuses as changed (never trusted).
         sweep_leftovers(run, name, identity.outputs)

@@ -225,3 +225,32 @@ def test_the_half_written_record_of_a_killed_run_is_removed(run, tmp_path, recor
     os.close(fd)
     assert _run(run, ident) is (not record_written)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_forced_redo_after_new_inputs_retrains_instead_of_keeping_the_old_weights(run, tmp_path):
+    """A training stage whose folder holds a finished model of the same config: after its input
+    changed (latents re-encoded with other conditions), force=true must retrain from scratch,
+    not let the folder's own claim skip as "complete with the same config" (which recorded the
+    old weights as made from the new inputs; found on a molecules run re-encoded with
+    encode.atom_subcells=2)."""
+    from simdiff.runs.stage_dir import claim
+
+    folder = tmp_path / "diffusion"
+    ident = Identity({"a": 1}, {"latents": tmp_path / "in.txt"}, [folder / "final.ckpt"], [folder])
+
+    def train() -> str | None:
+        with stage(run, "train-diffusion", ident, force=True) as todo:
+            if not todo:
+                return "skipped by the record"
+            resume = claim(folder, {"a": 1}, final="final.ckpt", stage="train-diffusion", force=True)
+            if resume is not None:
+                (folder / "checkpoints").mkdir(exist_ok=True)
+                (folder / "checkpoints" / "last.ckpt").write_text("step 100")
+                (folder / "final.ckpt").write_text((tmp_path / "in.txt").read_text())
+            return resume
+
+    assert train() == ""  # a fresh start
+    assert train() == "skipped by the record"
+    (tmp_path / "in.txt").write_text("input v2")
+    assert train() == ""  # from scratch: neither skipped nor resumed from the old last.ckpt
+    assert (folder / "final.ckpt").read_text() == "input v2"
