@@ -60,8 +60,7 @@ def identity(cfg: DictConfig) -> Identity:
     run = RunDir(cfg.run_dir)
     preemption_signal(cfg)  # refuse a bad preemption.signals before anything runs
     config = stage_config(cfg, data_signature(TrainingStore(run.store)))
-    return Identity(config, {"training store": run.store}, [run.final("autoencoder")],
-                    [run.stage_dir("autoencoder")])
+    return Identity(config, {"training store": run.store}, [run.final("autoencoder")])
 
 
 def encode_identity(cfg: DictConfig) -> Identity:

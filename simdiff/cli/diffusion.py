@@ -60,7 +60,7 @@ def identity(cfg: DictConfig) -> Identity:
     run = RunDir(cfg.run_dir)
     preemption_signal(cfg)  # refuse a bad preemption.signals before anything runs
     config = stage_config(cfg, latent_signature(open_latents(run)))
-    return Identity(config, {"latents": run.latents}, [run.final("diffusion")], [run.stage_dir("diffusion")])
+    return Identity(config, {"latents": run.latents}, [run.final("diffusion")])
 
 
 def train_diffusion_stage(cfg: DictConfig) -> None:

@@ -25,11 +25,11 @@ primary process of a multi-process launch (rank 0) takes locks and writes record
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
@@ -64,9 +64,18 @@ class Identity:
     config: Mapping[str, Any]
     inputs: Mapping[str, Path] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
-    #: what a forced redo removes first: a training stage's folder, whose checkpoints (and the
-    #: config its claim compares) were made from the old inputs and must not be resumed or kept
-    discard: list[Path] = field(default_factory=list)
+
+
+#: True while a stage runs because ``force=true`` redoes it (its config or inputs changed).
+_REDO: contextvars.ContextVar[bool] = contextvars.ContextVar("simdiff_redo", default=False)
+
+
+def redoing() -> bool:
+    """Whether the running stage is a forced redo: its outputs exist from another config or other
+    inputs. A training stage's folder then holds checkpoints of the old inputs even where its own
+    config is unchanged (re-encoded latents): :func:`simdiff.runs.stage_dir.claim` discards them,
+    after the stage's own checks, instead of skipping or resuming."""
+    return _REDO.get()
 
 
 def trained(run: RunDir, *stages: str) -> dict[str, Path]:
@@ -179,17 +188,14 @@ def stage(run: RunDir, name: str, identity: Identity, *, force: bool = False) ->
                     "(and then the stages that read its outputs), or use another run_dir"
                 )
             log.info("%s: force=true, redoing it (%s)", name, "; ".join(changes))
-            for gone in identity.discard:
-                if gone.exists():
-                    log.info("%s: discarding %s (made from the old config or inputs)", name, gone)
-                    if gone.is_dir():
-                        shutil.rmtree(gone)
-                    else:
-                        gone.unlink()
+        redo = _REDO.set(bool(done))
         # The old record stays until the stage succeeds: outputs are published atomically, so
         # they are either those it describes, or newer ones it refuses as changed (never trusted).
         sweep_leftovers(run, name, identity.outputs)
-        yield True
+        try:
+            yield True
+        finally:
+            _REDO.reset(redo)
         # the inputs as the stage read them (a stage may refresh a cached checksum)
         now = {k: fingerprint(Path(p), now.get(k) or known.get(k)) for k, p in identity.inputs.items()}
         path.parent.mkdir(parents=True, exist_ok=True)

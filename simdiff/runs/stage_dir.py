@@ -22,7 +22,7 @@ from simdiff.base.atomic import atomic_file
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml
 from simdiff.lit.checkpoint import resume_point
-from simdiff.runs.completion import is_primary_process
+from simdiff.runs.completion import is_primary_process, redoing
 
 log = logging.getLogger("simdiff")
 
@@ -82,15 +82,17 @@ def claim(out: Path, config: dict[str, Any], *, final: str, stage: str, force: b
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
         started = (out / final).is_file() or any((out / "checkpoints").glob("*.ckpt"))
-        if old != config and not started:
+        # a forced redo of the same config from other inputs (re-encoded latents): nothing to keep
+        changed = old != config or (redoing() and started)
+        if changed and not started:
             log.info("%s: %s holds no checkpoint yet; starting it with the new config", stage, out)
-        elif old != config and not force:
+        elif changed and not force:
             raise DataError(
                 f"{out} was trained with a different config or data:\n  "
                 + "\n  ".join(config_differences(old or {}, config))
                 + "\nPass force=true to retrain from scratch, or use another run_dir"
             )
-        elif old != config:
+        elif changed:
             log.info("%s: force=true, discarding %s", stage, out)
             shutil.rmtree(out)
         elif (out / final).is_file():

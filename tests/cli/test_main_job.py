@@ -243,7 +243,9 @@ def test_tiny_main_job_matches_the_outputs_recorded_before_the_library_move(main
     recorded (first before issue 12 moved the stages' code into simdiff.runs; re-recorded, with
     the reason in the file, by a change meant to change the numbers). One file per CPU kind and
     torch build (``reference/tiny_main_job*.json``, by fingerprint): other builds take other
-    kernel paths and legitimately differ, so a change meant to change the numbers re-records all."""
+    kernel paths and legitimately differ, so a change meant to change the numbers re-records all.
+    Two CPUs of one fingerprint can still differ in the last bits (an AMD EPYC and the machine the
+    first AVX-512 file was recorded on): the outputs must then be those of one of its files."""
     import hashlib
 
     run_dir, _, _ = main_job
@@ -254,9 +256,9 @@ def test_tiny_main_job_matches_the_outputs_recorded_before_the_library_move(main
     matching = [r for r in refs if r["fingerprint"] == here]
     if not matching:
         pytest.skip(f"references recorded with {[r['fingerprint'] for r in refs]}, this machine is {here}")
-    ref = matching[0]
     ds = xr.open_zarr(run_dir / "forecast.zarr")
     sha = {n: hashlib.sha256(np.ascontiguousarray(ds[n].values).tobytes()).hexdigest() for n in ds.data_vars}
+    ref = next((r for r in matching if r["forecast_sha256"] == sha), matching[0])
     assert sha == ref["forecast_sha256"]
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())["variables"]
     for key, scores in ref["metrics"].items():

@@ -236,14 +236,15 @@ def test_a_forced_redo_after_new_inputs_retrains_instead_of_keeping_the_old_weig
     from simdiff.runs.stage_dir import claim
 
     folder = tmp_path / "diffusion"
-    ident = Identity({"a": 1}, {"latents": tmp_path / "in.txt"}, [folder / "final.ckpt"], [folder])
+    ident = Identity({"a": 1}, {"latents": tmp_path / "in.txt"}, [folder / "final.ckpt"])
 
     def train() -> str | None:
         with stage(run, "train-diffusion", ident, force=True) as todo:
             if not todo:
                 return "skipped by the record"
             resume = claim(folder, {"a": 1}, final="final.ckpt", stage="train-diffusion", force=True)
-            if resume is not None:
+            if resume == "":  # the last step writes the final checkpoint from what it was trained on
+                assert not (folder / "checkpoints" / "last.ckpt").exists()
                 (folder / "checkpoints").mkdir(exist_ok=True)
                 (folder / "checkpoints" / "last.ckpt").write_text("step 100")
                 (folder / "final.ckpt").write_text((tmp_path / "in.txt").read_text())
@@ -254,3 +255,22 @@ def test_a_forced_redo_after_new_inputs_retrains_instead_of_keeping_the_old_weig
     (tmp_path / "in.txt").write_text("input v2")
     assert train() == ""  # from scratch: neither skipped nor resumed from the old last.ckpt
     assert (folder / "final.ckpt").read_text() == "input v2"
+    assert train() == "skipped by the record"
+
+
+def test_a_forced_redo_whose_checks_refuse_it_leaves_the_old_model(run, tmp_path):
+    """force=true on changed inputs discards a training stage's folder only once the stage
+    claims it (after its own checks): a stage that refuses its config first keeps the model."""
+    from simdiff.runs.stage_dir import claim
+
+    folder = tmp_path / "diffusion"
+    ident = Identity({"a": 1}, {"latents": tmp_path / "in.txt"}, [folder / "final.ckpt"])
+    with stage(run, "train-diffusion", ident) as todo:
+        assert todo
+        assert claim(folder, {"a": 1}, final="final.ckpt", stage="train-diffusion", force=False) == ""
+        (folder / "final.ckpt").write_text("v1")
+    (tmp_path / "in.txt").write_text("input v2")
+    with pytest.raises(DataError, match="bad patch"):
+        with stage(run, "train-diffusion", ident, force=True):
+            raise DataError("diffusion.patch: bad patch")  # refused before claim
+    assert (folder / "final.ckpt").read_text() == "v1"
