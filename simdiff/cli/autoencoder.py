@@ -64,9 +64,19 @@ def identity(cfg: DictConfig) -> Identity:
 
 
 def encode_identity(cfg: DictConfig) -> Identity:
-    """encode depends on the training store and the trained autoencoder only."""
+    """encode depends on the training store, the trained autoencoder and ``encode``'s options."""
     run = RunDir(cfg.run_dir)
-    return Identity({}, {"training store": run.store, **trained(run, "autoencoder")}, [run.latents])
+    return Identity({"encode": {"atom_subcells": atom_subcells(cfg)}},
+                    {"training store": run.store, **trained(run, "autoencoder")}, [run.latents])
+
+
+def atom_subcells(cfg: DictConfig) -> int:
+    """``encode.atom_subcells``, checked (a positive integer, else a DataError naming the key)."""
+    value = cfg.get("encode", {}).get("atom_subcells", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"encode.atom_subcells={value!r}: must be a positive integer (1: atom "
+                        "densities on the latent cells; 2: on 2^3 sub-cells of each, as channels)")
+    return int(value)
 
 
 def train_patch(ae: Any, signature: dict[str, Any]) -> list[int] | None:
@@ -160,4 +170,4 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
 
 def encode_stage(cfg: DictConfig) -> None:
     """``run_dir/autoencoder/autoencoder.ckpt`` + the training store -> ``run_dir/latents.zarr``."""
-    encode_run(RunDir(cfg.run_dir))
+    encode_run(RunDir(cfg.run_dir), atom_subcells(cfg))

@@ -62,9 +62,13 @@ def reconstruction_report(net: Any, store: TrainingStore, out_dir: Path, batch_s
     log.info("reconstruction report (%s split): %s", split, out_dir / "reconstruction.json")
 
 
-def encode_run(run: RunDir) -> Path:
+def encode_run(run: RunDir, atom_subcells: int = 1) -> Path:
     """Encode the training store with the run's autoencoder into ``latents.zarr``, replacing it
-    atomically (whether to encode at all is :mod:`simdiff.runs.completion`'s decision)."""
+    atomically (whether to encode at all is :mod:`simdiff.runs.completion`'s decision).
+
+    ``atom_subcells``: a molecular store's atom densities are drawn on this many sub-cells per
+    latent cell and axis (:func:`simdiff.data.stores.atoms.molecular_conditions`).
+    """
     from simdiff.data.stores.latents import LatentStore, write_latent_store
     from simdiff.lit.encode import encode_store
 
@@ -99,6 +103,7 @@ def encode_run(run: RunDir) -> Path:
             factors=net.total_factors,
             periodic=net.periodic,
             autoencoder=info,
+            atom_subcells=atom_subcells,
         )
         if target.exists():
             shutil.rmtree(target)

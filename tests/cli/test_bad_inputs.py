@@ -311,6 +311,8 @@ CASES: list[Case] = [
     Case("cube-garbled-counts", "prepare", ("data=cubes", "data.source={file}"), ("{file}",),
          setup=garbled_cube_counts, trained=False),
     # -- damaged stores -----------------------------------------------------------------------
+    Case("encode-atom-subcells-0", "encode", ("force=true", "encode.atom_subcells=0"),
+         ("encode.atom_subcells", "0")),
     Case("train-store-chunk-deleted", "encode", ("force=true",), ("{file}",), setup=store_chunk_deleted,
          quick=True),
     Case("train-store-zarr-json-corrupt", "encode", ("force=true",), ("{file}",),

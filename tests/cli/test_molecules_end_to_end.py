@@ -52,10 +52,11 @@ def molecule_run(tmp_path_factory):
 
 def test_molecules_main_job_conditions_on_atoms_and_writes_nonnegative_densities(molecule_run):
     run_dir, _, log = molecule_run
-    assert "conditions {'covariates': 1, 'atoms': 3, 'label': 12}" in log
+    # the preset's encode.atom_subcells: 2: three kinds x 2^3 sub-cells of each latent cell
+    assert "conditions {'covariates': 1, 'atoms': 24, 'label': 12}" in log
     latents = LatentStore(run_dir / "latents.zarr")
     atoms = latents.array("atoms")
-    assert atoms.shape[:2] == (latents.n_samples, 3) and atoms.shape[2:] == latents.data.shape[2:]
+    assert atoms.shape[:2] == (latents.n_samples, 24) and atoms.shape[2:] == latents.data.shape[2:]
     assert np.isfinite(atoms).all() and (atoms >= 0).all() and atoms.max() > 0
     store = TrainingStore(run_dir / "data" / "train.zarr")
     np.testing.assert_allclose(latents.array("covariates")[:, 0] * 10, store.array("n_electrons"))

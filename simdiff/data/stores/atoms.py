@@ -98,8 +98,24 @@ def atom_channels(
     return out
 
 
+def subcell_axis(centres: np.ndarray, width: float, subcells: int) -> np.ndarray:
+    """Centres of ``subcells`` equal sub-cells of every latent cell along one axis, cell by cell."""
+    offsets = width * ((np.arange(subcells) + 0.5) / subcells - 0.5)
+    return (np.asarray(centres, dtype=np.float64)[:, None] + offsets[None, :]).reshape(-1)
+
+
+def fold_subcells(fields: np.ndarray, subcells: int) -> np.ndarray:
+    """``(S, C, d*s, h*s, w*s)`` rendered on sub-cells -> ``(S, C*s^3, d, h, w)``: each latent
+    cell's ``s^3`` sub-cells become channels (channel ``c*s^3 + (kz*s + ky)*s + kx``)."""
+    s = int(subcells)
+    n, c, dz, dy, dx = fields.shape
+    d, h, w = dz // s, dy // s, dx // s
+    out = fields.reshape(n, c, d, s, h, s, w, s).transpose(0, 1, 3, 5, 7, 2, 4, 6)
+    return out.reshape(n, c * s**3, d, h, w)
+
+
 def molecular_conditions(
-    store, latent_shape: Sequence[int], factors: Sequence[int]
+    store, latent_shape: Sequence[int], factors: Sequence[int], subcells: int = 1
 ) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict]]:
     """The ``atoms`` and electron-count conditions of the latent store of ``store``.
 
@@ -107,11 +123,17 @@ def molecular_conditions(
         store: a training store with atoms (:func:`has_atoms`) on a 3D grid.
         latent_shape: (d, h, w) of the latents.
         factors: the autoencoder's downsampling per axis (z, y, x).
+        subcells: ``s``: the atom densities are drawn on ``s`` sub-cells per latent cell and axis
+            (Gaussians ``s`` times narrower) and each cell's ``s^3`` sub-cells become channels, so
+            the condition places an atom within its latent cell; 1: on the latent cells.
 
     Returns:
         name -> (dims, values, attrs): ``atoms (S, atom_channel, latent_depth, latent_y,
-        latent_x)`` and ``n_electrons (S)``.
+        latent_x)`` (``3 * subcells^3`` channels) and ``n_electrons (S)``.
     """
+    subcells = int(subcells)
+    if subcells < 1:
+        raise DataError(f"{store.path}: atom sub-cells must be a positive integer, got {subcells}")
     lay = store.layout
     if len(lay.spatial_dims) != 3 or len(latent_shape) != 3:
         raise DataError(f"{store.path}: atoms condition a 3D voxel grid; this store's spatial dims "
@@ -122,14 +144,15 @@ def molecular_conditions(
         c = np.asarray(src[d].values, dtype=np.float64)
         axes.append(cell_centres(c, int(f), int(n)))
         spacing.append(abs(float(np.diff(c).mean())) * int(f) if c.size > 1 else 1.0)
-    sigma = 0.5 * float(np.mean(spacing))
+    sigma = 0.5 * float(np.mean(spacing)) / subcells
+    axes = [subcell_axis(a, w, subcells) for a, w in zip(axes, spacing, strict=True)]
     numbers = np.asarray(store.array("atom_numbers"), dtype=np.int64)
     positions = grid_frame(store, np.asarray(store.array("atom_positions"), dtype=np.float64))
     fields = atom_channels(numbers, positions, axes, sigma)
     train = store.array("split") == 0
     rms = np.sqrt((fields[train] ** 2).mean(axis=(0, 2, 3, 4)))
     rms[rms == 0] = 1.0
-    fields = (fields / rms[None, :, None, None, None]).astype(np.float32)
+    fields = fold_subcells(fields / rms[None, :, None, None, None], subcells).astype(np.float32)
     if store.has("n_electrons"):
         electrons = np.asarray(store.array("n_electrons"), dtype=np.float64)
     else:
@@ -139,7 +162,8 @@ def molecular_conditions(
             (lay.sample_dim, "atom_channel", "latent_depth", "latent_y", "latent_x"),
             fields,
             {"long_name": "Gaussian atom densities on the latent grid / their train rms",
-             "atom_channels": list(ATOM_CHANNELS), "sigma_bohr": sigma, "atoms_scale": rms.tolist()},
+             "atom_channels": list(ATOM_CHANNELS), "subcells": subcells, "sigma_bohr": sigma,
+             "atoms_scale": rms.tolist()},
         ),
         "n_electrons": ((lay.sample_dim,), electrons, {"long_name": "electron count", "units": "1"}),
     }

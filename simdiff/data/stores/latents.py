@@ -88,6 +88,7 @@ def write_latent_store(
     factors: Sequence[int],
     periodic: Sequence[bool],
     autoencoder: Mapping[str, Any],
+    atom_subcells: int = 1,
 ) -> Path:
     """Write the latent store at ``path`` (must not exist), atomically.
 
@@ -150,7 +151,7 @@ def write_latent_store(
                 if d in src.coords:
                     ds = ds.assign_coords({d: src[d].variable.copy(deep=False)})
     if has_atoms(source) and depth_dim is not None:
-        ds = _with_molecular_conditions(ds, source, spatial, values.shape[2:], factors)
+        ds = _with_molecular_conditions(ds, source, spatial, values.shape[2:], factors, atom_subcells)
     geometry = {
         "dims": list(spatial),
         "periodic": sorted(d for d, p in zip(spatial, periodic, strict=True) if p),
@@ -187,9 +188,9 @@ def write_latent_store(
 
 
 def _with_molecular_conditions(ds: xr.Dataset, source: TrainingStore, spatial: Sequence[str],
-                               shape: Sequence[int], factors: Sequence[int]) -> xr.Dataset:
+                               shape: Sequence[int], factors: Sequence[int], subcells: int) -> xr.Dataset:
     """``ds`` with the ``atoms`` condition and ``n_electrons / 10`` appended to the covariates."""
-    conds = molecular_conditions(source, shape, factors)
+    conds = molecular_conditions(source, shape, factors, subcells)
     dims, atoms, attrs = conds["atoms"]
     ds["atoms"] = ((dims[0], dims[1], *spatial), atoms, attrs)
     sdim = dims[0]
