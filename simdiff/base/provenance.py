@@ -92,8 +92,9 @@ def provenance(sources: Iterable[str | Path], config: Mapping[str, Any]) -> dict
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two configs, as ``key: old -> new`` lines."""
-    a, b = _flatten(_plain(old)), _flatten(_plain(new))
+    """Dotted keys whose values differ between two configs, as ``key: old -> new`` lines (an
+    empty config, e.g. a stage record from before the stage had options, has no keys)."""
+    a, b = (_flatten(_plain(c)) if c else {} for c in (old, new))
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):
