@@ -57,6 +57,7 @@ def certify_stage(cfg: DictConfig) -> None:
     out = certify(run, open_output(path), path, settings(cfg), seed=int(cfg.seed))
     for key, entry in out["by_fraction"].items():
         mixed, syn = entry["ratio_real+synthetic"], entry["ratio_synthetic"]
-        log.info("certify: %s of the real pairs (%d): real+synthetic / real %.3f, synthetic / real %.3f: %s",
-                 key, out["pairs"]["real_by_fraction"][key], mixed["mean"], syn["mean"], entry["verdict"])
+        n = out["pairs"]["real_by_fraction"][key]
+        log.info("certify: %s of the real examples (%d): real+synthetic / real %.3f, synthetic / real %.3f: "
+                 "%s", key, n, mixed["mean"], syn["mean"], entry["verdict"])
     log.info("certify: %s", run.certificate)

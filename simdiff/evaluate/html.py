@@ -127,14 +127,23 @@ def _certificate_html(cert: dict[str, Any] | None) -> list[str]:
             return f"{e['mean']:.3g}"
         return f"{e['mean']:.3g} [{e['lower']:.3g}, {e['upper']:.3g}]"
 
+    # certificates before the label task had only the emulator's persistence
+    base = cert.get("baseline") or {"name": "persistence", "error": cert["persistence"]}
     parts = [f"<h2>Downstream certificate ({html.escape(cert['task'])}, {cert['seeds']} seeds)</h2>",
-             f"<p>Score: {html.escape(cert['score'])}; persistence {cert['persistence']:.4g}. "
-             f"{cert['pairs']['synthetic']} synthetic pairs; {html.escape(cert['caveat'])}.</p>"]
+             f"<p>Score: {html.escape(cert['score'])}; {html.escape(base['name'])} {base['error']:.4g}. "
+             f"{cert['pairs']['synthetic']} synthetic examples; {html.escape(cert['caveat'])}.</p>"]
     rows = [[key, cert["pairs"]["real_by_fraction"][key], ci(e["real"]), ci(e["real+synthetic"]),
              ci(e["synthetic"]), ci(e["ratio_real+synthetic"]), ci(e["ratio_synthetic"]), e["verdict"]]
             for key, e in cert["by_fraction"].items()]
-    parts.append(_table(["fraction", "real pairs", "error real", "error real+synthetic", "error synthetic",
+    parts.append(_table(["fraction", "real examples", "error real", "error real+synthetic", "error synthetic",
                          "real+synthetic / real", "synthetic / real", "verdict"], rows))
+    if cert.get("cross_entropy"):
+        ce = cert["cross_entropy"]
+        rows = [[key, ci(ce["real"][key]), ci(ce["real+synthetic"][key]), ci(ce["synthetic"]["all"])]
+                for key in cert["by_fraction"]]
+        parts.append(f"<p>Test cross-entropy of the label, nats (class prior: "
+                     f"{cert['baseline']['cross_entropy']:.3g}):</p>")
+        parts.append(_table(["fraction", "real", "real+synthetic", "synthetic"], rows))
     return parts
 
 

@@ -1,13 +1,22 @@
 """The downstream certificate of an augmented dataset (:mod:`simdiff.evaluate.certificate`) run on a
-run directory: the real and synthetic pairs, the cells, resume, the published JSON.
+run directory: the real and synthetic examples, the cells, resume, the published JSON.
 
-Pairs. Real pairs ``(x_t, x_{t+1})`` are every two consecutive samples of one block of a split
-of the training store, normalised as the store holds them; with a non-spatial depth (pressure
-levels, QG layers) levels are folded into channels. Synthetic pairs are the augmented
-dataset's next-state draws with the state that conditioned each (``source_index``), normalised
-with the training store's statistics and transforms. The generative model was trained on the
-whole train split, so below 100 % the certificate measures what synthetic data passes on from
-training data the downstream model did not see, not augmentation of a short record on its own.
+Pairs (``task=next_state``). Real pairs ``(x_t, x_{t+1})`` are every two consecutive samples of
+one block of a split of the training store, normalised as the store holds them; with a
+non-spatial depth (pressure levels, QG layers) levels are folded into channels. Synthetic pairs
+are the augmented dataset's next-state draws with the state that conditioned each
+(``source_index``), normalised with the training store's statistics and transforms. The
+generative model was trained on the whole train split, so below 100 % the certificate measures
+what synthetic data passes on from training data the downstream model did not see, not
+augmentation of a short record on its own.
+
+Labelled fields (``task=label``). Real examples are the samples of a split with their ``label``;
+synthetic ones are the augmented dataset's draws with the label that conditioned each. Both are
+read in physical units (a store modelled relative to a reference field, molecules against their
+promolecule, is put back together first), passed through each variable's transform (log1p for
+densities) and standardised per channel with the real training samples' mean and std over the
+valid cells, 0 at masked cells: the classifier sees the field itself, not the generative
+model's internal normalisation.
 
 Cells. One training per (arm, fraction, seed): ``real`` and ``real+synthetic`` (each batch half
 real and half synthetic: ``synthetic_share``) at each fraction, ``synthetic`` once (it uses no
@@ -23,7 +32,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,22 +45,26 @@ from simdiff.base.atomic import write_json
 from simdiff.base.errors import DataError
 from simdiff.data.field import SPATIAL_DEPTH_DIMS
 from simdiff.data.loading.loader import window_targets
-from simdiff.data.stores.stats import normalise
+from simdiff.data.stores.stats import denormalise, normalise, transform_of
 from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.evaluate.certificate import (
     ARMS,
     Downstream,
     downstream_error,
     fraction_key,
+    interval,
+    label_scores,
     summarise,
+    train_classifier,
     train_emulator,
 )
 from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
 
-#: The downstream tasks built: a forecasting dataset's next-state emulator.
-TASKS = ("next_state",)
+#: The downstream tasks built: a forecasting dataset's next-state emulator; a labelled dataset's
+#: classifier of the label.
+TASKS = ("next_state", "label")
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,8 @@ class Certify:
                             "each real+synthetic batch in (0, 1), or null for batches drawn from all pairs")
         if self.task not in TASKS:
             raise DataError(f"certify.task={self.task!r}: the downstream tasks built are {list(TASKS)} "
-                            "(a label regressor for unconditional models is not built yet)")
+                            "(next_state: a forecasting dataset's emulator; label: a classifier of a "
+                            "labelled dataset's label)")
         if not self.fractions or any(not 0 < float(f) <= 1 for f in self.fractions):
             raise DataError(f"certify.fractions={list(self.fractions)}: give fractions of the real "
                             "training pairs in (0, 1], e.g. [0.05, 0.1, 0.25, 1.0]")
@@ -80,7 +94,8 @@ class Certify:
 
 @dataclass(frozen=True)
 class Pairs:
-    """(N, C, [D], H, W) float32 inputs and targets, normalised, 0 at masked cells."""
+    """(N, C, [D], H, W) float32 inputs, normalised, 0 at masked cells, and their targets: the
+    next states (same shape) or the labels (N,) int64."""
 
     inputs: np.ndarray
     targets: np.ndarray
@@ -169,10 +184,87 @@ def _cells(settings: Certify) -> list[tuple[str, str, int]]:
     return cells
 
 
-def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: Certify,
-            seed: int = 0) -> dict[str, Any]:
-    """Run (or resume) every cell and publish ``run_dir/certificate.json``; returns it."""
-    store = TrainingStore(run.store)
+def label_classes(store: TrainingStore) -> int:
+    """The label's classes: its ``label_names``, else the largest label + 1."""
+    if not store.has("label"):
+        raise DataError(f"{store.path}: no `label` condition; certify.task=label needs a labelled dataset "
+                        "(molecules), certify.task=next_state a forecasting one")
+    names = store.group["label"].attrs.get("label_names")
+    return len(names) if names else int(store.array("label").max()) + 1
+
+
+def _transformed(data: xr.Dataset, store: TrainingStore) -> np.ndarray:
+    """Physical variables (N, [D], H, W) -> (N, C, [D], H, W) float64 under each variable's
+    transform (levels folded into channels), NaN at masked cells."""
+    parts = [np.asarray(transform_of(store.transforms, v).forward(data[v].astype(np.float64)).values)
+             for v in store.variables]
+    return _fold(np.stack(parts, axis=1), _has_levels(store))
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """Per channel mean and std of the transformed real training fields over the valid cells."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Standardiser:
+        axes = (0, *range(2, x.ndim))
+        mean = np.nanmean(x, axis=axes)
+        std = np.nanstd(x, axis=axes)
+        return cls(mean, np.where(std > 0, std, 1.0))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        z = (x - self.mean.reshape(shape)) / self.std.reshape(shape)
+        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+
+def real_labelled(store: TrainingStore, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The transformed fields (N, C, [D], H, W) and labels (N,) of every sample of ``split``."""
+    rows = store.indices(split)
+    physical = denormalise(store.dataset().isel({store.layout.sample_dim: rows}))
+    return _transformed(physical, store), store.array("label")[rows].astype(np.int64)
+
+
+def synthetic_labelled(
+    store: TrainingStore, augmented: xr.Dataset, path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The augmented dataset's synthetic fields (transformed, as :func:`real_labelled`), the label
+    that conditioned each, and their real source samples."""
+    if "label" not in augmented:
+        raise DataError(f"{path}: its samples carry no `label`: the generative model does not condition on "
+                        "the label, so no draw has one; certify.task=label needs draws of a "
+                        "label-conditioned model (diffusion.conditioning.label=true)")
+    fake = np.flatnonzero(np.asarray(augmented["synthetic"].values, dtype=bool))
+    if not fake.size:
+        raise DataError(f"{path}: no synthetic samples; run simdiff augment with augment.samples >= 1")
+    sdim = store.layout.sample_dim
+    draws = augmented[store.variables].isel({sdim: fake}).load()
+    labels = np.asarray(augmented["label"].values, dtype=np.int64)[fake]
+    sources = (np.asarray(augmented["source_index"].values, dtype=np.int64)[fake]
+               if "source_index" in augmented else np.full(fake.size, -1))
+    return _transformed(draws, store), labels, sources
+
+
+@dataclass
+class Examples:
+    """One task's real training, held-out and synthetic examples, how to fit its downstream model
+    and how to score one on the held-out examples."""
+
+    real: Pairs
+    test: Pairs
+    synthetic: Pairs
+    sources: np.ndarray
+    fit: Callable[[list[tuple[np.ndarray, np.ndarray]], int, list[float] | None], Any]
+    score: Callable[[Any], dict[str, float]]  # model (None: the baseline) -> {"error", ...}
+    baseline: str
+    score_text: str
+
+
+def _next_state_examples(store: TrainingStore, augmented: xr.Dataset, path: Path,
+                         spec: Downstream) -> Examples:
     real = real_pairs(store, "train")
     test = real_pairs(store, "test")
     if not len(test):
@@ -181,45 +273,99 @@ def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: 
         raise DataError(f"{store.path}: {len(real)} training and {len(test)} held-out (state, next state) "
                         "pairs; the certificate needs a time series with consecutive samples in train "
                         "and test")
-    synthetic, sources = synthetic_pairs(store, augmented, augmented_path)
+    synthetic, sources = synthetic_pairs(store, augmented, path)
     weights, periodic = loss_weights(store), periodic_axes(store)
+    return Examples(
+        real, test, synthetic, sources,
+        fit=lambda parts, seed, shares: train_emulator(parts, weights, periodic, spec, seed, shares),
+        score=lambda model: {"error": downstream_error(model, test.inputs, test.targets, weights)},
+        baseline="persistence",
+        score_text="weighted mean squared error of the next state over the real test pairs, normalised units",
+    )
+
+
+def _label_examples(store: TrainingStore, augmented: xr.Dataset, path: Path, spec: Downstream) -> Examples:
+    classes = label_classes(store)
+    x, y = real_labelled(store, "train")
+    held = "test" if len(store.indices("test")) else "val"
+    tx, ty = real_labelled(store, held)
+    if len(x) < 2 or not len(tx):
+        raise DataError(f"{store.path}: {len(x)} training and {len(tx)} held-out labelled samples; the "
+                        "certificate needs both")
+    sx, sy, sources = synthetic_labelled(store, augmented, path)
+    if sy.min() < 0 or sy.max() >= classes:
+        raise DataError(f"{path}: labels {sorted(set(sy.tolist()))} outside the store's {classes} classes")
+    scale = Standardiser.of(x)
+    real, test, synthetic = Pairs(scale(x), y), Pairs(scale(tx), ty), Pairs(scale(sx), sy)
+    prior = np.bincount(y, minlength=classes) + 0.5  # add-half smoothing: no class at probability 0
+    periodic = periodic_axes(store)
+
+    def score(model: Any) -> dict[str, float]:
+        out = label_scores(model, test.inputs, test.targets, prior)
+        # (misclassified + 1/2) / (n + 1): never 0, so a ratio to it stays defined when a
+        # classifier gets every test sample right
+        wrong = (1.0 - out["accuracy"]) * len(test)
+        return {"error": (wrong + 0.5) / (len(test) + 1), **out}
+
+    return Examples(
+        real, test, synthetic, sources,
+        fit=lambda parts, seed, shares: train_classifier(parts, classes, periodic, spec, seed, shares),
+        score=score,
+        baseline="class prior",
+        score_text=(f"error rate of the label ({classes} classes) over the real {held} samples, "
+                    "(misclassified + 1/2) / (samples + 1)"),
+    )
+
+
+def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: Certify,
+            seed: int = 0) -> dict[str, Any]:
+    """Run (or resume) every cell and publish ``run_dir/certificate.json``; returns it."""
+    store = TrainingStore(run.store)
     spec = settings.downstream
+    build = {"next_state": _next_state_examples, "label": _label_examples}[settings.task]
+    ex = build(store, augmented, augmented_path, spec)
+    real, synthetic = ex.real, ex.synthetic
     inputs = {"store": str(store.path), "augmented": str(augmented_path),
               "augmented_history": str(augmented.attrs.get("history", "")), "seed": int(seed)}
     partial = run.root / f"certificate.partial-{_digest(settings, inputs)}"
     partial.mkdir(exist_ok=True)
     errors: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
+    cross_entropy: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
     cells = _cells(settings)
-    log.info("certify: %d real training pairs, %d synthetic pairs (%d sources), %d test pairs; %d trainings "
-             "of %d steps", len(real), len(synthetic), len(np.unique(sources)), len(test), len(cells),
-             spec.steps)
+    log.info("certify (%s): %d real training examples, %d synthetic (%d sources), %d held-out; %d "
+             "trainings of %d steps", settings.task, len(real), len(synthetic), len(np.unique(ex.sources)),
+             len(ex.test), len(cells), spec.steps)
     with Progress(TextColumn("certify"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("trainings", total=len(cells))
         for arm, key, s in cells:
             cell = partial / f"{arm}@{key}@seed{s}.json"
             if cell.is_file():
-                value = float(json.loads(cell.read_text())["test_error"])
+                scores = json.loads(cell.read_text())
             else:
                 n_real = real_count(float(key), len(real)) if key != "all" else 0
                 parts = {"real": [real.take(n_real)], "real+synthetic": [real.take(n_real), synthetic],
                          "synthetic": [synthetic]}[arm]
                 share = settings.synthetic_share
                 shares = None if len(parts) == 1 or share is None else [1 - share, share]
-                model = train_emulator([(p.inputs, p.targets) for p in parts], weights, periodic, spec,
-                                       seed=int(seed) * 1000 + s, shares=shares)
-                value = downstream_error(model, test.inputs, test.targets, weights)
+                model = ex.fit([(p.inputs, p.targets) for p in parts], int(seed) * 1000 + s, shares)
+                got = ex.score(model)
+                scores = {"test_error": got.pop("error"), **got}
                 write_json({"arm": arm, "fraction": key, "seed": s, "pairs": sum(len(p) for p in parts),
-                            "test_error": value},
-                           cell)
-                log.info("certify: %s at %s of the real pairs, seed %d: test error %.4g", arm, key, s, value)
-            errors[arm].setdefault(key, []).append(value)
+                            **scores}, cell)
+                log.info("certify: %s at %s of the real examples, seed %d: test error %.4g", arm, key, s,
+                         scores["test_error"])
+            errors[arm].setdefault(key, []).append(float(scores["test_error"]))
+            if "cross_entropy" in scores:
+                cross_entropy[arm].setdefault(key, []).append(float(scores["cross_entropy"]))
             bar.advance(task)
-    table = summarise(errors, settings.fractions, downstream_error(None, test.inputs, test.targets, weights))
+    base = ex.score(None)
+    table = summarise(errors, settings.fractions,
+                      {"name": ex.baseline, **base})
     out = {
         "task": settings.task,
-        "score": "weighted mean squared error of the next state over the real test pairs, normalised units",
+        "score": ex.score_text,
         "pairs": {"real_train": len(real), "synthetic": len(synthetic),
-                  "synthetic_sources": len(np.unique(sources)), "test": len(test),
+                  "synthetic_sources": len(np.unique(ex.sources)), "test": len(ex.test),
                   "real_by_fraction": {fraction_key(f): real_count(f, len(real))
                                        for f in settings.fractions}},
         "seeds": int(settings.seeds),
@@ -227,10 +373,13 @@ def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: 
         "errors": errors,
         **table,
         "caveat": ("the generative model was trained on the whole train split: below 100 % of the real "
-                   "pairs the gain measures what synthetic data passes on from training data the "
+                   "examples the gain measures what synthetic data passes on from training data the "
                    "downstream model did not see"),
         "source": {"store": str(store.path), "augmented": str(augmented_path)},
     }
+    if any(cross_entropy.values()):  # the label task: the classifiers' confidence beside their errors
+        out["cross_entropy"] = {arm: {k: interval(v) for k, v in by.items()}
+                                for arm, by in cross_entropy.items()}
     write_json(out, run.certificate)
     for old in run.root.glob("certificate.partial-*"):
         shutil.rmtree(old, ignore_errors=True)

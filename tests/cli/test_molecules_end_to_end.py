@@ -200,3 +200,33 @@ def test_renormalised_members_hold_the_promolecule_count_and_say_so(molecule_run
     assert mol["electron_count_relative_error"]["median"] == pytest.approx(
         mol["baselines"]["promolecule"]["electron_count_relative_error"]["median"], rel=1e-3, abs=1e-6)
     assert "as drawn" in (copy / "report" / "index.html").read_text()
+
+
+def test_augment_and_certify_classify_molecules_on_real_and_synthetic_densities(molecule_run, tmp_path):
+    """`simdiff augment` then `simdiff certify` on the molecule preset (certify.task=label): a
+    classifier of which molecule a density is, trained on real, real + synthetic and synthetic
+    densities, scored on the real held-out ones, and in the report."""
+    run_dir, cache, _ = molecule_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    common = (f"run_dir={copy}", "data=molecules", "debug=tiny", f"cache_dir={cache}")
+    for stage in ("augment", "certify"):
+        res = simdiff(stage, *common)
+        assert res.returncode == 0, res.stderr[-3000:]
+    drawn = open_output(copy / "augmented.zarr")
+    store = TrainingStore(copy / "data" / "train.zarr")
+    # each draw carries the label of the training sample whose conditions it was drawn for
+    np.testing.assert_array_equal(drawn["label"].values, store.array("label")[drawn["source_index"].values])
+    cert = json.loads((copy / "certificate.json").read_text())
+    assert cert["task"] == "label" and cert["baseline"]["name"] == "class prior"
+    assert cert["pairs"]["synthetic"] == drawn.sizes["sample"]
+    assert cert["pairs"]["test"] == len(store.indices("test"))
+    for entry in cert["by_fraction"].values():
+        for arm in ("real", "real+synthetic", "synthetic"):
+            assert 0 < entry[arm]["mean"] < 1  # (misclassified + 1/2) / (n + 1)
+    assert set(cert["cross_entropy"]) == {"real", "real+synthetic", "synthetic"}
+    res = simdiff("evaluate", *common, "force=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = (copy / "report" / "index.html").read_text()
+    assert "Downstream certificate (label" in html and "class prior" in html
+    assert (copy / "report" / "certificate.png").is_file()

@@ -305,3 +305,7 @@ def test_the_readme_certify_command_sets_its_fractions_and_seeds():
         settings(_compose(["certify.fractions=[0,1.0]"]))
     with pytest.raises(DataError, match=r"certify\.downstream"):
         settings(_compose(["certify.downstream.steps=0"]))
+    # the molecules preset certifies with the label classifier (README: `simdiff certify ...
+    # data=molecules`), and augment's README command sets its sample count
+    assert settings(_compose(["data=molecules"])).task == "label"
+    assert _compose(["data=molecules", "augment.samples=480"]).augment.samples == 480

@@ -111,7 +111,103 @@ def test_bad_settings_and_foreign_draws_are_refused(run: RunDir):
     with pytest.raises(DataError, match=r"certify\.fractions"):
         Certify(fractions=(0.0, 1.0))
     with pytest.raises(DataError, match=r"certify\.task"):
-        Certify(task="classify")
+        Certify(task="regress")
     states = _augmented(run, 0.1).assign_attrs(simdiff_draws="state")
     with pytest.raises(DataError, match="not next-state draws"):
         certify(run, states, Path("aug.zarr"), Certify(downstream=SMALL))
+
+
+# -- the label task: a classifier of a labelled dataset ---------------------------------------
+LABELS = ["left", "centre", "right"]
+M = 90
+
+
+G = 16
+
+
+def _blobs(labels: np.ndarray, seed: int) -> np.ndarray:
+    """(n, G, G, G) non-negative densities: one Gaussian blob whose x position is the label, at a
+    random height and depth, plus noise."""
+    rng = np.random.default_rng(seed)
+    g = np.arange(float(G))
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    out = np.empty((len(labels), G, G, G))
+    for i, k in enumerate(labels):
+        cz, cy = rng.uniform(4, 11, 2)
+        out[i] = np.exp(-((z - cz) ** 2 + (y - cy) ** 2 + (x - (3.0 + 5.0 * k)) ** 2) / 4.0)
+    return out + 0.02 * rng.random(out.shape)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    root = tmp_path_factory.mktemp("certify_label")
+    labels = np.arange(M) % 3
+    ds = xr.Dataset(
+        {"rho": (("sample", "z", "y", "x"), _blobs(labels, 0).astype(np.float32), {"units": "bohr-3"})},
+        coords={"sample": np.arange(M), **{d: (d, np.arange(float(G))) for d in ("z", "y", "x")}},
+    )
+    geometry = Geometry(dims=("z", "y", "x"), periodic=frozenset(),
+                        weights=xr.DataArray(np.ones((G, G, G)), dims=("z", "y", "x")),
+                        mask=xr.DataArray(np.ones((G, G, G), bool), dims=("z", "y", "x")))
+    conditions = xr.Dataset({"label": ("sample", labels, {"label_names": LABELS})})
+    from simdiff.data.transforms import Log1p
+
+    run = RunDir(root)
+    write_training_store(Field(ds, geometry, conditions), run.store, transforms={"rho": Log1p(scale=0.1)},
+                         options=PrepareOptions(progress=False),
+                         provenance=provenance([], {"data": {"name": "blobs"}}))
+    return run
+
+
+def _drawn(labels: np.ndarray, fields: np.ndarray, history: str) -> xr.Dataset:
+    n = len(labels)
+    return xr.Dataset(
+        {"rho": (("sample", "z", "y", "x"), fields.astype(np.float32)), "label": ("sample", labels),
+         "synthetic": ("sample", np.ones(n, bool)), "source_index": ("sample", np.arange(n))},
+        coords={"sample": np.arange(n)}, attrs={"simdiff_draws": "state", "history": history},
+    )
+
+
+def test_the_classifier_learns_the_label_far_better_than_the_class_prior(labelled: RunDir):
+    from simdiff.runs.certify import _label_examples
+
+    spec = Downstream(width=8, levels=2, layers=1, steps=150, batch_size=16, lr=2e-3)
+    labels = np.arange(30) % 3
+    ex = _label_examples(TrainingStore(labelled.store), _drawn(labels, _blobs(labels, 5), "fair"),
+                         Path("aug.zarr"), spec)
+    assert ex.real.inputs.shape[1:] == (1, G, G, G) and ex.real.targets.dtype == np.int64
+    # standardised with the real training fields' own mean and std (under the log1p transform)
+    assert abs(float(ex.real.inputs.mean())) < 1e-5
+    assert float(ex.real.inputs.std()) == pytest.approx(1, abs=1e-4)
+    prior = ex.score(None)
+    assert prior["error"] > 0.5 and prior["cross_entropy"] == pytest.approx(np.log(3), abs=0.05)
+    model = ex.fit([(ex.real.inputs, ex.real.targets)], 0, None)
+    got = ex.score(model)
+    assert got["error"] <= 0.1 and got["cross_entropy"] < 0.5 * prior["cross_entropy"]
+
+
+def test_label_certificate_tells_faithful_draws_from_mislabelled_ones(labelled: RunDir):
+    spec = Downstream(width=8, levels=2, layers=1, steps=60, batch_size=8, lr=5e-3)
+    settings = Certify(task="label", fractions=(0.1, 1.0), seeds=2, downstream=spec)
+    labels = np.arange(60) % 3
+    fair = certify(labelled, _drawn(labels, _blobs(labels, 7), "fair"), Path("aug.zarr"), settings)
+    assert fair["task"] == "label" and fair["baseline"]["name"] == "class prior"
+    assert set(fair["cross_entropy"]) == {"real", "real+synthetic", "synthetic"}
+    assert fair == certify(labelled, _drawn(labels, _blobs(labels, 7), "fair"), Path("aug.zarr"), settings)
+    # the same fields under labels moved one class on: a classifier trained on them alone is
+    # wrong on the real test samples
+    moved = _drawn((labels + 1) % 3, _blobs(labels, 7), "wrong")
+    wrong = certify(labelled, moved, Path("aug.zarr"), settings)
+    assert wrong["by_fraction"]["1"]["synthetic"]["mean"] > 0.5
+    assert fair["by_fraction"]["1"]["synthetic"]["mean"] < 0.2
+    mixed = "ratio_real+synthetic"
+    assert wrong["by_fraction"]["1"][mixed]["mean"] > fair["by_fraction"]["1"][mixed]["mean"]
+
+
+def test_label_task_refuses_unlabelled_draws_and_unlabelled_stores(labelled: RunDir, run: RunDir):
+    labels = np.arange(6) % 3
+    unlabelled = _drawn(labels, _blobs(labels, 1), "x").drop_vars("label")
+    with pytest.raises(DataError, match="carry no `label`"):
+        certify(labelled, unlabelled, Path("aug.zarr"), Certify(task="label", downstream=SMALL))
+    with pytest.raises(DataError, match="no `label` condition"):
+        certify(run, _augmented(run, 0.1), Path("aug.zarr"), Certify(task="label", downstream=SMALL))
