@@ -224,6 +224,17 @@ def library_warnings_to_log() -> None:
             handler.addFilter(_LibraryWarningsToFile())
 
 
+def check_cache_dir(cfg: DictConfig) -> None:
+    """Refuse an empty ``cache_dir`` (``SIMDIFF_CACHE=`` set to nothing): the simulators' caches
+    would land in the current folder, e.g. a source checkout."""
+    value = cfg.get("cache_dir")
+    if value is not None and not str(value).strip():
+        raise DataError(f"cache_dir={value!r} is empty (is SIMDIFF_CACHE set to an empty string? it is "
+                        f"{os.environ.get('SIMDIFF_CACHE')!r}): the built-in datasets would cache their "
+                        "simulations in the current folder. Unset SIMDIFF_CACHE, set it to a folder, or "
+                        "pass cache_dir=DIR")
+
+
 def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
     """Run ``task`` as the Hydra app ``simdiff NAME`` with the overrides in ``argv``."""
     _register_resolvers()
@@ -238,6 +249,7 @@ def run_app(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> No
         library_warnings_to_log()
         try:
             check_targets(cfg)
+            check_cache_dir(cfg)
             task(cfg)
         except DataError as err:
             log.error("%s", err)

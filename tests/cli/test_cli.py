@@ -51,6 +51,19 @@ def test_a_stage_without_its_inputs_names_the_command_to_run_first(tmp_path):
     assert "latents.zarr" in out.stderr and "simdiff encode" in out.stderr
 
 
+def test_an_empty_simdiff_cache_is_refused_before_anything_is_cached_in_the_current_folder(tmp_path):
+    import os
+
+    work = tmp_path / "checkout"
+    work.mkdir()
+    out = simdiff("prepare", f"run_dir={tmp_path / 'run'}", "debug=tiny", cwd=work,
+                  env={**os.environ, "SIMDIFF_CACHE": ""})
+    assert out.returncode == 2, out.stderr
+    assert "cache_dir=''" in out.stderr and "SIMDIFF_CACHE" in out.stderr
+    assert not list(work.iterdir())  # no qg/ simulation cache beside the user's files
+    assert not (tmp_path / "run" / "data").exists()
+
+
 def test_missing_run_dir_is_a_clear_error():
     out = simdiff("prepare")
     assert out.returncode != 0
