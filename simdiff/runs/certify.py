@@ -292,6 +292,9 @@ def _label_examples(store: TrainingStore, augmented: xr.Dataset, path: Path, spe
     if len(x) < 2 or not len(tx):
         raise DataError(f"{store.path}: {len(x)} training and {len(tx)} held-out labelled samples; the "
                         "certificate needs both")
+    if min(x.shape[2:]) < 4:
+        raise DataError(f"{store.path}: fields of {'x'.join(map(str, x.shape[2:]))} cells; the label "
+                        "classifier embeds 4x4 patches, so every spatial axis needs at least 4 cells")
     sx, sy, sources = synthetic_labelled(store, augmented, path)
     if sy.min() < 0 or sy.max() >= classes:
         raise DataError(f"{path}: labels {sorted(set(sy.tolist()))} outside the store's {classes} classes")

@@ -226,3 +226,32 @@ def test_blocks_of_inits_give_the_one_pass_scores() -> None:
     blocks = evaluate_forecast(forecast.chunk({"init_time": 3}), truth, train=train, periodic={"x", "y"},
                                block_inits=7)
     assert _close(one, blocks)
+
+
+def _certificate(label: bool) -> dict:
+    one = {"mean": 0.5, "lower": 0.4, "upper": 0.6}
+    entry = {"real": one, "real+synthetic": one, "synthetic": one, "ratio_real+synthetic": one,
+             "ratio_synthetic": one, "verdict": "synthetic data helps"}
+    cert = {"task": "label" if label else "next_state", "seeds": 3, "score": "the score",
+            "pairs": {"synthetic": 7, "real_by_fraction": {"0.1": 3, "1": 30}},
+            "by_fraction": {"0.1": entry, "1": entry}, "caveat": "the caveat"}
+    if label:
+        cert["baseline"] = {"name": "class prior", "error": 0.9, "cross_entropy": 2.3, "accuracy": 0.1}
+        cert["cross_entropy"] = {"real": {"0.1": one, "1": one}, "real+synthetic": {"0.1": one, "1": one},
+                                 "synthetic": {"all": one}}
+    else:  # as certify wrote it before the label task: persistence only
+        cert["persistence"] = 0.05
+    return cert
+
+
+def test_certificate_section_reads_both_tasks_and_certificates_written_before_the_label_task():
+    from simdiff.evaluate.html import _certificate_html
+    from simdiff.evaluate.plots import certificate_figure
+
+    old = "".join(_certificate_html(_certificate(label=False)))
+    assert "persistence 0.05" in old and "cross-entropy" not in old
+    new = "".join(_certificate_html(_certificate(label=True)))
+    assert "Downstream certificate (label, 3 seeds)" in new and "class prior 0.9" in new
+    assert "class prior: 2.3" in new  # the cross-entropy table's baseline
+    for label in (False, True):
+        assert certificate_figure(_certificate(label)).axes[0].get_yscale() == "log"

@@ -211,3 +211,23 @@ def test_label_task_refuses_unlabelled_draws_and_unlabelled_stores(labelled: Run
         certify(labelled, unlabelled, Path("aug.zarr"), Certify(task="label", downstream=SMALL))
     with pytest.raises(DataError, match="no `label` condition"):
         certify(run, _augmented(run, 0.1), Path("aug.zarr"), Certify(task="label", downstream=SMALL))
+
+
+def test_label_task_refuses_a_grid_smaller_than_the_classifiers_patches(tmp_path: Path):
+    labels = np.arange(12) % 2
+    values = np.random.default_rng(0).random((12, 3, 3)).astype(np.float32)
+    ds = xr.Dataset({"v": (("sample", "y", "x"), values)},
+                    coords={"sample": np.arange(12), "y": np.arange(3.0), "x": np.arange(3.0)})
+    geometry = Geometry(dims=("y", "x"), periodic=frozenset(),
+                        weights=xr.DataArray(np.ones((3, 3)), dims=("y", "x")),
+                        mask=xr.DataArray(np.ones((3, 3), bool), dims=("y", "x")))
+    conditions = xr.Dataset({"label": ("sample", labels, {"label_names": ["a", "b"]})})
+    run = RunDir(tmp_path)
+    write_training_store(Field(ds, geometry, conditions), run.store, transforms={},
+                         options=PrepareOptions(progress=False),
+                         provenance=provenance([], {"data": {"name": "3x3"}}))
+    draws = xr.Dataset({"v": (("sample", "y", "x"), np.ones((2, 3, 3), np.float32)),
+                        "label": ("sample", [0, 1]), "synthetic": ("sample", [True, True])},
+                       coords={"sample": [0, 1]})
+    with pytest.raises(DataError, match=r"3x3 cells; .* at least 4 cells"):
+        certify(run, draws, Path("aug.zarr"), Certify(task="label", downstream=SMALL))
