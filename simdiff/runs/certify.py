@@ -128,6 +128,15 @@ def real_pairs(store: TrainingStore, split: str) -> Pairs:
     return Pairs(_fold(x, fold), _fold(y, fold))
 
 
+def synthetic_rows(augmented: xr.Dataset, path: Path) -> np.ndarray:
+    """The positions of the augmented dataset's synthetic samples (a merged store holds real ones
+    first); refused when there is none."""
+    fake = np.flatnonzero(np.asarray(augmented["synthetic"].values, dtype=bool))
+    if not fake.size:
+        raise DataError(f"{path}: no synthetic samples; run simdiff augment with augment.samples >= 1")
+    return fake
+
+
 def synthetic_pairs(store: TrainingStore, augmented: xr.Dataset, path: Path) -> tuple[Pairs, np.ndarray]:
     """The augmented dataset's next-state draws with their sources; and the source indices."""
     if augmented.attrs.get("simdiff_draws") != "next_state" or "source_index" not in augmented:
@@ -137,9 +146,7 @@ def synthetic_pairs(store: TrainingStore, augmented: xr.Dataset, path: Path) -> 
             "dataset of a forecaster (diffusion.conditioning.previous >= 1)"
         )
     sdim = store.layout.sample_dim
-    fake = np.flatnonzero(np.asarray(augmented["synthetic"].values, dtype=bool))
-    if not fake.size:
-        raise DataError(f"{path}: no synthetic samples; run simdiff augment with augment.samples >= 1")
+    fake = synthetic_rows(augmented, path)
     source = np.asarray(augmented["source_index"].values, dtype=np.int64)[fake]
     ds = store.dataset()
     draws = augmented[store.variables].isel({sdim: fake})
@@ -185,12 +192,11 @@ def _cells(settings: Certify) -> list[tuple[str, str, int]]:
 
 
 def label_classes(store: TrainingStore) -> int:
-    """The label's classes: its ``label_names``, else the largest label + 1."""
+    """The label's classes (:meth:`TrainingStore.label_classes`), refused without a label."""
     if not store.has("label"):
         raise DataError(f"{store.path}: no `label` condition; certify.task=label needs a labelled dataset "
                         "(molecules), certify.task=next_state a forecasting one")
-    names = store.group["label"].attrs.get("label_names")
-    return len(names) if names else int(store.array("label").max()) + 1
+    return store.label_classes()
 
 
 def _transformed(data: xr.Dataset, store: TrainingStore) -> np.ndarray:
@@ -202,14 +208,14 @@ def _transformed(data: xr.Dataset, store: TrainingStore) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Standardiser:
+class ChannelScale:
     """Per channel mean and std of the transformed real training fields over the valid cells."""
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
-    def of(cls, x: np.ndarray) -> Standardiser:
+    def of(cls, x: np.ndarray) -> ChannelScale:
         axes = (0, *range(2, x.ndim))
         mean = np.nanmean(x, axis=axes)
         std = np.nanstd(x, axis=axes)
@@ -237,9 +243,7 @@ def synthetic_labelled(
         raise DataError(f"{path}: its samples carry no `label`: the generative model does not condition on "
                         "the label, so no draw has one; certify.task=label needs draws of a "
                         "label-conditioned model (diffusion.conditioning.label=true)")
-    fake = np.flatnonzero(np.asarray(augmented["synthetic"].values, dtype=bool))
-    if not fake.size:
-        raise DataError(f"{path}: no synthetic samples; run simdiff augment with augment.samples >= 1")
+    fake = synthetic_rows(augmented, path)
     sdim = store.layout.sample_dim
     draws = augmented[store.variables].isel({sdim: fake}).load()
     labels = np.asarray(augmented["label"].values, dtype=np.int64)[fake]
@@ -298,7 +302,7 @@ def _label_examples(store: TrainingStore, augmented: xr.Dataset, path: Path, spe
     sx, sy, sources = synthetic_labelled(store, augmented, path)
     if sy.min() < 0 or sy.max() >= classes:
         raise DataError(f"{path}: labels {sorted(set(sy.tolist()))} outside the store's {classes} classes")
-    scale = Standardiser.of(x)
+    scale = ChannelScale.of(x)
     real, test, synthetic = Pairs(scale(x), y), Pairs(scale(tx), ty), Pairs(scale(sx), sy)
     prior = np.bincount(y, minlength=classes) + 0.5  # add-half smoothing: no class at probability 0
     periodic = periodic_axes(store)
@@ -362,8 +366,7 @@ def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: 
                 cross_entropy[arm].setdefault(key, []).append(float(scores["cross_entropy"]))
             bar.advance(task)
     base = ex.score(None)
-    table = summarise(errors, settings.fractions,
-                      {"name": ex.baseline, **base})
+    table = summarise(errors, settings.fractions, {"name": ex.baseline, **base})
     out = {
         "task": settings.task,
         "score": ex.score_text,

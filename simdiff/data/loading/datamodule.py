@@ -221,8 +221,7 @@ class SimdiffDataModule(L.LightningDataModule):
         if self.store.has("atoms"):
             sizes["atoms"] = int(self.store.group["atoms"].shape[1])  # type: ignore[union-attr]
         if self.store.has("label"):
-            names = self.store.group["label"].attrs.get("label_names")
-            sizes["label"] = len(names) if names else int(self.store.array("label").max()) + 1
+            sizes["label"] = self.store.label_classes()
         return sizes
 
     # -- loaders ---------------------------------------------------------------------------

@@ -164,6 +164,11 @@ class TrainingStore:
     def split(self) -> np.ndarray:
         return self.array("split")
 
+    def label_classes(self) -> int:
+        """The classes of the ``label`` condition: its ``label_names``, else the largest label + 1."""
+        names = self.group["label"].attrs.get("label_names")
+        return len(names) if names else int(self.array("label").max()) + 1
+
     def indices(self, split: str) -> np.ndarray:
         """Sample indices of ``split`` ("train", "val" or "test")."""
         if split not in SPLITS:
