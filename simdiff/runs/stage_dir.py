@@ -6,11 +6,18 @@ nothing once the final checkpoint exists; a different config is refused unless `
 discards the folder (or unless the folder holds no checkpoint yet). Later stages read the
 saved config back with :func:`simdiff.runs.models.read_config`, which refuses a network spec
 whose ``_target_`` is not in :mod:`simdiff.base.registry`'s allowlist before anything is built.
+
+Under a launcher that starts every rank at once (``srun`` tasks, ``torchrun`` workers) the other
+ranks wait for the primary's claim. A folder that already holds this config is not enough: on a
+forced redo the primary is about to discard it, and a rank that read it first would skip or
+resume the old model. So the primary also writes ``.launch``, the launch's own id
+(:func:`launch_token`), once the folder is settled, and the other ranks wait for that id.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +34,31 @@ from simdiff.runs.completion import is_primary_process, redoing
 log = logging.getLogger("simdiff")
 
 CONFIG = "config.yaml"
+#: The primary's claim for a launch that starts every rank at once: the launch's id.
+LAUNCH = ".launch"
+
+
+def launch_token() -> str | None:
+    """An id every process of a multi-process launch shares and no other launch has, or None.
+
+    ``srun`` of several tasks: the job, the step and the requeue count (a requeued job keeps its
+    id); ``torchrun`` of several workers: its rendezvous run id and restart count. Lightning's
+    own launcher starts the other ranks after the primary's claim, so it needs none.
+    """
+    env = os.environ
+    if "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return f"slurm:{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}.{env.get('SLURM_RESTART_COUNT', '0')}"
+    if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"torchrun:{env['TORCHELASTIC_RUN_ID']}.{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return None
+
+
+def _announce(out: Path) -> None:
+    """Tell the other ranks of this launch that ``out`` is settled (nothing to do alone)."""
+    token = launch_token()
+    if token is not None:
+        with atomic_file(out / LAUNCH) as f:
+            f.write(token)
 
 
 def whole_field_identity(plain: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -97,10 +129,12 @@ def claim(out: Path, config: dict[str, Any], *, final: str, stage: str, force: b
             shutil.rmtree(out)
         elif (out / final).is_file():
             log.info("%s: %s is complete with the same config; skipping", stage, out / final)
+            _announce(out)
             return None
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(saved) as f:
         f.write(config_yaml(config))
+    _announce(out)
     resume = resume_point(out / "checkpoints", stage=stage)
     if resume is not None:
         log.info("%s: resuming from %s", stage, resume)
@@ -111,10 +145,13 @@ def claim(out: Path, config: dict[str, Any], *, final: str, stage: str, force: b
 
 
 def _follow(out: Path, config: dict[str, Any], final: str, timeout: float = 60.0) -> str | None:
-    """The answer of :func:`claim` for a non-primary process, once the primary has claimed ``out``."""
+    """The answer of :func:`claim` for a non-primary process, once the primary has claimed ``out``
+    (and, under a launcher that starts every rank at once, announced it for this launch)."""
     saved = out / CONFIG
+    token = launch_token()
     deadline = time.monotonic() + timeout
-    while not (saved.is_file() and yaml.safe_load(saved.read_text()) == config):
+    while not (saved.is_file() and yaml.safe_load(saved.read_text()) == config
+               and (token is None or _read(out / LAUNCH) == token)):
         if time.monotonic() > deadline:
             raise DataError(f"{saved}: the primary process did not write this run's config within "
                             f"{timeout:.0f} s; check its log")
@@ -123,3 +160,11 @@ def _follow(out: Path, config: dict[str, Any], final: str, timeout: float = 60.0
         return None
     resume = resume_point(out / "checkpoints", stage="", primary=False)
     return "" if resume is None else str(resume)
+
+
+def _read(path: Path) -> str | None:
+    """A small text file's content, or None while it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None

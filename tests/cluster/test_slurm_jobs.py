@@ -70,6 +70,9 @@ def test_a_two_task_job_runs_the_main_job_with_ddp_in_one_run_dir(slurm_env, tmp
     (folder,) = (run_dir / "logs" / "run").iterdir()
     assert folder.name == f"slurm-{job}.0-run0", folder
     assert (folder / "run.log").is_file() and (folder / "rank1" / "run.log").is_file()
+    # rank 0 claimed each training folder for this launch; rank 1 waited for that claim
+    for stage in ("autoencoder", "diffusion"):
+        assert (run_dir / stage / ".launch").read_text() == f"slurm:{job}.0.0", stage
 
 
 def _requeued(job: str, env: dict[str, str]) -> bool:
