@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import clirun
@@ -23,7 +24,8 @@ from hydra import compose, initialize_config_dir
 from simdiff.cli.app import _register_resolvers, config_dir
 from simdiff.data.stores.training import TrainingStore
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / "workflows"
 
 
 def _recipe(name: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -42,6 +44,7 @@ def test_the_experiments_of_the_recipes_ask_for_what_their_readmes_say():
     assert weather.generate.members == 50 and weather.data._target_.endswith("QGSource")
     assert augment.augment.samples == 1000 and augment.augment.merge is True
     assert augment.augment.draws_per_source == 2
+    assert augment.diffusion.max_epochs == 30  # the generator trains three times the main job's epochs
     assert list(augment.certify.fractions) == [0.01, 0.05, 0.25, 1.0] and augment.certify.seeds == 3
 
 
@@ -89,3 +92,14 @@ def test_augment_dataset_recipe_merges_synthetic_samples_and_reports_them(tmp_pa
     assert cert["pairs"]["real_by_fraction"]["1"] == cert["pairs"]["real_train"]
     assert {"certificate.png", "augment_tails.png"} <= {p.name for p in (run_dir / "report").iterdir()}
     assert not list(run_dir.glob("certificate.partial-*"))  # published whole, the cells cleared
+    # the generator's own one-step skill beside the emulator's (benchmarks/generator_skill.py)
+    bench = tmp_path / "generator_skill.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generator_skill.py"), "--run-dir",
+                           str(run_dir), "--out", str(bench)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    skill = json.loads(bench.read_text())
+    gen = skill["generator"]
+    assert gen["inits"] >= 1 and gen["members"] == 3 and gen["persistence"] > 0
+    assert 0 < gen["ensemble_mean"] <= gen["member"]  # the mean's squared error never exceeds the members'
+    arms = [row["what"] for row in skill["rows"]]
+    assert sum("real only" in a for a in arms) == 2 and arms[-1] == "emulator, synthetic only"
