@@ -246,10 +246,10 @@ def test_experiment_qg_is_the_default_main_job():
     assert _compose(["experiment=qg"]) == _compose([])
 
 
-def test_the_qg_preset_chooses_its_presets_and_qg_long_the_stage_defaults():
-    """data=qg picks conf/{autoencoder,diffusion}/qg.yaml; experiment=qg_long is the same data with
-    the stage defaults (3D 16x autoencoder, the 6.3 M UNet) and Heun with 18 levels; the QG
-    preset's forecaster sees two previous states with the generated flag, sampled over 20 levels."""
+def test_the_qg_preset_chooses_its_presets_and_qg_long_trains_them_longer():
+    """data=qg picks conf/{autoencoder,diffusion}/qg.yaml; experiment=qg_long is the same
+    configuration with 30 epochs for each net (and budgets that let them run); the QG preset's
+    forecaster sees two previous states with the generated flag, sampled over 20 levels."""
     default = _compose([], hydra=True)
     choices = default.hydra.runtime.choices
     assert (choices.autoencoder, choices.diffusion, choices.sampler) == ("qg", "qg", "dpmpp_2m")
@@ -257,13 +257,19 @@ def test_the_qg_preset_chooses_its_presets_and_qg_long_the_stage_defaults():
     cond = default.diffusion.conditioning
     assert cond.previous == 2 and cond.generated and default.diffusion.module.condition_noise > 0
     long = _compose(["experiment=qg_long"], hydra=True)
-    choices = long.hydra.runtime.choices
-    assert (choices.data, choices.autoencoder, choices.diffusion, choices.sampler) == (
-        "qg", "default", "default", "heun")
-    plain = _compose(["data=qg", "autoencoder=default", "diffusion=default", "sampler=heun"])
-    for key in ("autoencoder", "diffusion", "data"):
-        assert long[key] == plain[key]
-    assert long.sampler.steps == 18 and not long.autoencoder.net.fold_depth
+    assert (long.hydra.runtime.choices.autoencoder, long.hydra.runtime.choices.diffusion) == ("qg", "qg")
+    assert long.autoencoder.max_epochs == long.diffusion.max_epochs == 30
+    assert default.autoencoder.max_epochs < 30 and default.diffusion.max_epochs < 30
+    plain = _compose([], hydra=False)
+    for key in ("autoencoder", "diffusion"):  # nothing else differs
+        differ = {k for k in plain[key] if plain[key][k] != long[key][k]}
+        assert differ == {"max_epochs", "max_time"}, (key, differ)
+    assert long.data == plain.data and long.sampler == plain.sampler
+    # the hour-long configuration before the preset, as the README's rows name it
+    old = _compose(["data=qg", "autoencoder=default", "diffusion=default", "sampler=heun",
+                    "sampler.steps=18"])
+    assert not old.autoencoder.net.fold_depth and old.sampler.steps == 18
+    assert list(old.autoencoder.net.factors) == [[2, 2], [2, 2]]
 
 
 def test_experiment_ersst_chooses_the_ersst_presets():
