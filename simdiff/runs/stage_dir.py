@@ -153,8 +153,9 @@ def _follow(out: Path, config: dict[str, Any], final: str, timeout: float = 60.0
     while not (saved.is_file() and yaml.safe_load(saved.read_text()) == config
                and (token is None or _read(out / LAUNCH) == token)):
         if time.monotonic() > deadline:
-            raise DataError(f"{saved}: the primary process did not write this run's config within "
-                            f"{timeout:.0f} s; check its log")
+            what = "this run's config" + ("" if token is None else f" and its claim ({LAUNCH}: {token})")
+            raise DataError(f"{saved}: the primary process did not write {what} within {timeout:.0f} s; "
+                            "check its log")
         time.sleep(0.5)
     if (out / final).is_file():
         return None

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from simdiff.base.errors import DataError
 from simdiff.runs.completion import Identity, stage
 from simdiff.runs.layout import RunDir
-from simdiff.runs.stage_dir import LAUNCH, claim, launch_token
+from simdiff.runs.stage_dir import LAUNCH, _follow, claim, launch_token
 
 REPO = Path(__file__).resolve().parents[2]
 SRUN = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2"}
@@ -90,3 +91,15 @@ def test_a_single_process_run_writes_no_launch_file(monkeypatch, tmp_path):
     folder = tmp_path / "autoencoder"
     assert claim(folder, {"a": 1}, final="final.ckpt", stage="train-autoencoder", force=False) == ""
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]
+
+
+def test_a_follower_whose_primary_never_claims_says_what_it_waited_for(monkeypatch, tmp_path):
+    """The folder holds this config from an earlier launch, but no claim of this one."""
+    _clear_launchers(monkeypatch)
+    folder = tmp_path / "diffusion"
+    assert claim(folder, {"a": 1}, final="final.ckpt", stage="train-diffusion", force=False) == ""
+    for key, value in SRUN.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    with pytest.raises(DataError, match=r"config and its claim \(\.launch: slurm:4242\.0\.0\) within 1 s"):
+        _follow(folder, {"a": 1}, "final.ckpt", timeout=1.0)
