@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from simdiff.base.errors import DataError
 from simdiff.base.registry import check_config, register
 from simdiff.lit.preempt import Preempted
+from simdiff.runs.completion import slurm_step
 
 log = logging.getLogger("simdiff")
 
@@ -100,12 +101,12 @@ def log_stamp(now: str) -> str:
     There the ranks share ``slurm-JOB.STEP-runN`` (N: how often the job was requeued before),
     rank 0 writing into it and rank R into its ``rankR/``: one folder per job, however far apart
     the ranks start, instead of one timestamped folder per rank."""
-    env = os.environ
-    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
-    if not env.get("SLURM_JOB_ID") or not tasks.isdigit() or int(tasks) < 2 or "SLURM_STEP_ID" not in env:
+    step = slurm_step()
+    if step is None:
         return now
-    stamp = f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}-run{env.get('SLURM_RESTART_COUNT') or 0}"
-    rank = int(env.get("SLURM_PROCID") or 0)
+    job, step_id, requeued = step
+    stamp = f"slurm-{job}.{step_id}-run{requeued}"
+    rank = int(os.environ.get("SLURM_PROCID") or 0)
     return stamp if rank == 0 else f"{stamp}/rank{rank}"
 
 

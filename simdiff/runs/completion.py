@@ -57,6 +57,16 @@ def is_primary_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def slurm_step() -> tuple[str, str, int] | None:
+    """(job id, step id, times requeued) of a SLURM step of several tasks (``srun`` starting one
+    rank per task), or None outside one: every rank of the step shares it, no other step has it."""
+    env = os.environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
+    if not env.get("SLURM_JOB_ID") or not tasks.isdigit() or int(tasks) < 2 or "SLURM_STEP_ID" not in env:
+        return None
+    return env["SLURM_JOB_ID"], env["SLURM_STEP_ID"], int(env.get("SLURM_RESTART_COUNT") or 0)
+
+
 @dataclass
 class Identity:
     """What a stage's outputs depend on, and what they are."""

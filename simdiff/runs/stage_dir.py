@@ -29,7 +29,7 @@ from simdiff.base.atomic import atomic_file
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_differences, config_yaml
 from simdiff.lit.checkpoint import resume_point
-from simdiff.runs.completion import is_primary_process, redoing
+from simdiff.runs.completion import is_primary_process, redoing, slurm_step
 
 log = logging.getLogger("simdiff")
 
@@ -45,9 +45,10 @@ def launch_token() -> str | None:
     id); ``torchrun`` of several workers: its rendezvous run id and restart count. Lightning's
     own launcher starts the other ranks after the primary's claim, so it needs none.
     """
+    step = slurm_step()
+    if step is not None:
+        return "slurm:{}.{}.{}".format(*step)
     env = os.environ
-    if "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
-        return f"slurm:{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}.{env.get('SLURM_RESTART_COUNT', '0')}"
     if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1") or 1) > 1:
         return f"torchrun:{env['TORCHELASTIC_RUN_ID']}.{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     return None
@@ -150,7 +151,8 @@ def _follow(out: Path, config: dict[str, Any], final: str, timeout: float = 60.0
     saved = out / CONFIG
     token = launch_token()
     deadline = time.monotonic() + timeout
-    while not (saved.is_file() and yaml.safe_load(saved.read_text()) == config
+    # read, not tested then read: on a forced redo the primary may delete the folder in between
+    while not ((text := _read(saved)) is not None and yaml.safe_load(text) == config
                and (token is None or _read(out / LAUNCH) == token)):
         if time.monotonic() > deadline:
             what = "this run's config" + ("" if token is None else f" and its claim ({LAUNCH}: {token})")

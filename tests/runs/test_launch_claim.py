@@ -29,7 +29,8 @@ print(repr(claim(Path(sys.argv[1]), {"a": 1}, final="final.ckpt", stage="train-d
 
 
 def _clear_launchers(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_RESTART_COUNT",
+    for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID",
+                "SLURM_RESTART_COUNT",
                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK"):
         monkeypatch.delenv(key, raising=False)
 
