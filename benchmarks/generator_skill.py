@@ -34,7 +34,7 @@ from simdiff.base.atomic import write_json  # noqa: E402
 from simdiff.data.stores.stats import normalise  # noqa: E402
 from simdiff.data.stores.training import TrainingStore  # noqa: E402
 from simdiff.evaluate.certificate import downstream_error  # noqa: E402
-from simdiff.runs.certify import _fold, _has_levels, loss_weights  # noqa: E402
+from simdiff.runs.certify import fold_levels, loss_weights  # noqa: E402
 
 
 def lead_one(path: Path, store: TrainingStore) -> dict[str, float]:
@@ -48,15 +48,14 @@ def lead_one(path: Path, store: TrainingStore) -> dict[str, float]:
     inits = np.asarray(forecast["init_index"].values, dtype=np.int64)
     times = ds[sdim].values
     step = round(float(forecast["lead_time"].values[0] / (times[1] - times[0])))  # samples per lead
-    fold = _has_levels(store)
-    truth = _fold(np.asarray(ds["data"].isel({sdim: inits + step}).values, np.float32), fold)
-    before = _fold(np.asarray(ds["data"].isel({sdim: inits}).values, np.float32), fold)
+    truth = fold_levels(np.asarray(ds["data"].isel({sdim: inits + step}).values, np.float32), store)
+    before = fold_levels(np.asarray(ds["data"].isel({sdim: inits}).values, np.float32), store)
     members = []
     for r in range(forecast.sizes["realization"]):
         one = forecast[store.variables].isel(realization=r, lead_time=0, drop=True)
         one = one.drop_vars([c for c in one.coords if c not in one.dims]).rename({"init_time": sdim})
-        members.append(_fold(np.asarray(normalise(one, ds[["mean", "std"]], ds["mask"], store.transforms,
-                                                  block_samples=16).values, np.float32), fold))
+        scaled = normalise(one, ds[["mean", "std"]], ds["mask"], store.transforms, block_samples=16)
+        members.append(fold_levels(np.asarray(scaled.values, np.float32), store))
     members_a = np.stack(members)
     weights = loss_weights(store)
     persistence = downstream_error(None, before, truth, weights)

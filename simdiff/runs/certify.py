@@ -107,14 +107,17 @@ class Pairs:
         return Pairs(self.inputs[:n], self.targets[:n])
 
 
-def _fold(x: np.ndarray, fold: bool) -> np.ndarray:
-    """(N, C, D, H, W) -> (N, C*D, H, W) when the depth is not spatial."""
-    return x.reshape(x.shape[0], -1, *x.shape[-2:]) if fold else x
-
-
-def _has_levels(store: TrainingStore) -> bool:
+def has_levels(store: TrainingStore) -> bool:
+    """True when the store's depth axis holds distinct levels (folded into channels), not a
+    spatial axis of one volume."""
     depth = store.layout.depth_dim
     return depth is not None and depth not in SPATIAL_DEPTH_DIMS
+
+
+def fold_levels(x: np.ndarray, store: TrainingStore) -> np.ndarray:
+    """(N, C, D, H, W) -> (N, C*D, H, W) when ``store``'s depth holds levels (the downstream
+    models' layout); unchanged otherwise."""
+    return x.reshape(x.shape[0], -1, *x.shape[-2:]) if has_levels(store) else x
 
 
 def real_pairs(store: TrainingStore, split: str) -> Pairs:
@@ -122,10 +125,9 @@ def real_pairs(store: TrainingStore, split: str) -> Pairs:
     targets = window_targets(store.array("split"), store.array("block"), SPLITS[split], 2)
     data = store.dataset()["data"]
     sdim = store.layout.sample_dim
-    fold = _has_levels(store)
     x = np.asarray(data.isel({sdim: targets - 1}).values, dtype=np.float32)
     y = np.asarray(data.isel({sdim: targets}).values, dtype=np.float32)
-    return Pairs(_fold(x, fold), _fold(y, fold))
+    return Pairs(fold_levels(x, store), fold_levels(y, store))
 
 
 def synthetic_rows(augmented: xr.Dataset, path: Path) -> np.ndarray:
@@ -154,9 +156,8 @@ def synthetic_pairs(store: TrainingStore, augmented: xr.Dataset, path: Path) -> 
         raise DataError(f"{store.path}: its variables are normalised relative to a reference field; the "
                         "next-state certificate does not support such stores")
     normalised = normalise(draws, ds[["mean", "std"]], ds["mask"], store.transforms, block_samples=64)
-    fold = _has_levels(store)
-    y = _fold(np.asarray(normalised.values, dtype=np.float32), fold)
-    x = _fold(np.asarray(ds["data"].isel({sdim: source}).values, dtype=np.float32), fold)
+    y = fold_levels(np.asarray(normalised.values, dtype=np.float32), store)
+    x = fold_levels(np.asarray(ds["data"].isel({sdim: source}).values, dtype=np.float32), store)
     return Pairs(x, y), source
 
 
@@ -165,14 +166,14 @@ def loss_weights(store: TrainingStore) -> np.ndarray:
     ds = store.dataset()
     w = np.asarray(ds["weights"].values, dtype=np.float32) * np.asarray(ds["mask"].values, dtype=np.float32)
     w = np.broadcast_to(w[None], (len(store.variables), *w.shape))
-    return (w.reshape(-1, *w.shape[-2:]) if _has_levels(store) else w).copy()
+    return (w.reshape(-1, *w.shape[-2:]) if has_levels(store) else w).copy()
 
 
 def periodic_axes(store: TrainingStore) -> list[bool]:
     """Per spatial axis the net convolves over, True where it wraps."""
     periodic = set(store.attrs["geometry"].get("periodic", []))
     dims = list(store.layout.spatial_dims)
-    if _has_levels(store):
+    if has_levels(store):
         dims = dims[-2:]
     return [d in periodic for d in dims]
 
@@ -204,7 +205,7 @@ def _transformed(data: xr.Dataset, store: TrainingStore) -> np.ndarray:
     transform (levels folded into channels), NaN at masked cells."""
     parts = [np.asarray(transform_of(store.transforms, v).forward(data[v].astype(np.float64)).values)
              for v in store.variables]
-    return _fold(np.stack(parts, axis=1), _has_levels(store))
+    return fold_levels(np.stack(parts, axis=1), store)
 
 
 @dataclass(frozen=True)
