@@ -21,9 +21,11 @@ model's internal normalisation.
 Cells. One training per (arm, fraction, seed): ``real`` and ``real+synthetic`` (each batch half
 real and half synthetic: ``synthetic_share``) at each fraction, ``synthetic`` once (it uses no
 real training data). Each finished cell is written at once to
-``run_dir/certificate.partial-HASH/`` (HASH: the settings and the inputs), so a killed run
-resumes with the cells left and ends with the same numbers; the certificate is published as
-``run_dir/certificate.json`` in one atomic write and the partial folder removed.
+``run_dir/certificate.cells-HASH/`` (HASH: the inputs and every setting that changes a cell's
+result, not the list of fractions or the number of seeds), so a killed run resumes with the
+cells left and ends with the same numbers, and a later run that asks for more fractions or seeds
+trains only the new cells. The certificate is published as ``run_dir/certificate.json`` in one
+atomic write; the cells of other settings are removed then.
 """
 
 from __future__ import annotations
@@ -179,7 +181,9 @@ def periodic_axes(store: TrainingStore) -> list[bool]:
 
 
 def _digest(settings: Certify, inputs: dict[str, Any]) -> str:
-    text = json.dumps({"settings": asdict(settings), "inputs": inputs}, sort_keys=True, default=str)
+    """What one cell's result depends on: a cell is (arm, fraction, seed) under these."""
+    cell = {k: v for k, v in asdict(settings).items() if k not in ("fractions", "seeds")}
+    text = json.dumps({"settings": cell, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -335,7 +339,7 @@ def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: 
     real, synthetic = ex.real, ex.synthetic
     inputs = {"store": str(store.path), "augmented": str(augmented_path),
               "augmented_history": str(augmented.attrs.get("history", "")), "seed": int(seed)}
-    partial = run.root / f"certificate.partial-{_digest(settings, inputs)}"
+    partial = run.root / f"certificate.cells-{_digest(settings, inputs)}"
     partial.mkdir(exist_ok=True)
     errors: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
     cross_entropy: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
@@ -388,8 +392,9 @@ def certify(run: RunDir, augmented: xr.Dataset, augmented_path: Path, settings: 
         out["cross_entropy"] = {arm: {k: interval(v) for k, v in by.items()}
                                 for arm, by in cross_entropy.items()}
     write_json(out, run.certificate)
-    for old in run.root.glob("certificate.partial-*"):
-        shutil.rmtree(old, ignore_errors=True)
+    for old in run.root.glob("certificate.cells-*"):
+        if old != partial:
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 

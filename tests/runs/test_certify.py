@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +91,7 @@ def test_certificate_scores_every_arm_is_deterministic_and_resumes(run: RunDir):
     garbage = _augmented(run, noise=3.0)
     a = certify(run, garbage, Path("aug.zarr"), settings)
     assert json.loads(run.certificate.read_text()) == json.loads(json.dumps(a))
-    assert not list(run.root.glob("certificate.partial-*"))
+    assert len(list(run.root.glob("certificate.cells-*"))) == 1  # the finished cells stay
     assert set(a["by_fraction"]) == {"0.1", "1"} and a["pairs"]["synthetic"] == 40
     # draws that are mostly noise teach the emulator less than the real pairs do
     assert a["by_fraction"]["1"]["ratio_synthetic"]["mean"] > 1.0
@@ -100,11 +102,20 @@ def test_certificate_scores_every_arm_is_deterministic_and_resumes(run: RunDir):
 
     inputs = {"store": str(run.store), "augmented": "aug.zarr", "augmented_history": "test noise 3.0",
               "seed": 0}
-    partial = run.root / f"certificate.partial-{module._digest(settings, inputs)}"
+    partial = run.root / f"certificate.cells-{module._digest(settings, inputs)}"
+    shutil.rmtree(partial)
     partial.mkdir()
     (partial / "real@1@seed0.json").write_text(json.dumps({"test_error": 123.0}))
     b = certify(run, garbage, Path("aug.zarr"), settings)
     assert b["errors"]["real"]["1"][0] == 123.0 and b["errors"]["real"]["1"][1] == a["errors"]["real"]["1"][1]
+    # more seeds and a new fraction: the finished cells are taken, only the new ones train
+    wider = Certify(fractions=(0.1, 0.5, 1.0), seeds=3, downstream=SMALL)
+    assert module._digest(wider, inputs) == module._digest(settings, inputs)
+    assert module._digest(Certify(fractions=(0.1, 1.0), seeds=2, downstream=replace(SMALL, steps=41)),
+                          inputs) != module._digest(settings, inputs)
+    c = certify(run, garbage, Path("aug.zarr"), wider)
+    assert c["errors"]["real"]["1"][:2] == b["errors"]["real"]["1"] and len(c["errors"]["real"]["1"]) == 3
+    assert c["errors"]["real"]["0.5"] and len(list(partial.glob("*.json"))) == 3 * 7
 
 
 def test_bad_settings_and_foreign_draws_are_refused(run: RunDir):
