@@ -61,7 +61,7 @@ class Downstream:
     width: int = 16
     levels: int = 3
     layers: int = 2
-    steps: int = 300
+    steps: int = 1500
     batch_size: int = 16
     lr: float = 2e-3
 

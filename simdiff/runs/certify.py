@@ -74,7 +74,7 @@ class Certify:
     """What the certificate runs (``conf/certify/``)."""
 
     task: str = "next_state"
-    fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 1.0)
+    fractions: tuple[float, ...] = (0.01, 0.05, 0.25, 1.0)
     seeds: int = 3
     synthetic_share: float | None = 0.5
     downstream: Downstream = field(default_factory=Downstream)

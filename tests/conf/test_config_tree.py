@@ -306,7 +306,7 @@ def test_the_readme_certify_command_sets_its_fractions_and_seeds():
 
     got = settings(_compose(["experiment=augment_dataset", "certify.fractions=[0.1,1.0]", "certify.seeds=5"]))
     assert got.fractions == (0.1, 1.0) and got.seeds == 5 and got.synthetic_share == 0.5
-    assert got.downstream.levels == 3 and got.downstream.steps == 300
+    assert got.downstream.levels == 3 and got.downstream.steps == 1500
     with pytest.raises(DataError, match=r"certify\.fractions"):
         settings(_compose(["certify.fractions=[0,1.0]"]))
     with pytest.raises(DataError, match=r"certify\.downstream"):
