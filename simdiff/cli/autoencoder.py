@@ -111,6 +111,23 @@ def report_seconds(net: Any, store: TrainingStore, shape: list[int]) -> float:
     return 1.1 * samples * one + 5.0
 
 
+def physical_map(loss: Any, store: TrainingStore, patch: Any) -> Any:
+    """The store's map to physical amounts when the loss has a count term, else None; a
+    DataError when the count term cannot apply (crops, or a variable without Log1p)."""
+    from simdiff.lit.physical import PhysicalAmount
+
+    if loss.count_weight <= 0:
+        return None
+    if patch:
+        raise DataError(f"autoencoder.loss.count_weight={loss.count_weight} scores what whole fields "
+                        f"hold, and autoencoder.patch={list(patch)} trains on crops; set "
+                        "autoencoder.patch=null or autoencoder.loss.count_weight=0")
+    try:
+        return PhysicalAmount.from_store(store)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
 def train_autoencoder_stage(cfg: DictConfig) -> None:
     """``run_dir/data/train.zarr`` -> ``run_dir/autoencoder/`` (checkpoints, config, report)."""
     import lightning as L
@@ -130,6 +147,8 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     config = stage_config(cfg, signature)
     ae = cfg.autoencoder
     patch = train_patch(ae, signature)
+    loss = instantiate(ae.loss)
+    physical = physical_map(loss, store, patch)  # before anything is written: it checks the store
     out, ckpt_dir = run.stage_dir("autoencoder"), run.checkpoints("autoencoder")
     resume = claim(out, config, final=run.final("autoencoder").name, stage="train-autoencoder",
                    force=bool(cfg.force))
@@ -141,8 +160,8 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     dm = instantiate(cfg.loader, batch_size=ae.batch_size, patch=patch)
     ae_plain = plain_node(ae)
     net = build_net(ae_plain, signature)
-    module = instantiate(ae.module, net=net, loss=instantiate(ae.loss), weights=dm.weights, mask=dm.mask,
-                         seed=int(cfg.seed), signature=signature, _convert_="all")
+    module = instantiate(ae.module, net=net, loss=loss, weights=dm.weights, mask=dm.mask,
+                         seed=int(cfg.seed), signature=signature, physical=physical, _convert_="all")
     last, checkpoint = resume_checkpoints(ckpt_dir, int(ae.get("checkpoint_every_n_steps") or 0),
                                           preemption=preemption_signal(cfg))
     shape = signature["spatial_shape"]

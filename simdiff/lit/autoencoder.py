@@ -28,6 +28,7 @@ from simdiff.data.stores.training import TrainingStore
 from simdiff.lit.ema import EMAValidation, ExponentialMovingAverage, load_ema_checkpoint
 from simdiff.lit.finite import require_finite_loss, require_finite_weights
 from simdiff.lit.optim import OptimizerFactory, adamw, check_factory, describe, optimizer_with_schedule
+from simdiff.lit.physical import PhysicalAmount
 from simdiff.lit.resume import SavedGenerator, global_rng_from
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss
@@ -51,6 +52,8 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
         seed: seeds the training generator (with the rank) that seeds each step's global RNG.
         signature: the data the net is built for (variables, grid, periodicity), kept in the
             checkpoint so loading can refuse a store it does not fit.
+        physical: the store's map to physical amounts, which the loss's count term needs
+            (``loss.count_weight > 0``); batches then carry their store ``index``.
     """
 
     def __init__(
@@ -66,14 +69,19 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
         ema_decay: float = 0.999,
         seed: int = 0,
         signature: Mapping[str, Any] | None = None,
+        physical: PhysicalAmount | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "weights", "mask", "optimizer"])
+        if loss.count_weight > 0 and physical is None:
+            raise ValueError("AutoencoderModule: loss.count_weight > 0 needs the store's physical map "
+                             "(physical=PhysicalAmount.from_store(store))")
+        self.save_hyperparameters(ignore=["net", "loss", "weights", "mask", "optimizer", "physical"])
         self.optimizer_factory = (adamw() if optimizer is None
                                   else check_factory(optimizer, "AutoencoderModule"))
         self.hparams["optimizer"] = describe(self.optimizer_factory)  # plain values: weights_only checkpoints
         self.net = net
         self.loss = loss
+        self.physical = physical if loss.count_weight > 0 else None
         mask = mask.to(torch.bool)
         w = weights.to(torch.float32) * mask
         self.register_buffer("weights", w / w[mask].mean())
@@ -89,16 +97,23 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
         weights = crop_shared(self.weights, origin, size)
         mask = crop_shared(self.mask, origin, size)
         periodic = [p and n == m for p, n, m in zip(self.net.periodic, size, self.mask.shape, strict=True)]
-        terms = self.loss(out.recon.float(), x.float(), weights, mask, periodic)
+        amounts = None
+        if self.physical is not None:
+            if origin is not None:
+                raise ValueError("AutoencoderModule: the count term scores whole fields; train on whole "
+                                 "fields (autoencoder.patch=null) or set autoencoder.loss.count_weight=0")
+            amounts = (self.physical(out.recon, batch["index"]), self.physical(x, batch["index"]))
+        terms = self.loss(out.recon.float(), x.float(), weights, mask, periodic, amounts)
         loss = terms["loss"] + out.reg
         on_step = stage == "train"
         self.log(f"{stage}/loss", terms["mse"] if stage == "val" else loss, prog_bar=True,
                  on_step=on_step, on_epoch=True, batch_size=x.shape[0], sync_dist=not on_step)
         self.log(f"{stage}/mse", terms["mse"], on_step=False, on_epoch=True, batch_size=x.shape[0],
                  sync_dist=True)
-        if "spectral" in terms:
-            self.log(f"{stage}/spectral", terms["spectral"], on_step=False, on_epoch=True,
-                     batch_size=x.shape[0], sync_dist=True)
+        for extra in ("spectral", "count"):
+            if extra in terms:
+                self.log(f"{stage}/{extra}", terms[extra], on_step=False, on_epoch=True,
+                         batch_size=x.shape[0], sync_dist=True)
         self.log(f"{stage}/reg", out.reg, on_step=False, on_epoch=True, batch_size=x.shape[0],
                  sync_dist=True)
         return loss

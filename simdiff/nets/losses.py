@@ -13,6 +13,17 @@ axes (where a discrete Fourier transform is exact, with no edge leakage):
 zero exactly when every amplitude matches. It penalises the loss of small-scale energy that
 the MSE alone lets an autoencoder trade for smoothness (cf. the spectral losses of
 Chattopadhyay et al. 2023 for weather emulators).
+
+The count term compares what a field holds in physical units (a density's electron count
+Σρ·dV, a precipitation field's total), per sample and channel:
+
+    count = mean_{b,c} ((sum_s w_s m_s X_bcs - sum_s w_s m_s Y_bcs) / sum_s w_s m_s Y_bcs)^2,
+
+with X, Y the reconstruction and the target mapped to physical amounts
+(:class:`simdiff.lit.physical.PhysicalAmount`). The MSE in normalised units weighs every cell's
+error alike; where a few dense cells hold much of the amount, a small bias there is a large
+error in the total, which the MSE barely sees: on the built-in molecules the autoencoder
+overcounted LiH by 3.5 % where the other molecules were within 1 %.
 """
 
 from __future__ import annotations
@@ -64,17 +75,35 @@ def spectral_loss(
     return (fx - fy).square().mean() / fy.square().mean().clamp_min(1e-12)
 
 
+def count_error(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over samples and channels of the squared relative error of the weighted sum over
+    valid cells; x, y: (B, C, [D], H, W) physical amounts, ``weights``/``mask`` ([D], H, W) or
+    per sample (B, [D], H, W). A sample whose target sums to 0 counts its absolute sum instead
+    (no division by 0)."""
+    w = (weights * mask.to(weights.dtype)).to(x.dtype)
+    w = w.unsqueeze(1) if w.ndim == x.ndim - 1 else w
+    dims = tuple(range(2, x.ndim))
+    sx, sy = (x * w).sum(dims), (y * w).sum(dims)
+    denom = torch.where(sy.abs() > 0, sy.abs(), torch.ones_like(sy))
+    return ((sx - sy) / denom).square().mean()
+
+
 class ReconstructionLoss:
-    """Masked weighted MSE plus ``spectral_weight`` times the spectral term along periodic axes.
+    """Masked weighted MSE plus ``spectral_weight`` times the spectral term along periodic axes,
+    plus ``count_weight`` times the count term.
 
     Args:
         spectral_weight: 0 switches the spectral term off.
+        count_weight: 0 switches the count term off; above 0 the caller passes the physical
+            amounts of the reconstruction and the target (``amounts``).
     """
 
-    def __init__(self, spectral_weight: float = 0.0) -> None:
-        if spectral_weight < 0:
-            raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}")
+    def __init__(self, spectral_weight: float = 0.0, count_weight: float = 0.0) -> None:
+        for name, value in (("spectral_weight", spectral_weight), ("count_weight", count_weight)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.spectral_weight = float(spectral_weight)
+        self.count_weight = float(count_weight)
 
     def __call__(
         self,
@@ -83,8 +112,10 @@ class ReconstructionLoss:
         weights: torch.Tensor,
         mask: torch.Tensor,
         periodic: Sequence[bool],
+        amounts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """{"loss", "mse", "spectral"} for recon/target (B, C, [D], H, W)."""
+        """{"loss", "mse", ["spectral"], ["count"]} for recon/target (B, C, [D], H, W);
+        ``amounts``: (recon, target) in physical units, for the count term."""
         mse = masked_mse(recon, target, weights, mask)
         out = {"mse": mse, "loss": mse}
         if self.spectral_weight > 0:
@@ -96,5 +127,12 @@ class ReconstructionLoss:
                 )
             spec = spectral_loss(recon, target, mask, axes)
             out["spectral"] = spec
-            out["loss"] = mse + self.spectral_weight * spec
+            out["loss"] = out["loss"] + self.spectral_weight * spec
+        if self.count_weight > 0:
+            if amounts is None:
+                raise ValueError("ReconstructionLoss: count_weight > 0 needs the physical amounts "
+                                 "of the reconstruction and the target")
+            count = count_error(*amounts, weights, mask)
+            out["count"] = count
+            out["loss"] = out["loss"] + self.count_weight * count
         return out

@@ -77,6 +77,17 @@ def test_a_patch_the_net_cannot_tile_is_refused_at_startup(trained):
     assert (run_dir / "autoencoder" / "autoencoder.ckpt").stat().st_mtime_ns == before  # nothing discarded
 
 
+def test_a_count_term_on_variables_without_a_physical_total_is_refused_at_startup(trained):
+    """QG's q and psi are signed (no Log1p): what a field 'holds' has no meaning for them."""
+    run_dir, common = trained
+    before = (run_dir / "autoencoder" / "autoencoder.ckpt").stat().st_mtime_ns
+    out = simdiff("train-autoencoder", *common, "autoencoder.loss.count_weight=10", "force=true")
+    assert out.returncode == 2, out.stderr
+    assert "train.zarr" in out.stderr and "['q', 'psi']" in out.stderr
+    assert "autoencoder.loss.count_weight=0" in out.stderr
+    assert (run_dir / "autoencoder" / "autoencoder.ckpt").stat().st_mtime_ns == before  # nothing discarded
+
+
 def test_encode_writes_unit_variance_latents_with_the_split(trained):
     run_dir, common = trained
     out = simdiff("encode", *common)

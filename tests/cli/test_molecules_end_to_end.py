@@ -71,6 +71,30 @@ def test_molecules_main_job_conditions_on_atoms_and_writes_nonnegative_densities
     assert np.isfinite(rho).all() and (rho >= 0).all()  # non-negative by construction (censored inverse)
 
 
+def test_the_autoencoder_learns_the_electron_count_through_the_stores_inverse(molecule_run):
+    """The preset's count term: the store's normalisation undone in torch is denormalise's, and the
+    squared relative count error it gives has a gradient the autoencoder trained with."""
+    import torch
+
+    from simdiff.lit.physical import PhysicalAmount
+    from simdiff.nets.losses import count_error
+
+    run_dir, _, _ = molecule_run
+    store = TrainingStore(run_dir / "data" / "train.zarr")
+    physical = PhysicalAmount.from_store(store)
+    idx = np.array([0, 3, 5])
+    z = torch.from_numpy(store.data[idx]).requires_grad_(True)
+    rho = physical(z, torch.from_numpy(idx))
+    truth = denormalise(store.dataset())["density"].values[idx]
+    np.testing.assert_allclose(rho.detach().numpy()[:, 0], truth, rtol=1e-4, atol=1e-6)
+    w, mask = torch.ones(z.shape[2:]), torch.ones(z.shape[2:], dtype=torch.bool)
+    err = count_error(physical(z + 0.1, torch.from_numpy(idx)), rho.detach(), w, mask)
+    err.backward()
+    assert err > 0 and torch.isfinite(z.grad).all() and (z.grad != 0).any()
+    header = (run_dir / "autoencoder" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/count" in header.split(",") and "val/count" in header.split(",")
+
+
 def test_cube_files_hold_each_member_and_its_molecule(molecule_run):
     run_dir, _, _ = molecule_run
     out = open_output(run_dir / "conditional.zarr")

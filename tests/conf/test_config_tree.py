@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -113,8 +114,15 @@ def _build_autoencoder(ae: DictConfig) -> None:
     periodic = _periodic(ae.net.factors)
     net = instantiate(ae.net, in_channels=2, periodic=periodic)
     shape = (8,) * len(periodic)
-    module = instantiate(ae.module, net=net, loss=instantiate(ae.loss), weights=torch.ones(shape),
-                         mask=torch.ones(shape, dtype=torch.bool), seed=0, signature={}, _convert_="all")
+    loss = instantiate(ae.loss)
+    physical = None
+    if loss.count_weight > 0:  # as the stage does from its store: two Log1p channels, no reference
+        from simdiff.lit.physical import PhysicalAmount
+
+        physical = PhysicalAmount(["a", "b"], np.ones(2), np.zeros(2), np.ones(2), {}, {})
+    module = instantiate(ae.module, net=net, loss=loss, weights=torch.ones(shape),
+                         mask=torch.ones(shape, dtype=torch.bool), seed=0, signature={}, physical=physical,
+                         _convert_="all")
     _check_optimizer(module, ae.module.optimizer)
 
 

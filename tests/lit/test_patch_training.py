@@ -60,9 +60,9 @@ def test_autoencoder_trained_on_crops_scores_them_with_their_mask_and_runs_whole
     seen: list[tuple[torch.Size, torch.Size, list[bool]]] = []
     loss = module.loss
 
-    def spy(recon, target, w, m, periodic):
+    def spy(recon, target, w, m, periodic, amounts=None):
         seen.append((w.shape, m.shape, list(periodic)))
-        return loss(recon, target, w, m, periodic)
+        return loss(recon, target, w, m, periodic, amounts)
 
     module.loss = spy
     trainer = fit(module, dm, tmp_path)

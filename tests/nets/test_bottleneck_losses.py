@@ -1,13 +1,14 @@
-"""KL in closed form, bounded latents, the masked weighted MSE and the spectral term."""
+"""KL in closed form, bounded latents, the masked weighted MSE, the spectral and the count terms."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from simdiff.nets.bottleneck import BoundedBottleneck, gaussian_kl
-from simdiff.nets.losses import ReconstructionLoss, masked_mse, spectral_loss
+from simdiff.nets.losses import ReconstructionLoss, count_error, masked_mse, spectral_loss
 
 
 def test_kl_closed_form_matches_monte_carlo():
@@ -73,3 +74,35 @@ def test_reconstruction_loss_adds_the_spectral_term():
     spec = ReconstructionLoss(spectral_weight=0.5)(x, y, w, mask, (False, True))
     torch.testing.assert_close(spec["loss"], plain["mse"] + 0.5 * spec["spectral"])
     assert "spectral" not in plain
+
+
+def test_count_error_is_the_squared_relative_error_of_the_weighted_sums():
+    y = torch.rand(3, 2, 4, 5) + 0.5
+    w = torch.rand(4, 5) + 0.1
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[0, 0] = False
+    x = y.clone()
+    x[0, 1] *= 1.1  # one field holds 10 % more everywhere
+    x[2, 0, 0, 0] += 100.0  # a masked cell: counts for nothing
+    assert count_error(y, y, w, mask) == 0
+    torch.testing.assert_close(count_error(x, y, w, mask), torch.tensor(0.1**2 / 6), rtol=1e-4, atol=0)
+    # per sample weights (crops) broadcast over channels
+    per = w.expand(3, 4, 5)
+    torch.testing.assert_close(count_error(x, y, per, mask.expand(3, 4, 5)), torch.tensor(0.1**2 / 6),
+                               rtol=1e-4, atol=0)
+    # a target that holds nothing counts the reconstruction's absolute sum
+    zero = torch.zeros_like(y)
+    assert count_error(zero, zero, w, mask) == 0 and count_error(y, zero, w, mask) > 1
+
+
+def test_reconstruction_loss_adds_the_count_term_on_physical_amounts():
+    y = torch.rand(2, 1, 3, 4, 4)
+    x = y + 0.05
+    w, mask = torch.ones(3, 4, 4), torch.ones(3, 4, 4, dtype=torch.bool)
+    amounts = (torch.exp(x), torch.exp(y))
+    out = ReconstructionLoss(count_weight=50.0)(x, y, w, mask, (False,) * 3, amounts)
+    torch.testing.assert_close(out["loss"], out["mse"] + 50.0 * count_error(*amounts, w, mask))
+    with pytest.raises(ValueError, match="physical amounts"):
+        ReconstructionLoss(count_weight=1.0)(x, y, w, mask, (False,) * 3)
+    with pytest.raises(ValueError, match="count_weight must be >= 0"):
+        ReconstructionLoss(count_weight=-1.0)
