@@ -29,6 +29,11 @@ from simdiff.data.stores.stats import statistics
 from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Log1p
 
+#: Transformed values are capped here before ``expm1``: e^30 times the Log1p scale is far past any
+#: physical amount, and the cap keeps the count term of a wild early reconstruction finite (its
+#: squared relative error would overflow float32 otherwise).
+Y_MAX = 30.0
+
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """``np.interp(x, xp, fp)`` for increasing ``xp``, elementwise, in torch."""
@@ -114,4 +119,4 @@ class PhysicalAmount(torch.nn.Module):
                     u = _interp(t, lv, m) + _interp(t, lv, s) * u
                 parts[c] = u + t
             y = torch.stack(parts, 1)
-        return self.scale.reshape(1, -1, *(1,) * (z.ndim - 2)) * torch.expm1(y).clamp_min(0)
+        return self.scale.reshape(1, -1, *(1,) * (z.ndim - 2)) * torch.expm1(y.clamp(max=Y_MAX)).clamp_min(0)
