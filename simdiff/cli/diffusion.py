@@ -31,8 +31,10 @@ from simdiff.runs.completion import Identity
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import (
     build_model,
+    check_label_standardisation,
     check_tendency_cycle,
     cycle_harmonics,
+    label_standardisation,
     latent_signature,
     open_latents,
     residual_scale,
@@ -50,6 +52,8 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     plain["loader"].pop("store", None)
     whole_field_identity(plain, "diffusion")
     display_free_identity(plain)
+    if not plain["diffusion"].get("standardise_by_label"):  # off: a run made before the key keeps
+        plain["diffusion"].pop("standardise_by_label", None)  # its identity (resumed, not refused)
     plain["seed"] = int(cfg.seed)
     plain["latent_signature"] = signature
     return yaml.safe_load(config_yaml(plain))
@@ -89,6 +93,9 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     daily, annual = cycle_harmonics(dm_cfg)
     if daily or annual:  # refused before anything is written
         check_tendency_cycle(store, daily, annual, bool(dm_cfg["residual"]))
+    by_label = bool(dm_cfg.get("standardise_by_label"))
+    if by_label:
+        check_label_standardisation(store, dm_cfg)
     resume = claim(out, config, final=run.final("diffusion").name, stage="train-diffusion",
                    force=bool(cfg.force))
     if resume is None:
@@ -101,7 +108,11 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     static = static_fields(store, list(dm_cfg["conditioning"].get("static") or []))
     scale = residual_scale(store) if dm_cfg["residual"] else None
     cycle = tendency_cycle(store, daily, annual, bool(dm_cfg["residual"])) if (daily or annual) else None
-    model = build_model(dm_cfg, signature, dm.condition_sizes, static, scale, cycle=cycle)
+    stats = label_standardisation(store) if by_label else None
+    if stats is not None:
+        log.info("train-diffusion: latents standardised per label, scale %s",
+                 " ".join(f"{float(v):.2f}" for v in stats[1].mean(dim=1)))
+    model = build_model(dm_cfg, signature, dm.condition_sizes, static, scale, cycle=cycle, label_stats=stats)
     # the Sampling object joins after instantiate: Hydra would turn a dataclass argument into a dict
     module = instantiate(cfg.diffusion.module, model=model, weights=dm.weights, seed=int(cfg.seed),
                          signature=signature, _convert_="all", _partial_=True)(sampling=build(cfg.sampler))

@@ -8,7 +8,11 @@ of the tendency on the training split (as CorrDiff, Mardani et al. 2024, and Arc
 Couairon et al. 2024, diffuse a residual), so the diffused variable has unit variance either way
 and ``sigma_data = 1`` stays right. With a :class:`~simdiff.diffusion.cycle.TendencyCycle`
 the tendency's fitted mean at the target's hour of day and day of year is taken out too,
-``(x_{t+1} - x_t - m(t+1)) / s``. :meth:`target` maps a state to the diffused variable and
+``(x_{t+1} - x_t - m(t+1)) / s``. Without a previous state, the state can instead be standardised
+per class label, ``(x - m_l) / s_l`` with ``m_l`` the label's mean state on the training split
+(per latent cell) and ``s_l`` its per-channel std about it, so every class reaches the network
+at unit variance: one class whose latents are several times the others' would otherwise be
+modelled with the others' absolute errors. :meth:`target` maps a state to the diffused variable and
 :meth:`state` maps a sample back. All three pieces live in one module, so one weight average
 (EMA) and one checkpoint cover them.
 """
@@ -41,6 +45,8 @@ class ConditionalDenoiser(nn.Module):
         residual_scale: (C,) the tendency's per-channel std (required with ``residual``).
         cycle: the tendency's mean by time of day/year, taken out of the diffused variable
             (residual mode, batches with ``time_features``), or None.
+        label_stats: ``(shift (L, C, [D], H, W), scale (L, C))``: diffuse ``(x - shift[l]) /
+            scale[l]`` for a row of label ``l`` (batches with ``label``); not with residual mode.
     """
 
     def __init__(
@@ -51,8 +57,12 @@ class ConditionalDenoiser(nn.Module):
         residual: bool = False,
         residual_scale: torch.Tensor | None = None,
         cycle: TendencyCycle | None = None,
+        label_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        if label_stats is not None and residual:
+            raise ValueError("ConditionalDenoiser: per-label standardisation is of the state, and residual "
+                             "mode diffuses the tendency; use one or the other")
         if residual and conditioner.previous < 1:
             raise ValueError("ConditionalDenoiser: residual mode diffuses x_{t+1} - x_t, so it needs "
                              "conditioning on >= 1 previous state (conditioning.previous >= 1)")
@@ -67,6 +77,32 @@ class ConditionalDenoiser(nn.Module):
         scale = residual_scale if residual_scale is not None else torch.ones(conditioner.state_channels)
         self.register_buffer("residual_scale", scale.to(torch.float32).reshape(-1))
         self.cycle = cycle
+        self.by_label = label_stats is not None
+        if label_stats is not None:
+            shift, lscale = (t.to(torch.float32) for t in label_stats)
+            channels = conditioner.state_channels
+            if lscale.ndim != 2 or shift.shape[:2] != lscale.shape or lscale.shape[1] != channels:
+                raise ValueError(f"ConditionalDenoiser: label_stats shapes {tuple(shift.shape)} and "
+                                 f"{tuple(lscale.shape)}; want (L, C, ...) and (L, C) with C = "
+                                 f"{conditioner.state_channels}")
+            self.register_buffer("label_shift", shift.contiguous())
+            self.register_buffer("label_scale", lscale.contiguous())
+
+    def _label_stats(
+        self, like: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shift and scale of each row of ``like`` by its label, shaped like it."""
+        label = batch.get("label")
+        if label is None:
+            raise ValueError("ConditionalDenoiser: per-label standardisation needs the batch's label")
+        label = label.to(device=self.label_scale.device, dtype=torch.long).reshape(-1)
+        shift = self.label_shift[label].to(like)
+        if shift.shape[2:] != like.shape[2:]:
+            raise ValueError(f"ConditionalDenoiser: the per-label shift is {tuple(shift.shape[2:])} cells, "
+                             f"the states {tuple(like.shape[2:])}; per-label standardisation needs whole "
+                             "fields")
+        scale = self.label_scale[label].to(like).reshape(label.shape[0], -1, *([1] * (like.ndim - 2)))
+        return shift, scale
 
     def _scale(self, like: torch.Tensor) -> torch.Tensor:
         return self.residual_scale.to(like.dtype).reshape(1, -1, *([1] * (like.ndim - 2)))
@@ -89,12 +125,18 @@ class ConditionalDenoiser(nn.Module):
     def target(self, x: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The diffused variable for state ``x`` (B, C, ...) given the ``batch`` of its conditions
         (``previous`` (B, W-1, C, ...), and ``time_features`` with a cycle)."""
+        if self.by_label:
+            shift, scale = self._label_stats(x, batch)
+            return (x - shift) / scale
         if not self.residual:
             return x
         return (x - self._base(x, batch)) / self._scale(x)
 
     def state(self, y: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The state for a sample ``y`` of the diffused variable (inverse of :meth:`target`)."""
+        if self.by_label:
+            shift, scale = self._label_stats(y, batch)
+            return shift + y * scale
         if not self.residual:
             return y
         return self._base(y, batch) + y * self._scale(y)

@@ -77,8 +77,9 @@ class SamplerSpec:
     guarantee from fixed member groups instead: members ``kG .. kG + G - 1`` are always computed
     together as one batch of ``G`` rows, in that order, so a member's bits do not depend on
     which other members were asked for, and the net runs batched (about ``G`` times fewer
-    calls; asking for one member alone costs its whole group). Draws without an initial state
-    (:func:`draw_samples`, augment) stay row by row.
+    calls; asking for one member alone costs its whole group). So do the members of one
+    condition (:func:`draw_samples` with ``shared``: conditional draws); draws whose every row
+    has its own conditions (sample mode, augment) stay row by row.
     """
 
     sampler: Callable[..., torch.Tensor]
@@ -189,6 +190,7 @@ def draw_samples(
     members: Sequence[int],
     seed: int,
     init: int = SAMPLE_INIT,
+    shared: bool = False,
 ) -> np.ndarray:
     """Unconditional (or label/covariate-conditioned) draws, one per member id.
 
@@ -198,10 +200,25 @@ def draw_samples(
         members: the draws' ids (noise keys ``(seed, init, id, 1)``).
         init: the noise key's init: ``SAMPLE_INIT``, or the conditioning sample's index (so
             member ``m`` of each condition has its own stream).
+        shared: every row has the same conditions (members of one condition). Then, with
+            ``spec.grouped`` > 1, members are computed in their fixed groups as forecasts are
+            (:class:`SamplerSpec`): batched, and a member's bits still do not depend on which
+            other members were asked for.
 
     Returns:
         fields (B, C, [D], H, W) float32 (normalised).
     """
+    size = spec.grouped
+    if shared and size > 1:
+        batched = replace(spec, row_by_row=False)
+        one = {name: v[:1].expand(size, *v.shape[1:]).contiguous() for name, v in conditions.items()}
+        rows: dict[int, np.ndarray] = {}
+        for g in sorted({int(m) // size for m in members}):
+            ids = list(range(g * size, (g + 1) * size))
+            out = draw_samples(model, decoder, batched, latent_shape=latent_shape, conditions=one,
+                               members=ids, seed=seed, init=init)
+            rows.update(zip(ids, out, strict=True))
+        return np.stack([rows[int(m)] for m in members])
     device = model.residual_scale.device
     gens = member_generators(seed, [int(init)] * len(members), list(members), 1, device=device)
     batch = {name: v.to(device) for name, v in conditions.items()}

@@ -152,6 +152,68 @@ def residual_scale(store: TrainingStore) -> torch.Tensor:
     return torch.tensor(np.sqrt(np.maximum(var, 1e-12)), dtype=torch.float32)
 
 
+def check_label_standardisation(store: TrainingStore, dm_cfg: dict[str, Any]) -> None:
+    """Refuse ``diffusion.standardise_by_label`` where it cannot apply (DataError, before any write)."""
+    why = []
+    if not store.has("label"):
+        why.append(f"{store.path} has no label condition")
+    if not dm_cfg["conditioning"].get("label"):
+        why.append("diffusion.conditioning.label is false, so generation would not know a member's label")
+    if dm_cfg.get("residual"):
+        why.append("diffusion.residual is true (the tendency is diffused, not the state)")
+    if dm_cfg.get("patch") is not None:
+        why.append(f"diffusion.patch={dm_cfg['patch']} (the per-label mean is of whole fields)")
+    if why:
+        raise DataError("diffusion.standardise_by_label=true, but " + "; ".join(why)
+                        + ". Set diffusion.standardise_by_label=false, or fix the above")
+
+
+def label_standardisation(store: TrainingStore, min_samples: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-label ``(shift (L, C, [d], h, w), scale (L, C))`` of the store's train states.
+
+    ``shift[l]`` is label ``l``'s mean state, cell by cell; ``scale[l, c]`` the std of channel
+    ``c`` about it over the label's cells and samples (float64 sums, chunk by chunk). A label
+    with fewer than ``min_samples`` train samples keeps the store's own standardisation (shift 0,
+    scale 1), with a warning.
+    """
+    if not store.has("label"):
+        raise DataError(f"{store.path}: diffusion.standardise_by_label needs a label condition, and the "
+                        "store has none; set diffusion.standardise_by_label=false")
+    n_labels = store.label_classes()
+    labels = store.array("label").astype(np.int64).reshape(-1)
+    train = store.split == 0
+    data = store.data
+    shape = tuple(data.shape[1:])
+    step = max(store.chunk_samples, 64)
+    s1, count = np.zeros((n_labels, *shape)), np.zeros(n_labels)
+    for pass_ in (0, 1):
+        if pass_ == 1:
+            shift = s1 / np.maximum(count, 1).reshape(-1, *(1,) * len(shape))
+            s2 = np.zeros((n_labels, shape[0]))
+        for lo in range(0, data.shape[0], step):
+            rows = np.flatnonzero(train[lo : lo + step]) + lo
+            if not len(rows):
+                continue
+            x = np.asarray(data[lo : lo + step], dtype=np.float64)[rows - lo]
+            for lab in np.unique(labels[rows]):
+                xl = x[labels[rows] == lab]
+                if pass_ == 0:
+                    s1[lab] += xl.sum(axis=0)
+                    count[lab] += len(xl)
+                else:
+                    d = np.moveaxis(xl - shift[lab], 1, 0).reshape(shape[0], -1)
+                    s2[lab] += (d**2).sum(axis=1)
+    cells = int(np.prod(shape[1:]))
+    scale = np.sqrt(s2 / np.maximum(count * cells, 1)[:, None])
+    few = (count < min_samples) | np.any(scale <= 1e-6, axis=1)
+    if few.any():
+        log.warning("per-label standardisation: labels %s have fewer than %d train samples (or a "
+                    "constant channel) and keep the store's standardisation", np.flatnonzero(few).tolist(),
+                    min_samples)
+    shift[few], scale[few] = 0.0, 1.0
+    return torch.tensor(shift, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
+
+
 def cycle_harmonics(dm_cfg: dict[str, Any]) -> tuple[int, int]:
     """``diffusion.tendency_cycle``'s (daily, annual) harmonics; (0, 0) when absent (no cycle)."""
     spec = dm_cfg.get("tendency_cycle") or {}
@@ -255,12 +317,14 @@ def build_model(
     scale: torch.Tensor | None,
     source: str = "the diffusion config",
     cycle: torch.Tensor | None = None,
+    label_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Any:
     """The ConditionalDenoiser for latents with ``signature`` and the store's condition ``sizes``.
 
     ``cycle``: the tendency cycle's coefficients (:func:`tendency_cycle`) when
     ``diffusion.tendency_cycle`` asks for one; zeros of the right shape when None (a checkpoint
-    fills them).
+    fills them). ``label_stats``: the same for ``diffusion.standardise_by_label``
+    (:func:`label_standardisation`).
 
     ``dm_cfg["net"]`` is a plain spec :mod:`simdiff.base.registry` allows (DataError naming
     ``source`` otherwise).
@@ -307,6 +371,14 @@ def build_model(
         if tuple(coef.shape) != shape:
             raise ValueError(f"build_model: tendency cycle coefficients {tuple(coef.shape)}, not {shape}")
         cycle_module = TendencyCycle(coef, daily, annual)
+    stats = None
+    if dm_cfg.get("standardise_by_label"):
+        n_labels = sizes.get("label", 0)
+        shapes = ((n_labels, n_channels, *signature["latent_shape"]), (n_labels, n_channels))
+        stats = label_stats or (torch.zeros(shapes[0]), torch.ones(shapes[1]))
+        if tuple(tuple(t.shape) for t in stats) != shapes:
+            got = [tuple(t.shape) for t in stats]
+            raise ValueError(f"build_model: per-label statistics {got}, not {shapes}")
     if dm_cfg.get("compile"):
         net.compile()
     return ConditionalDenoiser(
@@ -316,6 +388,7 @@ def build_model(
         residual=bool(dm_cfg["residual"]),
         residual_scale=scale,
         cycle=cycle_module,
+        label_stats=stats,
     )
 
 

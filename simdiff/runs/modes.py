@@ -67,11 +67,12 @@ class Generation:
 
     def draw(
         self, conditions: dict[str, torch.Tensor], members: list[int], rows: np.ndarray,
-        init: int = SAMPLE_INIT,
+        init: int = SAMPLE_INIT, shared: bool = False,
     ) -> xr.Dataset:
         """Independent draws ``members`` for ``conditions`` (noise keyed by ``init``):
         ``(realization, [D], Y, X)`` per variable, physical; ``rows``: the store sample whose
-        conditions (and reference field, if the store has one) each member takes."""
+        conditions (and reference field, if the store has one) each member takes; ``shared``:
+        one condition for every member (:func:`draw_samples`: fixed member groups)."""
         fields = draw_samples(
             self.models.model,
             self.models.decoder,
@@ -81,6 +82,7 @@ class Generation:
             members=members,
             seed=self.seed,
             init=init,
+            shared=shared,
         )
         return self.physical(fields, members, ("realization", "channel", *self.store.layout.spatial_dims),
                              rows)
@@ -336,13 +338,13 @@ class Conditional:
         return [str(c) for c in gen.source["reference_channel"].values]
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
-        return column_blocks(gen, pending)
+        return column_blocks(gen, pending, gen.spec.grouped)
 
     def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
         """Members ``members`` for the conditions of sample ``init``: ``(realization, [D], Y, X)``."""
         conds = {n: torch.from_numpy(np.repeat(np.asarray(v[init : init + 1]), len(members), axis=0))
                  for n, v in gen.conditions.items()}
-        block = gen.draw(conds, members, np.full(len(members), init), init)
+        block = gen.draw(conds, members, np.full(len(members), init), init, shared=True)
         if not self.renormalise:
             return block
         ref = gen.source["reference"].isel({gen.store.layout.sample_dim: init})

@@ -326,6 +326,9 @@ CASES: list[Case] = [
          setup=latents_missing),
     Case("tendency-cycle-without-time-features", "train-diffusion",
          ("force=true", "diffusion.tendency_cycle.daily=1"), ("diffusion.tendency_cycle", "time features")),
+    Case("standardise-by-label-without-labels", "train-diffusion",
+         ("force=true", "diffusion.standardise_by_label=true"),
+         ("diffusion.standardise_by_label", "no label condition", "residual is true")),
     Case("latents-chunk-deleted", "generate", (), ("{file}",), setup=latents_chunk_deleted),
     Case("latents-zarr-json-corrupt", "augment", (), ("{file}",), setup=latents_zarr_json_corrupt),
     # -- damaged checkpoints ------------------------------------------------------------------
