@@ -163,7 +163,8 @@ def test_seen_geometries_with_guidance_and_the_python_api(molecule_run, tmp_path
     run = open_run(run_dir)
     published = open_output(run_dir / "conditional.zarr")
     index = int(published["condition_index"].values[0])
-    one = run.conditional(index, members=[1], steps=4)  # debug=tiny samples with 4 noise levels
+    one = run.conditional(index, members=[1], steps=4, guidance=2.0)  # debug=tiny: 4 noise levels;
+    # the preset's guidance
     assert one["density"].dims == ("realization", "condition", "z", "y", "x")
     np.testing.assert_array_equal(one["density"].sel(realization=1).isel(condition=0).values,
                                   published["density"].sel(realization=1).isel(condition=0).values)
