@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.generate.noise import SAMPLE_INIT, member_generators
 from simdiff.generate.residual import ResidualModel
 from simdiff.nets.autoencoder import Autoencoder
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -139,16 +142,29 @@ def rollout(
     size = spec.grouped
     if size == 1:
         return _rollout(model, decoder, spec, window, conditions, members, init, leads, seed, keep_latents)
-    rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     batched = replace(spec, row_by_row=False)
-    for g in sorted({int(m) // size for m in members}):  # whole fixed groups, batched; keep those asked for
-        ids = list(range(g * size, (g + 1) * size))
+
+    def group(ids: list[int]) -> list[tuple[np.ndarray, np.ndarray | None]]:
         f, z = _rollout(model, decoder, batched, window, conditions, ids, init, leads, seed, keep_latents)
-        for j, m in enumerate(ids):
-            rows[m] = (f[j], None if z is None else z[j])
-    fields = np.stack([rows[int(m)][0] for m in members])
-    lat = np.stack([rows[int(m)][1] for m in members]) if keep_latents else None  # type: ignore[misc]
+        return [(f[j], None if z is None else z[j]) for j in range(len(ids))]
+
+    rows = in_member_groups(members, size, group)
+    fields = np.stack([r[0] for r in rows])
+    lat = np.stack([r[1] for r in rows]) if keep_latents else None  # type: ignore[misc]
     return fields, lat
+
+
+def in_member_groups(
+    members: Sequence[int], size: int, compute: Callable[[list[int]], Sequence[T]]
+) -> list[T]:
+    """``compute`` over the whole fixed groups ``kG .. kG + G - 1`` (G = ``size``) that hold
+    ``members``, one call per group (one row per id, in order); the rows of ``members``, in their
+    order. A member's row then depends only on its group, never on which others were asked for."""
+    rows: dict[int, T] = {}
+    for g in sorted({int(m) // size for m in members}):
+        ids = list(range(g * size, (g + 1) * size))
+        rows.update(zip(ids, compute(ids), strict=True))
+    return [rows[int(m)] for m in members]
 
 
 def _rollout(model: ConditionalDenoiser, decoder: LatentDecoder, spec: SamplerSpec, window: torch.Tensor,
@@ -212,13 +228,9 @@ def draw_samples(
     if shared and size > 1:
         batched = replace(spec, row_by_row=False)
         one = {name: v[:1].expand(size, *v.shape[1:]).contiguous() for name, v in conditions.items()}
-        rows: dict[int, np.ndarray] = {}
-        for g in sorted({int(m) // size for m in members}):
-            ids = list(range(g * size, (g + 1) * size))
-            out = draw_samples(model, decoder, batched, latent_shape=latent_shape, conditions=one,
-                               members=ids, seed=seed, init=init)
-            rows.update(zip(ids, out, strict=True))
-        return np.stack([rows[int(m)] for m in members])
+        return np.stack(in_member_groups(members, size, lambda ids: list(draw_samples(
+            model, decoder, batched, latent_shape=latent_shape, conditions=one, members=ids, seed=seed,
+            init=init))))
     device = model.residual_scale.device
     gens = member_generators(seed, [int(init)] * len(members), list(members), 1, device=device)
     batch = {name: v.to(device) for name, v in conditions.items()}
