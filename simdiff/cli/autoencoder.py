@@ -33,6 +33,7 @@ from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.nodes import lightning_logs_once, plain_node, preemption_signal
 from simdiff.data.stores.training import TrainingStore
+from simdiff.nets.window import window_cells, windowed_shape
 from simdiff.runs.autoencoder import encode_run, publish_checkpoint, reconstruction_report
 from simdiff.runs.completion import Identity, trained
 from simdiff.runs.layout import RunDir
@@ -46,6 +47,8 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("autoencoder", "trainer", "loader")}
     plain["loader"].pop("store", None)  # a path: the data signature identifies the store, so runs can move
     plain["autoencoder"].pop("checkpoint_every_n_steps", None)  # resume is exact: the cadence changes nothing
+    if plain["autoencoder"].get("window") == 1:  # the default: runs trained before it keep their identity
+        plain["autoencoder"].pop("window", None)
     whole_field_identity(plain, "autoencoder")
     display_free_identity(plain)
     plain["seed"] = int(cfg.seed)
@@ -98,6 +101,28 @@ def train_patch(ae: Any, signature: dict[str, Any]) -> list[int] | None:
     return [int(p) for p in ae.patch]
 
 
+def check_window(ae: Any, store: TrainingStore, patch: Any) -> int:
+    """``autoencoder.window``, checked against the store and the other options (else a DataError)."""
+    value = ae.get("window", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"autoencoder.window={value!r}: give the number of consecutive states per latent, "
+                        "an integer >= 1 (1: one state)")
+    if value == 1:
+        return 1
+    why = []
+    if store.layout.sample_dim != "time":
+        why.append(f"{store.path} holds samples ({store.layout.sample_dim!r}), not a time series")
+    if patch:
+        why.append(f"autoencoder.patch={list(patch)} (crops of windows are not built)")
+    if float(ae.loss.get("count_weight", 0.0)) > 0:
+        why.append(f"autoencoder.loss.count_weight={ae.loss.count_weight} (the count term scores single "
+                   "states)")
+    if why:
+        raise DataError(f"autoencoder.window={value} encodes windows of consecutive times, but "
+                        + "; ".join(why) + ". Set autoencoder.window=1, or fix the above")
+    return int(value)
+
+
 def report_seconds(net: Any, store: TrainingStore, shape: list[int]) -> float:
     """Forecast of the time the stage needs after training: the report over whole test fields.
 
@@ -147,6 +172,7 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     config = stage_config(cfg, signature)
     ae = cfg.autoencoder
     patch = train_patch(ae, signature)
+    window = check_window(ae, store, patch)
     loss = instantiate(ae.loss)
     physical = physical_map(loss, store, patch)  # before anything is written: it checks the store
     out, ckpt_dir = run.stage_dir("autoencoder"), run.checkpoints("autoencoder")
@@ -157,21 +183,24 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
     ckpt_path = resume or None
 
     L.seed_everything(int(cfg.seed), workers=True)
-    dm = instantiate(cfg.loader, batch_size=ae.batch_size, patch=patch)
+    dm = instantiate(cfg.loader, batch_size=ae.batch_size, patch=patch, window=window)
     ae_plain = plain_node(ae)
     net = build_net(ae_plain, signature)
-    module = instantiate(ae.module, net=net, loss=loss, weights=dm.weights, mask=dm.mask,
-                         seed=int(cfg.seed), signature=signature, physical=physical, _convert_="all")
+    depth = store.layout.depth_dim is not None
+    module = instantiate(ae.module, net=net, loss=loss, weights=window_cells(dm.weights, window, depth),
+                         mask=window_cells(dm.mask, window, depth), seed=int(cfg.seed), signature=signature,
+                         physical=physical, window=window, _convert_="all")
     last, checkpoint = resume_checkpoints(ckpt_dir, int(ae.get("checkpoint_every_n_steps") or 0),
                                           preemption=preemption_signal(cfg))
-    shape = signature["spatial_shape"]
-    budget = TimeBudget(ae.max_time, started=started, reserve=report_seconds(net, store, shape))
+    shape = windowed_shape(signature["spatial_shape"], window)
+    budget = TimeBudget(ae.max_time, started=started, reserve=report_seconds(net, store, shape) / window)
     callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), instantiate(ae.early_stopping),
                  last, checkpoint, KeepStopped(), EpochLog(), budget]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, max_epochs=ae.max_epochs,
                           default_root_dir=str(out), logger=CSVLogger(str(out), name="logs"))
-    log.info("train-autoencoder: %d parameters, latents %s, compression %.1fx, %s, %.0f s for the report",
-             sum(p.numel() for p in net.parameters()), net.latent_shape(shape), net.compression_ratio(shape),
+    log.info("train-autoencoder: %d parameters, latents %s%s, compression %.1fx, %s, %.0f s for the report",
+             sum(p.numel() for p in net.parameters()), net.latent_shape(shape),
+             f" (windows of {window} states)" if window > 1 else "", net.compression_ratio(shape),
              f"patches {list(patch)}" if patch else "whole fields", budget.reserve)
     if ckpt_path:  # tensors and plain values only, or a DataError naming the file
         load_checkpoint(ckpt_path, stage="train-autoencoder")
@@ -180,7 +209,7 @@ def train_autoencoder_stage(cfg: DictConfig) -> None:
         return
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
     net = load_ema_weights(build_net(ae_plain, signature), best, float(ae.module.ema_decay))
-    reconstruction_report(net, store, out, int(ae.encode_batch_size))
+    reconstruction_report(net, store, out, int(ae.encode_batch_size), window)
     publish_checkpoint(best, run.final("autoencoder"))
     log.info("train-autoencoder: wrote %s (from %s); %d steps, %.0f s of a %s budget",
              run.final("autoencoder"), best.name, trainer.global_step, time.monotonic() - started,

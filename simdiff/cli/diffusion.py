@@ -103,7 +103,9 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
 
     L.seed_everything(int(cfg.seed), workers=True)
     previous = int(dm_cfg["conditioning"]["previous"])
+    win = store.window  # latents of windows of `win` states: the previous windows are `win` samples apart
     dm = instantiate(cfg.loader, store=str(store.path), batch_size=dm_cfg["batch_size"], window=previous + 1,
+                     stride=win, lookback=win - 1,
                      patch=None if patch is None else [int(p) for p in dm_cfg["patch"]])
     static = static_fields(store, list(dm_cfg["conditioning"].get("static") or []))
     scale = residual_scale(store) if dm_cfg["residual"] else None
@@ -126,8 +128,9 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
                           accumulate_grad_batches=dm_cfg["accumulate_grad_batches"],
                           default_root_dir=str(out), logger=CSVLogger(str(out), name="logs"))
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("train-diffusion: %d parameters, latents %s, %s, conditions %s, residual=%s", n_params,
-             shape, f"patches {list(dm.patch)}" if dm.patch else "whole fields",
+    log.info("train-diffusion: %d parameters, latents %s%s, %s, conditions %s, residual=%s", n_params,
+             shape, f" (windows of {win} states)" if win > 1 else "",
+             f"patches {list(dm.patch)}" if dm.patch else "whole fields",
              {k: v for k, v in dm.condition_sizes.items()}, dm_cfg["residual"])
     t0 = time.perf_counter()
     if resume:  # tensors and plain values only, or a DataError naming the file

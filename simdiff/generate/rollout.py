@@ -8,6 +8,10 @@ decoder has one (:mod:`simdiff.generate.residual`). All noise of lead ``k`` for 
 the generator keyed by ``(seed, init, m, k)`` (:mod:`simdiff.generate.noise`), so a member's
 trajectory does not depend on which other members share its batch or its rank.
 
+With an autoencoder of windows of ``k`` states (:mod:`simdiff.nets.window`) each step draws the
+next window's latent, conditioned on the previous windows', and decodes it into ``k`` lead
+times: ``L`` leads take ``L / k`` steps.
+
 Memory is bounded by the batch: one batch of members in latent space, plus its decoded leads.
 """
 
@@ -24,6 +28,7 @@ from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.generate.noise import SAMPLE_INIT, member_generators
 from simdiff.generate.residual import ResidualModel
 from simdiff.nets.autoencoder import Autoencoder
+from simdiff.nets.window import unstack_window
 
 T = TypeVar("T")
 
@@ -39,6 +44,9 @@ class LatentDecoder:
         residual: the decoder's residual model (:mod:`simdiff.generate.residual`), or None. With
             it and per-row generators, a call returns samples of p(x | z) instead of the
             decoder's output ``D(z)``.
+        window: states per latent (:mod:`simdiff.nets.window`); > 1: a call returns each row's
+            ``window`` states, (B, k, C, [D], H, W), and ``shape`` is the window's stacked shape.
+        has_depth: the states have a depth axis (with ``window`` > 1).
     """
 
     net: Autoencoder
@@ -46,6 +54,8 @@ class LatentDecoder:
     scale: torch.Tensor
     shape: tuple[int, ...]
     residual: ResidualModel | None = None
+    window: int = 1
+    has_depth: bool = False
 
     @torch.no_grad()
     def __call__(
@@ -66,8 +76,14 @@ class LatentDecoder:
             out = torch.cat([self.net.decode(mu[i : i + 1], self.shape) for i in range(mu.shape[0])])
         else:
             out = self.net.decode(mu, self.shape)
+        if self.window > 1:
+            out = unstack_window(out, self.window, self.has_depth)
         if self.residual is not None and generators is not None:
-            out = self.residual.sample_rows(out, generators)
+            if self.window > 1:  # each row's states in order, from its own generator
+                out = torch.stack([self.residual.sample_rows(out[:, j], generators)
+                                   for j in range(self.window)], dim=1)
+            else:
+                out = self.residual.sample_rows(out, generators)
         return out
 
 
@@ -132,12 +148,13 @@ def rollout(
             (time_features (L, F), covariates (L, K), label (L,)).
         members: the member ids of this batch (B rows).
         init: the init's index in the store (a noise-key counter).
-        leads: L.
+        leads: L, the sampling steps (each decodes to ``decoder.window`` lead times).
         seed: the run's seed (a noise-key counter).
         keep_latents: also return the latent trajectory.
 
     Returns:
-        ``(fields (B, L, C, [D], H, W) float32, latents (B, L, c, ...) or None)``.
+        ``(fields (B, L*k, C, [D], H, W) float32, latents (B, L, c, ...) or None)``, ``k`` the
+        decoder's window.
     """
     size = spec.grouped
     if size == 1:
@@ -186,7 +203,9 @@ def _rollout(model: ConditionalDenoiser, decoder: LatentDecoder, spec: SamplerSp
             batch[name] = _rows(per_lead[k - 1].to(device), b)
         x = model.sample(batch, state_shape, sampler=spec.sampler, sigmas=spec.sigmas, generator=gens,
                          guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
-        fields.append(decoder(x, spec.row_by_row, gens).float().cpu().numpy())
+        decoded = decoder(x, spec.row_by_row, gens).float().cpu().numpy()
+        windowed = getattr(decoder, "window", 1) > 1  # any latents -> fields callable decodes one state
+        fields.extend(np.moveaxis(decoded, 1, 0) if windowed else [decoded])
         if keep_latents:
             latents.append(x.float().cpu().numpy())
         if previous is not None:

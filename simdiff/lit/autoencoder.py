@@ -32,6 +32,7 @@ from simdiff.lit.physical import PhysicalAmount
 from simdiff.lit.resume import SavedGenerator, global_rng_from
 from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.losses import ReconstructionLoss
+from simdiff.nets.window import stack_window, window_states
 
 
 class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
@@ -54,6 +55,9 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
             checkpoint so loading can refuse a store it does not fit.
         physical: the store's map to physical amounts, which the loss's count term needs
             (``loss.count_weight > 0``); batches then carry their store ``index``.
+        window: consecutive states per input (:mod:`simdiff.nets.window`): the loader's window of
+            ``window`` states is stacked along the depth axis; ``weights`` and ``mask`` are then the
+            window's (:func:`~simdiff.nets.window.window_cells`).
     """
 
     def __init__(
@@ -70,8 +74,11 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
         seed: int = 0,
         signature: Mapping[str, Any] | None = None,
         physical: PhysicalAmount | None = None,
+        window: int = 1,
     ) -> None:
         super().__init__()
+        if window > 1 and loss.count_weight > 0:
+            raise ValueError("AutoencoderModule: the count term scores single states; use window=1")
         if loss.count_weight > 0 and physical is None:
             raise ValueError("AutoencoderModule: loss.count_weight > 0 needs the store's physical map "
                              "(physical=PhysicalAmount.from_store(store))")
@@ -90,6 +97,8 @@ class AutoencoderModule(SavedGenerator, EMAValidation, L.LightningModule):
 
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
         x = batch["target"]
+        if self.hparams.window > 1:
+            x = stack_window(window_states(dict(batch)), has_depth=x.ndim == 5)
         out = self.net(x)
         # A batch of crops (``origin``) is scored with the crops' own weights and mask; an axis is
         # periodic in a crop only where the crop spans it whole.

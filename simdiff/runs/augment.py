@@ -41,7 +41,7 @@ from simdiff.generate.augment import (
 from simdiff.generate.output import partial_path
 from simdiff.generate.rollout import SamplerSpec, member_batches
 from simdiff.runs.models import Models
-from simdiff.runs.modes import CONDITIONS
+from simdiff.runs.modes import CONDITIONS, single_states
 
 log = logging.getLogger("simdiff")
 
@@ -109,6 +109,7 @@ class AugmentJob:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
 
     def __post_init__(self) -> None:
+        single_states(self.models, "an augmented dataset of single states")
         self.used = [n for n in CONDITIONS if self.latents.has(n) and self.models.uses(n)]
         previous = self.models.previous
         self.pool = (

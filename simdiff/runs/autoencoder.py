@@ -16,8 +16,9 @@ from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml, sha256_path
 from simdiff.data.stores.training import TrainingStore
+from simdiff.nets.window import valid_windows, window_cells, windowed_shape
 from simdiff.runs.layout import RunDir
-from simdiff.runs.models import check_fits, load_autoencoder
+from simdiff.runs.models import ae_window, check_fits, load_autoencoder
 
 log = logging.getLogger("simdiff")
 
@@ -29,9 +30,10 @@ def publish_checkpoint(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def reconstruction_report(net: Any, store: TrainingStore, out_dir: Path, batch_size: int) -> None:
+def reconstruction_report(net: Any, store: TrainingStore, out_dir: Path, batch_size: int,
+                          window: int = 1) -> None:
     """Reconstruct the test split (val when empty); write reconstruction.json/.png into ``out_dir``
-    atomically."""
+    atomically. ``window``: states per latent (each state reconstructed from the window holding it)."""
     from simdiff.data.stores.stats import denormalise
     from simdiff.evaluate.reconstruction import reconstruction_report as write
     from simdiff.lit.encode import reconstruct_store
@@ -42,8 +44,8 @@ def reconstruction_report(net: Any, store: TrainingStore, out_dir: Path, batch_s
         log.warning("the test split of %s is empty; the reconstruction report uses the val split", store.path)
     ds = store.dataset()
     truth_ds = ds.isel({store.layout.sample_dim: idx})
-    recon = reconstruct_store(net, store, indices=idx, batch_size=batch_size)
-    shape = [int(n) for n in store.data.shape[2:]]
+    recon = reconstruct_store(net, store, indices=idx, batch_size=batch_size, window=window)
+    shape = windowed_shape(store.data.shape[2:], window)
     tmp = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out_dir))
     try:
         write(
@@ -70,7 +72,7 @@ def encode_run(run: RunDir, atom_subcells: int = 1) -> Path:
     latent cell and axis (:func:`simdiff.data.stores.atoms.molecular_conditions`).
     """
     from simdiff.data.stores.latents import LatentStore, write_latent_store
-    from simdiff.lit.encode import encode_store
+    from simdiff.lit.encode import encode_store, store_runs
 
     final, target = run.final("autoencoder"), run.latents
     if not final.is_file():
@@ -83,7 +85,10 @@ def encode_run(run: RunDir, atom_subcells: int = 1) -> Path:
     digest, _ = sha256_path(final)
     shape = [int(n) for n in store.data.shape[2:]]
     log.info("encode: %d samples of %s with %s", store.data.shape[0], run.store, final)
-    latents = encode_store(net, store, batch_size=int(saved["autoencoder"]["encode_batch_size"]))
+    window = ae_window(saved["autoencoder"])
+    latents = encode_store(net, store, batch_size=int(saved["autoencoder"]["encode_batch_size"]),
+                           window=window)
+    shape = windowed_shape(shape, window)
     info = {
         "checkpoint": str(final.resolve()),
         "checkpoint_sha256": digest,
@@ -93,6 +98,7 @@ def encode_run(run: RunDir, atom_subcells: int = 1) -> Path:
         "latent_shape": list(net.latent_shape(shape)),
         "factors": list(net.total_factors),
         "compression_ratio": float(net.compression_ratio(shape)),
+        **({"window": window} if window > 1 else {}),
     }
     tmp = scratch_dir(target)
     try:
@@ -104,6 +110,8 @@ def encode_run(run: RunDir, atom_subcells: int = 1) -> Path:
             periodic=net.periodic,
             autoencoder=info,
             atom_subcells=atom_subcells,
+            valid=valid_windows(store_runs(store), window),
+            weights=window_cells(store.array("weights"), window, store.layout.depth_dim is not None),
         )
         if target.exists():
             shutil.rmtree(target)

@@ -40,7 +40,7 @@ class Scoring:
 def ae_ceiling(run: RunDir, store: TrainingStore, indices: np.ndarray) -> xr.Dataset | None:
     """decode(encode(truth)) at the store's samples ``indices``, physical units; None without an AE."""
     from simdiff.lit.encode import reconstruct_store
-    from simdiff.runs.models import load_autoencoder
+    from simdiff.runs.models import ae_window, load_autoencoder
 
     if not run.final("autoencoder").is_file():
         log.warning(
@@ -49,7 +49,8 @@ def ae_ceiling(run: RunDir, store: TrainingStore, indices: np.ndarray) -> xr.Dat
         return None
     net, saved = load_autoencoder(run)
     recon = reconstruct_store(
-        net, store, indices=indices, batch_size=int(saved["autoencoder"]["encode_batch_size"])
+        net, store, indices=indices, batch_size=int(saved["autoencoder"]["encode_batch_size"]),
+        window=ae_window(saved["autoencoder"]),
     )
     ds = store.dataset().isel({store.layout.sample_dim: indices})
     return denormalise(ds.assign(data=recon.variable))

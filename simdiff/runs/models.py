@@ -22,11 +22,13 @@ import yaml
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import sha256_path
 from simdiff.base.registry import build_spec, check_stored
+from simdiff.data.loading.loader import window_targets
 from simdiff.data.stores.latents import LatentStore
-from simdiff.data.stores.training import TrainingStore
+from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.data.transforms import censored_below, domain_of
 from simdiff.generate.residual import DryFit, ResidualModel
 from simdiff.generate.rollout import LatentDecoder
+from simdiff.nets.window import window_signature, windowed_shape
 from simdiff.runs.layout import RunDir
 
 log = logging.getLogger("simdiff")
@@ -64,11 +66,13 @@ def build_net(
     ae_cfg: dict[str, Any], signature: dict[str, Any], source: str = "the autoencoder config"
 ) -> Any:
     """The autoencoder for a store with ``signature`` (in_channels and periodic flags from it, and
-    the depth of a 3D field when the net folds it into channels).
+    the depth of a 3D field when the net folds it into channels); with ``ae_cfg["window"]`` > 1,
+    for windows of that many states stacked along depth (:mod:`simdiff.nets.window`).
 
     ``ae_cfg["net"]`` is a plain spec; it must be one :mod:`simdiff.base.registry` allows
     (DataError naming ``source`` otherwise).
     """
+    signature = window_signature(signature, ae_window(ae_cfg))
     extra = {}
     if ae_cfg["net"].get("fold_depth") and len(signature["periodic"]) == 3:
         extra["depth"] = int(signature["spatial_shape"][0])
@@ -80,6 +84,11 @@ def build_net(
         periodic=list(signature["periodic"]),
         **extra,
     )
+
+
+def ae_window(ae_cfg: dict[str, Any]) -> int:
+    """``autoencoder.window``: consecutive states per latent (1 when the config predates it)."""
+    return int(ae_cfg.get("window") or 1)
 
 
 def check_fits(saved: dict[str, Any], store: TrainingStore, where: Path) -> None:
@@ -110,28 +119,38 @@ def latent_signature(store: TrainingStore) -> dict[str, Any]:
     }
 
 
+def store_window(store: TrainingStore) -> int:
+    """States per sample's latent: a latent store's ``window`` (its next window is that many
+    samples on), 1 for a store of single states."""
+    return int(getattr(store, "window", 1))
+
+
 def train_pairs(store: TrainingStore) -> np.ndarray:
-    """(N-1,) bool: sample ``i`` and ``i + 1`` are both train samples of one block (a one-step pair)."""
-    split, block = store.array("split"), store.array("block")
-    return (split[1:] == 0) & (split[:-1] == 0) & (block[1:] == block[:-1])
+    """(S,) bool: sample ``t`` is the target of a one-step train pair, ``t - k`` and ``t`` (``k``:
+    :func:`store_window`) train samples of one block, ``t - k``'s own window inside it too."""
+    k = store_window(store)
+    ok = np.zeros(store.n_samples, dtype=bool)
+    ok[window_targets(store.array("split"), store.array("block"), SPLITS["train"], 2 * k)] = True
+    return ok
 
 
 def train_tendencies(
     store: TrainingStore, ok: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The one-step tendencies ``x_{t+1} - x_t`` of the train pairs (``ok``, default
+    """The one-step tendencies ``x_t - x_{t-k}`` of the train pairs (targets ``ok``, default
     :func:`train_pairs`), chunk by chunk (a few MB at a time) in float64: ``(target sample
     indices (n,), tendencies (n, C, ...))`` per chunk of the store that holds any."""
     ok = train_pairs(store) if ok is None else ok
+    k = store_window(store)
     data = store.data
     step = max(store.chunk_samples, 64)
-    for lo in range(0, data.shape[0] - 1, step):
-        hi = min(lo + step + 1, data.shape[0])
-        use = ok[lo : hi - 1]
-        if not use.any():  # a chunk of val/test samples only: not read
+    for lo in range(k, data.shape[0], step):
+        hi = min(lo + step, data.shape[0])
+        targets = lo + np.flatnonzero(ok[lo:hi])
+        if not len(targets):  # a chunk of val/test samples only: not read
             continue
-        x = np.asarray(data[lo:hi], dtype=np.float64)
-        yield lo + 1 + np.flatnonzero(use), (x[1:] - x[:-1])[use]
+        x = np.asarray(data[lo - k : hi], dtype=np.float64)
+        yield targets, x[targets - lo + k] - x[targets - lo]
 
 
 def residual_scale(store: TrainingStore) -> torch.Tensor:
@@ -244,7 +263,7 @@ def check_tendency_cycle(store: TrainingStore, daily: int, annual: int, residual
             "(its time axis is not datetimes); set diffusion.tendency_cycle.daily=0 and annual=0"
         )
     ok = train_pairs(store)
-    targets = store.array("time_features").astype(np.float64)[1:][ok]
+    targets = store.array("time_features").astype(np.float64)[ok]
     for name, harmonics in (("daily", daily), ("annual", annual)):
         distinct, gap = cycle.coverage(targets, name)
         if harmonics and (distinct < 2 * harmonics + 1 or gap > np.pi / 2 + 1e-9):
@@ -460,6 +479,11 @@ class Models:
         """Previous states the model conditions on (0: unconditional)."""
         return int(self.diffusion["conditioning"]["previous"])
 
+    @property
+    def window(self) -> int:
+        """States per latent: each sampling step makes this many lead times."""
+        return int(self.decoder.window)
+
     def uses(self, name: str) -> bool:
         """Whether the model reads the store array ``name`` per sample: a condition it was trained
         on, or the time features its tendency cycle is evaluated at."""
@@ -478,11 +502,14 @@ def load_models(
     require_checkpoints(run)
     ae, saved = load_autoencoder(run)
     model, dm_cfg = load_diffusion(run, latents)
+    window, shape = ae_window(saved["autoencoder"]), saved["data_signature"]["spatial_shape"]
     decoder = LatentDecoder(
         ae.to(device),
         torch.as_tensor(np.asarray(latents.shift, dtype=np.float32)),
         torch.as_tensor(np.asarray(latents.scale, dtype=np.float32)),
-        tuple(saved["data_signature"]["spatial_shape"]),
+        tuple(windowed_shape(shape, window)),
+        window=window,
+        has_depth=len(shape) == 3,
     )
     if residual_samples > 0:
         decoder.residual = fit_decoder_residual(decoder, latents, TrainingStore(run.store), residual_samples)
@@ -513,19 +540,25 @@ def fit_decoder_residual(
             f"{store.path}: {len(idx)} {split} sample(s); the decoder residual model needs at "
             "least 2: set generate.decoder_noise=false"
         )
+    k = decoder.window
+    if k > 1:  # latents of whole windows only: the window ending at each sample lies in its run
+        from simdiff.lit.encode import store_runs
+        from simdiff.nets.window import valid_windows
+
+        idx = idx[valid_windows(store_runs(store), k)[idx]]
+        if not len(idx):
+            raise DataError(f"{store.path}: no {split} sample has a whole window of {k} states in its run, "
+                            "so the decoder residual model cannot be fitted; set "
+                            "generate.decoder_noise=false")
     idx = np.unique(idx[np.linspace(0, len(idx) - 1, min(int(samples), len(idx))).round().astype(int)])
     geometry = store.geometry()
     dims = [store.layout.y_dim, store.layout.x_dim]
     if geometry.lattice is not None and store.layout.depth_dim:
         dims.insert(0, store.layout.depth_dim)  # a voxel grid: depth is a spatial axis too
     fit = ResidualFit(store.array("mask"), [geometry.is_periodic(d) for d in dims])
-    device = next(decoder.net.parameters()).device
-    for start in range(0, len(idx), batch_size):
-        rows = idx[start : start + batch_size]
-        z = torch.from_numpy(np.asarray(latents.data.oindex[rows], dtype=np.float32)).to(device)
-        x = np.asarray(store.data.oindex[rows], dtype=np.float32)
-        d = decoder(z).float().cpu().numpy()
-        fit.add(x - d, d)
+    for _, x, d in _decoded(decoder, latents, store, idx, batch_size):
+        d_np = d.cpu().numpy()
+        fit.add(x - d_np, d_np)
     model = fit.finish()
     log.info(
         "decoder residual model fitted on %d %s samples, noise rms/std %s",
@@ -538,13 +571,9 @@ def fit_decoder_residual(
         return model
     at, value = dry
     dry_fit = DryFit(at, store.array("mask"))
-    for start in range(0, len(idx), batch_size):
-        rows = idx[start : start + batch_size]
-        z = torch.from_numpy(np.asarray(latents.data.oindex[rows], dtype=np.float32)).to(device)
-        x = np.asarray(store.data.oindex[rows], dtype=np.float32)
-        d = decoder(z).float()
-        # fixed draws, one generator per sample: every process fits the same thresholds
-        gens = [torch.Generator(device=d.device).manual_seed(int(r)) for r in rows]
+    for keys, x, d in _decoded(decoder, latents, store, idx, batch_size):
+        # fixed draws, one generator per state: every process fits the same thresholds
+        gens = [torch.Generator(device=d.device).manual_seed(int(r)) for r in keys]
         dry_fit.add(x, model.sample_rows(d, gens).cpu().numpy())
     below, summary = dry_fit.finish()
     for key, entry in dry_summary(summary, store).items():
@@ -555,6 +584,24 @@ def fit_decoder_residual(
             else f"draws below {entry['threshold']:.4g} (normalised) are set dry",
         )
     return model.with_dry(below, value)
+
+
+def _decoded(decoder: LatentDecoder, latents: LatentStore, store: TrainingStore, idx: np.ndarray,
+             batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+    """Per batch of samples ``idx``: (a key per state, the states x (n, C, ...) float32, their
+    decoded latents D(z) float32 tensor); with windows of ``k`` states, the ``k`` states of each
+    sample's window in order, keyed ``sample * k + j``."""
+    device = next(decoder.net.parameters()).device
+    k = decoder.window
+    for start in range(0, len(idx), batch_size):
+        rows = idx[start : start + batch_size]
+        z = torch.from_numpy(np.asarray(latents.data.oindex[rows], dtype=np.float32)).to(device)
+        d = decoder(z).float()
+        states = (rows[:, None] + np.arange(-(k - 1), 1)[None, :]).reshape(-1)
+        read, where = np.unique(states, return_inverse=True)  # windows may overlap
+        x = np.asarray(store.data.oindex[read], dtype=np.float32)[where]
+        keys = rows if k == 1 else (rows[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        yield keys, x, d.reshape(-1, *d.shape[2:]) if k > 1 else d
 
 
 def dry_levels(store: TrainingStore) -> tuple[np.ndarray, np.ndarray] | None:

@@ -107,6 +107,16 @@ def without_previous(gen: Generation, what: str) -> None:
         )
 
 
+def single_states(models: Models, what: str) -> None:
+    """Refuse drawing single states (``what``) from a model of windows of several states."""
+    if models.window > 1:
+        raise DataError(
+            f"the autoencoder encodes windows of {models.window} consecutive states "
+            f"(autoencoder.window={models.window}), so the model draws whole windows and cannot draw {what}; "
+            "use generate/mode=forecast, or train with autoencoder.window=1"
+        )
+
+
 def column_blocks(
     gen: Generation, pending: Sequence[tuple[int, int]], group: int = 1
 ) -> list[tuple[int, list[int]]]:
@@ -140,7 +150,10 @@ class Forecast:
     The inits are ``init_indices`` if given, else every ``init_every``-th valid init of the
     split, at most ``max_inits``. A valid init ``t`` has its conditioning states and its
     ``lead_steps`` verifying states in one contiguous block of the split, so every lead has its
-    conditions (time features) and a truth to be scored against.
+    conditions (time features) and a truth to be scored against. With latents of windows of
+    ``k`` states (:attr:`LatentStore.window`) each step forecasts the next ``k`` leads, so
+    ``lead_steps`` must be a multiple of ``k``, and the conditioning states are the windows
+    ending at ``t``, ``t - k``, ...
     """
 
     split: str = "test"
@@ -167,7 +180,12 @@ class Forecast:
 
     def inits(self, latents: LatentStore, window: int) -> list[int]:
         """The forecast inits in ``latents`` for a model that conditions on ``window - 1`` states."""
-        leads = int(self.lead_steps)
+        leads, k = int(self.lead_steps), latents.window
+        if leads % k:
+            raise DataError(
+                f"{latents.path}: generate.mode.lead_steps={leads}, but each step of this model forecasts a "
+                f"window of {k} states (autoencoder.window={k}); give a multiple of {k}"
+            )
         if self.init_indices:
             n = len(latents.array("split"))
             far = [int(i) for i in self.init_indices if int(i) + leads >= n]
@@ -178,7 +196,7 @@ class Forecast:
                     f"indices <= {n - 1 - leads}"
                 )
             return [int(i) for i in self.init_indices]
-        context = max(window - 1, 1)
+        context = max(window - 1, 1) * k  # the states the conditioning latents encode
         valid = (
             window_targets(
                 latents.array("split"), latents.array("block"), SPLITS[self.split], context + leads
@@ -207,9 +225,9 @@ class Forecast:
 
     def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
         """Members ``members`` from init ``init``: ``(realization, lead_time, [D], Y, X)`` per variable."""
-        previous, lat = gen.models.previous, gen.latents.data
+        previous, lat, k = gen.models.previous, gen.latents.data, gen.latents.window
         window = (
-            torch.from_numpy(np.asarray(lat[init - previous + 1 : init + 1]))
+            torch.from_numpy(np.asarray(lat[init - (previous - 1) * k : init + 1])[::k])
             if previous
             else torch.zeros((0, *lat.shape[1:]))
         )
@@ -221,7 +239,7 @@ class Forecast:
             conditions=self._conditions(gen, init),
             members=members,
             init=init,
-            leads=int(self.lead_steps),
+            leads=int(self.lead_steps) // k,
             seed=gen.seed,
         )
         leads = int(self.lead_steps)
@@ -231,8 +249,10 @@ class Forecast:
         )
 
     def _conditions(self, gen: Generation, init: int) -> dict[str, torch.Tensor]:
-        """Per lead, the conditions of the valid sample ``init + k`` (time features, covariates, label)."""
-        idx = np.arange(init + 1, init + int(self.lead_steps) + 1)
+        """Per step, the conditions of its valid sample (``init + j``, or the last of the ``j``-th
+        window's states: ``init + j*k``): time features, covariates, label."""
+        k = gen.latents.window
+        idx = np.arange(init + k, init + int(self.lead_steps) + 1, k)
         out = {}
         for name, values in gen.conditions.items():
             if idx[-1] >= len(values):
@@ -264,6 +284,7 @@ class Sample:
 
     def template(self, gen: Generation) -> xr.Dataset:
         without_previous(gen, "samples")
+        single_states(gen.models, "samples")
         return sample_template(gen.store, gen.members, chunks=gen.chunks)
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
@@ -324,6 +345,7 @@ class Conditional:
 
     def template(self, gen: Generation) -> xr.Dataset:
         without_previous(gen, "conditional draws")
+        single_states(gen.models, "conditional draws")
         ds = conditional_template(gen.store, gen.members, self.chosen(gen.latents), chunks=gen.chunks)
         return factor_variables(ds, self._renormalised(gen)) if self.renormalise else ds
 

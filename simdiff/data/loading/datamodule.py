@@ -122,6 +122,9 @@ class SimdiffDataModule(L.LightningDataModule):
             in ``reader_threads`` background threads. Processes pay a shared-memory copy per
             batch: worth it only for CPU-heavy per-batch Python work.
         window: consecutive states per sample (``window - 1`` previous + 1 target).
+        stride, lookback: the window's states ``stride`` samples apart, and ``lookback`` earlier
+            samples its oldest state needs in the same run (:class:`ChunkedSampleDataset`; a latent
+            store of windows of states).
         pin_memory: pin batches for fast host-to-GPU copies; None: when CUDA is available.
         persistent_workers: keep workers alive across epochs (ignored with 0 workers).
         shuffle_buffer_chunks: chunk groups read and mixed at once per worker.
@@ -142,6 +145,8 @@ class SimdiffDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         window: int = 1,
+        stride: int = 1,
+        lookback: int = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         shuffle_buffer_chunks: int = 4,
@@ -160,6 +165,8 @@ class SimdiffDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.window = int(window)
+        self.stride = int(stride)
+        self.lookback = int(lookback)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.shuffle_buffer_chunks = int(shuffle_buffer_chunks)
@@ -250,6 +257,8 @@ class SimdiffDataModule(L.LightningDataModule):
             split=split,
             batch_size=batch_size,
             window=self.window,
+            stride=self.stride,
+            lookback=self.lookback,
             shuffle=split == "train",
             seed=self.seed,
             drop_last=self.drop_last and split == "train",

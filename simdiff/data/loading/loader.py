@@ -104,7 +104,8 @@ def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window
         split: (S,) split code per sample.
         block: (S,) contiguous-run id per sample.
         split_code: the split wanted (0 train, 1 val, 2 test).
-        window: number of consecutive states, the target last.
+        window: number of consecutive samples ``t-window+1 .. t`` that must lie in the run (the
+            span of a strided window, :func:`window_span`).
 
     Returns:
         (N,) sorted int64 target indices.
@@ -114,6 +115,12 @@ def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window
     t = np.flatnonzero(split == split_code)
     t = t[t >= window - 1]
     return t[run[t - (window - 1)] == run[t]].astype(np.int64)
+
+
+def window_span(window: int, stride: int = 1, lookback: int = 0) -> int:
+    """Consecutive samples a window of ``window`` states ``stride`` apart reads, plus ``lookback``
+    earlier samples its oldest state needs in the same run (a latent of a window of states)."""
+    return (int(window) - 1) * int(stride) + 1 + int(lookback)
 
 
 @dataclass(frozen=True)
@@ -216,6 +223,11 @@ class ChunkedSampleDataset(IterableDataset):
         batch_size: samples per batch.
         window: consecutive states per sample: ``window - 1`` previous states + 1 target;
             1 gives plain samples.
+        stride: samples between the window's states (``previous`` holds ``t - (window-1)*stride
+            .. t - stride``); > 1 on a latent store of windows of states, whose next window is
+            ``stride`` samples on.
+        lookback: earlier samples the window's oldest state needs in the same block and split
+            (a latent of ``lookback + 1`` states ending at its sample); they are not read.
         shuffle: shuffle chunks and samples within buffers, anew each epoch.
         seed: base seed; epoch ``e`` uses ``(seed, e)``.
         drop_last: drop the last partial batch (and, with several ranks, the samples that
@@ -242,6 +254,8 @@ class ChunkedSampleDataset(IterableDataset):
         split: str = "train",
         batch_size: int = 32,
         window: int = 1,
+        stride: int = 1,
+        lookback: int = 0,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
@@ -256,10 +270,13 @@ class ChunkedSampleDataset(IterableDataset):
         for name, value in (
             ("batch_size", batch_size),
             ("window", window),
+            ("stride", stride),
             ("shuffle_buffer_chunks", shuffle_buffer_chunks),
         ):
             if int(value) < 1:
                 raise ValueError(f"ChunkedSampleDataset: {name} must be >= 1, got {value}")
+        if int(lookback) < 0:
+            raise ValueError(f"ChunkedSampleDataset: lookback must be >= 0, got {lookback}")
         if int(reader_threads) < 0:
             raise ValueError(f"ChunkedSampleDataset: reader_threads must be >= 0, got {reader_threads}")
         if split not in SPLITS:
@@ -269,6 +286,9 @@ class ChunkedSampleDataset(IterableDataset):
         self.split = split
         self.batch_size = int(batch_size)
         self.window = int(window)
+        self.stride = int(stride)
+        self.lookback = int(lookback)
+        self.span = window_span(self.window, self.stride, self.lookback)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
@@ -288,13 +308,15 @@ class ChunkedSampleDataset(IterableDataset):
         self.n_samples = int(opened.data.shape[0])
         self.conditions = tuple(name for name in CONDITIONS if opened.has(name))
         split_arr, block = opened.array("split"), opened.array("block")
-        self.targets = window_targets(split_arr, block, SPLITS[split], self.window)
+        self.targets = window_targets(split_arr, block, SPLITS[split], self.span)
         n_split = int(np.count_nonzero(split_arr == SPLITS[split]))
         if n_split and not len(self.targets):
             raise DataError(
                 f"{self.path}: split {split!r} has {n_split} samples but no window of "
-                f"window={self.window} consecutive samples fits inside one block (variable "
-                f"'block'); lower loader.window or prepare the store with longer blocks"
+                f"{self.span} consecutive samples (window={self.window}, stride={self.stride}, "
+                f"lookback={self.lookback}) fits inside one block (variable "
+                f"'block'); condition on fewer previous states (diffusion.conditioning.previous), "
+                f"encode shorter windows (autoencoder.window) or prepare the store with longer blocks"
             )
         # The epoch and the resume skip live in shared memory so persistent workers see them.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -373,7 +395,7 @@ class ChunkedSampleDataset(IterableDataset):
         return epoch_order(
             self.targets,
             self.chunk_samples,
-            self.window,
+            self.span,
             self.shuffle,
             self.seed,
             self.epoch,
@@ -554,7 +576,8 @@ class ChunkedSampleDataset(IterableDataset):
                 where = np.searchsorted(rows, mine)
                 np.take(states, where, axis=0, out=t_np)
                 if p_np is not None:
-                    np.take(states, where[:, None] + np.arange(-(w - 1), 0)[None, :], axis=0, out=p_np)
+                    np.take(states, np.searchsorted(rows, mine[:, None] + self._offsets()[None, :-1]),
+                            axis=0, out=p_np)
             if self.patch is not None:
                 assert origins is not None
                 at = torch.from_numpy(origins[a:e])
@@ -567,6 +590,10 @@ class ChunkedSampleDataset(IterableDataset):
                 np.take(values, mine, axis=0, out=batch[name].numpy()[r])
         if scratch is not None:
             self._scratch.append(scratch)
+
+    def _offsets(self) -> np.ndarray:
+        """(window,) the window's states relative to its target, oldest first (the target's 0 last)."""
+        return np.arange(-(self.window - 1), 1) * self.stride
 
     def _take_scratch(self) -> list[np.ndarray]:
         """A reusable scratch holder, one per task in flight (``list.pop`` is atomic)."""
@@ -587,8 +614,7 @@ class ChunkedSampleDataset(IterableDataset):
             rows: (M,) sorted sample indices read; states: (M, channel, [D], Y, X) float32,
             a view of the scratch array valid until the scratch is reused.
         """
-        offsets = np.arange(-(self.window - 1), 1)
-        need = np.unique(targets[:, None] + offsets[None, :])
+        need = np.unique(targets[:, None] + self._offsets()[None, :])
         gap = np.flatnonzero(np.diff(need) >= self.chunk_samples) + 1
         lo = need[np.concatenate([[0], gap])]
         hi = need[np.concatenate([gap - 1, [len(need) - 1]])] + 1
@@ -606,8 +632,11 @@ class ChunkedSampleDataset(IterableDataset):
         """One sample per chunk: zarr decodes each chunk straight into its batch slot."""
         for i, t in enumerate(targets.tolist()):
             self._read(t, t + 1, t_np[i : i + 1])
-            if p_np is not None:
+            if p_np is not None and self.stride == 1:
                 self._read(t - (self.window - 1), t, p_np[i])
+            elif p_np is not None:
+                for j, o in enumerate(self._offsets()[:-1].tolist()):
+                    self._read(t + o, t + o + 1, p_np[i, j : j + 1])
 
     def _read(self, a: int, b: int, out: np.ndarray) -> None:
         """Decode samples ``[a, b)`` into ``out`` ((b - a, channel, [D], Y, X) float32)."""

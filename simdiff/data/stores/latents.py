@@ -89,6 +89,8 @@ def write_latent_store(
     periodic: Sequence[bool],
     autoencoder: Mapping[str, Any],
     atom_subcells: int = 1,
+    valid: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> Path:
     """Write the latent store at ``path`` (must not exist), atomically.
 
@@ -99,6 +101,11 @@ def write_latent_store(
         factors: total downsampling factor per spatial axis ``([D], Y, X)``.
         periodic: per spatial axis of the source, True where it wraps.
         autoencoder: the ``autoencoder`` attr (checkpoint, sha256, config, shapes).
+        valid: (S,) bool, the latents that encode what they stand for (an autoencoder of windows
+            of states: the windows inside one run); the standardisation uses the valid train
+            latents only. None: all.
+        weights: the cell weights of what the autoencoder encodes (a window's), when not the
+            source's ``weights``.
 
     Returns:
         ``path``.
@@ -113,7 +120,7 @@ def write_latent_store(
     sdim = lay.sample_dim
     split = source.array("split")
     values = np.asarray(latents.values, dtype=np.float32)
-    mean, std = latent_scale(values, split == 0)
+    mean, std = latent_scale(values, (split == 0) & (True if valid is None else np.asarray(valid, bool)))
     c = values.shape[1]
     bshape = (1, c) + (1,) * (values.ndim - 2)
     normed = ((values - mean.reshape(bshape)) / std.reshape(bshape)).astype(np.float32)
@@ -123,7 +130,8 @@ def write_latent_store(
     names = [f"latent{k}" for k in range(c)]
     stat_dims = ("channel", *(spatial[:1] if depth_dim else ()))
     stat_shape = (c, *(values.shape[2:3] if depth_dim else ()))
-    weights = footprint_weights(source.array("weights").astype(np.float64), factors, periodic)
+    cells = source.array("weights") if weights is None else weights
+    weights = footprint_weights(np.asarray(cells, dtype=np.float64), factors, periodic)
     ds = xr.Dataset(
         {
             "data": ((sdim, "channel", *spatial), normed,
@@ -228,6 +236,12 @@ class LatentStore(TrainingStore):
     def autoencoder(self) -> dict[str, Any]:
         """The autoencoder attr: checkpoint, sha256, config, shapes, compression ratio."""
         return dict(self.attrs["autoencoder"])
+
+    @property
+    def window(self) -> int:
+        """Consecutive states each latent encodes (``autoencoder.window``): latent ``t`` is of the
+        states ``t-k+1 .. t``, and the next window's latent is ``k`` samples on."""
+        return int(self.attrs["autoencoder"].get("window", 1))
 
     @property
     def scale(self) -> np.ndarray:

@@ -236,6 +236,32 @@ def test_previous_and_target_match_the_stored_array(
         assert np.all(BLOCK[starts] == BLOCK[idx]) and np.all(SPLIT[starts] == 0)
 
 
+@pytest.mark.parametrize("store_name", ["store2d", "store_k1"])
+def test_strided_windows_read_states_stride_apart_with_their_lookback(
+    store_name: str, request: pytest.FixtureRequest
+) -> None:
+    """A latent store of windows of 3 states: previous windows are 3 samples back, and the oldest
+    one's own states (lookback 2) lie in the target's block and split too."""
+    path = request.getfixturevalue(store_name)
+    stored = TrainingStore(path).data[...]
+    window, stride, lookback = 3, 3, 2
+    ds = ChunkedSampleDataset(path, "train", batch_size=5, window=window, stride=stride, lookback=lookback,
+                              seed=1, shuffle_buffer_chunks=2)
+    span = (window - 1) * stride + 1 + lookback
+    expected = np.r_[np.arange(span - 1, 12), np.arange(12 + span - 1, 28)]  # train blocks 0..11, 12..27
+    batches = collect(ds)
+    got = indices(batches)
+    assert np.array_equal(np.sort(got), expected) and len(np.unique(got)) == len(got)
+    for batch in batches:
+        idx = batch["index"].numpy()
+        np.testing.assert_array_equal(batch["target"].numpy(), stored[idx])
+        for j in range(window - 1):
+            np.testing.assert_array_equal(batch["previous"][:, j].numpy(),
+                                          stored[idx - (window - 1 - j) * stride])
+        oldest = idx - span + 1
+        assert np.all(BLOCK[oldest] == BLOCK[idx]) and np.all(SPLIT[oldest] == 0)
+
+
 def test_conditions_follow_the_target(store2d: Path) -> None:
     ds = ChunkedSampleDataset(store2d, "val", batch_size=4, window=2, seed=5)
     for batch in collect(ds):
