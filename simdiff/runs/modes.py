@@ -195,6 +195,17 @@ class Forecast:
                     f"room for generate.mode.lead_steps={leads} later states in its {n} samples; give "
                     f"indices <= {n - 1 - leads}"
                 )
+            context = max(window - 1, 1) * k
+            block = latents.array("block")
+            cut = [int(i) for i in self.init_indices if int(i) - context + 1 < 0
+                   or len(np.unique(block[int(i) - context + 1 : int(i) + leads + 1])) > 1]
+            if cut:
+                raise DataError(
+                    f"{latents.path}: generate.mode.init_indices={list(self.init_indices)}: {cut} need "
+                    f"their {context} conditioning state(s) and generate.mode.lead_steps={leads} later "
+                    "states in one block (consecutive times, no gap: variable 'block'), and these cross a "
+                    "gap or the store's start; choose other inits or fewer lead steps"
+                )
             return [int(i) for i in self.init_indices]
         context = max(window - 1, 1) * k  # the states the conditioning latents encode
         valid = (

@@ -242,6 +242,8 @@ CASES: list[Case] = [
          ("init_indices", "100000")),
     Case("generate-init-indices-negative", "generate", ("generate.mode.init_indices=[-1]",),
          ("init_indices", "-1")),
+    Case("generate-init-indices-without-context", "generate", ("generate.mode.init_indices=[0]",),
+         ("init_indices", "[0]", "conditioning state")),
     Case("generate-split-nope", "generate", ("generate.mode.split=nope",), ("generate.mode.split", "nope")),
     Case("augment-split-nope", "augment", ("augment.split=nope",), ("augment.split", "nope")),
     Case("generate-format-grib", "generate", ("generate.format=grib",), ("generate.format", "grib")),
