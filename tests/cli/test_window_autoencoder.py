@@ -115,3 +115,22 @@ def test_leads_that_are_not_whole_windows_and_single_state_draws_are_refused(win
     out = simdiff("augment", *common, f"augment.out={run_dir / 'aug.zarr'}")
     assert out.returncode == 2 and "windows of 2 consecutive states" in out.stderr
     assert not (run_dir / "aug.zarr").exists()
+
+
+@pytest.mark.slow
+def test_windows_of_a_real_surface_field_run_end_to_end(tmp_path, shared_data) -> None:
+    """WFDE5 hourly 2 m temperature (real netCDF, datetimes, sea masked, the tendency's daily cycle):
+    a 2D field whose window of two hours becomes a 3D latent, through evaluate."""
+    run_dir = tmp_path / "run"
+    out = simdiff("run", f"run_dir={run_dir}", "data=wfde5_temperature", "debug=tiny",
+                  "debug.max_samples=null", f"shared_data={shared_data}", f"autoencoder.window={WINDOW}",
+                  f"generate.mode.lead_steps={LEADS}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    latents = LatentStore(RunDir(run_dir).latents)
+    assert latents.window == WINDOW and latents.data.shape[2] == WINDOW  # (c, k, y, x)
+    ds = xr.open_zarr(run_dir / "forecast.zarr")
+    assert ds.sizes["lead_time"] == LEADS and np.issubdtype(ds["init_time"].dtype, np.datetime64)
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    entry = metrics["variables"]["Tair"]
+    for key in ("crps", "crps_persistence", "crps_ae_ceiling", "spread_skill"):
+        assert math.isfinite(entry[key]), key
