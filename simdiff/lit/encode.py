@@ -6,7 +6,7 @@ gradients, and returns labelled arrays: latents (the posterior means) and recons
 An autoencoder of windows of ``k`` consecutive states (``autoencoder.window``,
 :mod:`simdiff.nets.window`) encodes, for every sample ``t``, the window ``t-k+1 .. t`` ending at
 it; where that window leaves ``t``'s run (a block within one split: its first ``k-1`` samples)
-the run's first window stands in, and :func:`simdiff.nets.window.valid_windows` marks the
+the run's first window stands in, and :func:`simdiff.data.loading.loader.valid_windows` marks the
 latent unusable. A state is reconstructed from the window that holds it when its run is encoded
 window by window (:func:`simdiff.nets.window.window_starts`).
 """

@@ -85,12 +85,3 @@ def window_starts(run: np.ndarray, indices: np.ndarray, window: int) -> np.ndarr
         raise ValueError(f"state {short} lies in a run of {int((r1 - r0).min())} consecutive samples, "
                          f"shorter than the autoencoder's window of {window}")
     return np.minimum(r0 + (indices - r0) // window * window, r1 - window)
-
-
-def valid_windows(run: np.ndarray, window: int) -> np.ndarray:
-    """(S,) bool: sample ``t``'s window ``t-k+1 .. t`` lies in its run (``run``: contiguous-run ids)."""
-    run = np.asarray(run)
-    ok = np.zeros(len(run), dtype=bool)
-    if window <= len(run):
-        ok[window - 1:] = run[window - 1:] == run[: len(run) - window + 1]
-    return ok

@@ -15,8 +15,9 @@ import numpy as np
 from simdiff.base.atomic import scratch_dir
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml, sha256_path
+from simdiff.data.loading.loader import valid_windows
 from simdiff.data.stores.training import TrainingStore
-from simdiff.nets.window import valid_windows, window_cells, windowed_shape
+from simdiff.nets.window import window_cells, windowed_shape
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import ae_window, check_fits, load_autoencoder
 

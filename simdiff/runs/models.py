@@ -22,7 +22,7 @@ import yaml
 from simdiff.base.errors import DataError
 from simdiff.base.provenance import sha256_path
 from simdiff.base.registry import build_spec, check_stored
-from simdiff.data.loading.loader import window_targets
+from simdiff.data.loading.loader import valid_windows, window_targets
 from simdiff.data.stores.latents import LatentStore
 from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.data.transforms import censored_below, domain_of
@@ -543,7 +543,6 @@ def fit_decoder_residual(
     k = decoder.window
     if k > 1:  # latents of whole windows only: the window ending at each sample lies in its run
         from simdiff.lit.encode import store_runs
-        from simdiff.nets.window import valid_windows
 
         idx = idx[valid_windows(store_runs(store), k)[idx]]
         if not len(idx):

@@ -19,10 +19,11 @@ import xarray as xr
 import yaml
 from clirun import simdiff
 
+from simdiff.data.loading.loader import valid_windows
 from simdiff.data.stores.latents import LatentStore
 from simdiff.data.stores.training import TrainingStore
 from simdiff.lit.encode import reconstruct_store, store_runs
-from simdiff.nets.window import stack_window, unstack_window, valid_windows
+from simdiff.nets.window import stack_window, unstack_window
 from simdiff.runs.layout import RunDir
 from simdiff.runs.models import load_autoencoder, train_pairs
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from simdiff.data.loading.loader import valid_windows
 from simdiff.lit.encode import encode_starts
 from simdiff.nets.window import (
     stack_window,
     unstack_window,
-    valid_windows,
     window_cells,
     window_signature,
     window_starts,

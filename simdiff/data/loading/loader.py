@@ -111,10 +111,17 @@ def window_targets(split: np.ndarray, block: np.ndarray, split_code: int, window
         (N,) sorted int64 target indices.
     """
     split = np.asarray(split)
-    run = contiguous_runs(split, block)
-    t = np.flatnonzero(split == split_code)
-    t = t[t >= window - 1]
-    return t[run[t - (window - 1)] == run[t]].astype(np.int64)
+    whole = valid_windows(contiguous_runs(split, block), window)
+    return np.flatnonzero((split == split_code) & whole).astype(np.int64)
+
+
+def valid_windows(run: np.ndarray, window: int) -> np.ndarray:
+    """(S,) bool: sample ``t``'s window ``t-window+1 .. t`` lies in its run (``run``: contiguous-run ids)."""
+    run = np.asarray(run)
+    ok = np.zeros(len(run), dtype=bool)
+    if window <= len(run):
+        ok[window - 1:] = run[window - 1:] == run[: len(run) - window + 1]
+    return ok
 
 
 def window_span(window: int, stride: int = 1, lookback: int = 0) -> int:
