@@ -15,7 +15,9 @@ minutes; a global one would need an offset per cell, which this check does not d
 ``morning`` sums the hourly means over the steps ending in ``(start, end]`` local hours (by
 default 06-12): the mean change over the morning, members against truth, and their relative
 error. It is ``complete`` when every step of the window has at least one case; with few
-inits some hours have none and the sum covers only ``hours``.
+inits some hours have none and the sum covers only ``hours``. ``days`` makes the same sum per
+local date, for each date whose every morning step has a case: how much the mornings of the
+test period differ from one another (cloud, wind), which a mean over a few days hides.
 
 With the training states, ``training`` gives the same statistics for every pair of
 consecutive training states one forecast step apart (the record's own cycle), and
@@ -25,6 +27,7 @@ cloudy days, so the truth's morning alone does not say what the model could have
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -91,8 +94,8 @@ def diurnal_cycle(
     Returns:
         ``{"clock", "offset_hours", "by_hour": {"hour", "members", "truth", "steps"},
         "morning": {"window", "hours", "complete", "members", "truth", "relative_error",
-        ["training"]}, ["training": {"hour", "mean", "steps"}]}``, changes per step in the
-        variable's units.
+        "days": [{"date", "members", "truth"}], ["training"]}, ["training": {"hour", "mean",
+        "steps"}]}``, changes per step in the variable's units.
     """
     spatial: list[Hashable] = [d for d in truth.dims if d not in (INIT_DIM, LEAD_DIM)]
     step_s = int(_seconds(np.asarray(truth[LEAD_DIM].values[:1]))[0]) if LEAD_DIM in truth.coords else 0
@@ -115,6 +118,7 @@ def diurnal_cycle(
     d_mem = step_changes(mean.where(truth.notnull()))
     d_obs = step_changes(truth)
     hour = _local_hour(np.asarray(valid_time.values), offset)
+    date = _local_date(np.asarray(valid_time.values), offset)
     hours = np.arange(24)
     ok = np.isfinite(d_mem) & np.isfinite(d_obs)
     by_m, steps = _by_hour(d_mem, hour, ok)
@@ -129,7 +133,8 @@ def diurnal_cycle(
         "offset_hours": offset,
         "by_hour": {"hour": hours.tolist(), "members": by_m, "truth": by_t, "steps": steps},
         "morning": {"window": [lo, hi], "hours": covered, "complete": len(covered) == len(in_window),
-                    "members": f, "truth": t, "relative_error": rel},
+                    "members": f, "truth": t, "relative_error": rel,
+                    "days": _mornings(d_mem, d_obs, hour, date, ok, in_window)},
     }
     if training is not None:
         by_r, n_r = record_cycle(training, weights, step_s, offset, sample_dim=sample_dim)
@@ -141,6 +146,30 @@ def diurnal_cycle(
 def _local_hour(times: np.ndarray, offset: float) -> np.ndarray:
     """Whole local hour (0-23) of ``times`` at ``offset`` hours from UTC."""
     return np.floor((_hours(times) + offset) % 24.0 + 1e-9) % 24
+
+
+def _local_date(times: np.ndarray, offset: float) -> np.ndarray:
+    """Local date ``YYYY-MM-DD`` of ``times`` at ``offset`` h from UTC (the day of :func:`_local_hour`)."""
+    shift = round(offset * 3600.0)
+    t = xr.DataArray(times.ravel(), dims="t")
+    if np.issubdtype(t.dtype, np.datetime64):
+        t = t + np.timedelta64(shift, "s")
+    else:  # cftime objects
+        t = xr.DataArray(np.array([v + datetime.timedelta(seconds=shift) for v in t.values]), dims="t")
+    return np.asarray(t.dt.strftime("%Y-%m-%d").values).reshape(times.shape)
+
+
+def _mornings(d_mem: np.ndarray, d_obs: np.ndarray, hour: np.ndarray, date: np.ndarray, ok: np.ndarray,
+              in_window: list[int]) -> list[dict[str, Any]]:
+    """The morning's summed hourly means, members and truth, per local date with every hour covered."""
+    days = []
+    for day in sorted(set(date[ok].tolist())):
+        on_day = ok & (date == day)
+        sel = [on_day & (hour == h) for h in in_window]
+        if in_window and all(s.any() for s in sel):
+            days.append({"date": day, "members": float(sum(d_mem[s].mean() for s in sel)),
+                         "truth": float(sum(d_obs[s].mean() for s in sel))})
+    return days
 
 
 def _by_hour(values: np.ndarray, hour: np.ndarray, ok: np.ndarray) -> tuple[list[float | None], list[int]]:

@@ -232,6 +232,11 @@ def _domain_html(domain: dict[str, Any]) -> list[str]:
     return ["<h2>Physical domain</h2>", _table(head, rows)]
 
 
+def _days(days: list[dict[str, Any]]) -> str:
+    """``date: members / truth`` per morning, ``; ``-joined."""
+    return "; ".join(f"{d['date']}: {d['members']:.3g} / {d['truth']:.3g}" for d in days)
+
+
 def _diurnal_html(diurnal: dict[str, Any]) -> list[str]:
     """The diurnal-cycle check: the morning's summed change, members against truth."""
     if not diurnal:
@@ -242,9 +247,9 @@ def _diurnal_html(diurnal: dict[str, Any]) -> list[str]:
         hours = f"{m['window'][0]:g}-{m['window'][1]:g} h"
         hours += "" if m["complete"] else f" (only {m['hours']})"
         rows.append([name, d["clock"], hours, m["members"], m["truth"], m["relative_error"],
-                     m.get("training")])
+                     m.get("training"), _days(m.get("days") or [])])
     head = ["variable", "clock", "morning", "change members", "change truth", "relative error",
-            "change, training record"]
+            "change, training record", "by local date, members / truth"]
     return ["<h2>Diurnal cycle</h2><p>Mean change per step by local hour (figure <i>diurnal</i>); "
             "the morning's changes summed. The training record's morning (every pair of training "
             "states one step apart) says what the model could have learnt, where a few test inits "
@@ -331,5 +336,6 @@ def report_summary(metrics: dict[str, Any]) -> list[str]:
             lines.append(f"  {name}: change over the morning ({m['window'][0]:g}-{m['window'][1]:g} h "
                          f"{d['clock'].split(' (')[0]}) {fmt(m['members'])} vs truth {fmt(m['truth'])}, "
                          f"relative error {fmt(m['relative_error'])}{part}"
-                         + ("" if m.get("training") is None else f"; training record {fmt(m['training'])}"))
+                         + ("" if m.get("training") is None else f"; training record {fmt(m['training'])}")
+                         + (f"; by local date (members / truth) {_days(m['days'])}" if m.get("days") else ""))
     return lines

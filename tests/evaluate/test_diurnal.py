@@ -74,6 +74,11 @@ def test_morning_warming_and_hourly_changes_are_the_closed_form(follow: float) -
                   for u in range(8, 14))
     assert morning["truth"] == pytest.approx(warming, abs=1e-9) and warming > 0
     assert morning["relative_error"] == pytest.approx(follow - 1.0, abs=1e-9)
+    # each of the three local dates has its whole morning: the same sums day by day
+    assert [d["date"] for d in morning["days"]] == ["2017-01-01", "2017-01-02", "2017-01-03"]
+    for d in morning["days"]:
+        assert d["truth"] == pytest.approx(warming, abs=1e-9)
+        assert d["members"] == pytest.approx(follow * warming, abs=1e-9)
 
 
 def test_local_solar_time_moves_the_cycle_with_longitude() -> None:
@@ -102,6 +107,7 @@ def test_a_partial_morning_says_which_hours_it_covers() -> None:
                         xr.DataArray(truth.time.values[[7, 8, 9, 10]][None], dims=("init_time", "lead_time")),
                         xr.ones_like(truth["Tair"].isel(time=0, drop=True)))
     assert out["morning"]["hours"] == [7, 8, 9, 10] and not out["morning"]["complete"]
+    assert out["morning"]["days"] == []  # no date has its whole morning
     assert out["morning"]["relative_error"] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -115,6 +121,8 @@ def test_report_shows_the_check(tmp_path) -> None:
     assert "Diurnal cycle" in page and "local solar" in page
     line = next(s for s in report_summary(metrics) if "morning" in s)
     assert "relative error -0.5" in line
+    assert "by local date (members / truth) 2017-01-01:" in line and "2017-01-03:" in line
+    assert "by local date" in page
 
 
 def test_the_training_record_gives_its_own_cycle_and_skips_gaps() -> None:
@@ -134,3 +142,17 @@ def test_the_training_record_gives_its_own_cycle_and_skips_gaps() -> None:
     assert out["training"]["mean"] == pytest.approx(by, abs=1e-12)
     assert out["morning"]["training"] == pytest.approx(out["morning"]["truth"], abs=1e-9)
     assert evaluate_forecast(fc, truth, spectra=False)["diurnal"]["Tair"].get("training") is None
+
+
+def test_local_dates_shift_with_the_offset_for_datetime64_and_cftime() -> None:
+    """A step ending at 00:00 UTC ends on the previous local date west of Greenwich, and on the same
+    one east of it, in the proleptic Gregorian and in a no-leap calendar alike."""
+    import cftime
+
+    from simdiff.evaluate.diurnal import _local_date
+
+    dates = np.array(["2017-01-02T00:00", "2017-03-01T00:30"], dtype="datetime64[ns]")
+    assert _local_date(dates, -0.2).tolist() == ["2017-01-01", "2017-03-01"]
+    assert _local_date(dates, 0.2).tolist() == ["2017-01-02", "2017-03-01"]
+    noleap = np.array([cftime.DatetimeNoLeap(2017, 1, 2), cftime.DatetimeNoLeap(2017, 3, 1)], dtype=object)
+    assert _local_date(noleap, -0.2).tolist() == ["2017-01-01", "2017-02-28"]
