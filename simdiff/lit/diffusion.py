@@ -96,6 +96,9 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
             random half of the rows is perturbed and flagged 1, the other half kept exact and
             flagged 0, so the model tells the data's state (a forecast's lead 1) from its own
             (leads >= 2) instead of treating every input as uncertain.
+        data_noise: with the ``generated`` flag, the noise level of the rows flagged 0 (the
+            data's state), same units; 0 (default): they stay exact. Sets the spread of a
+            forecast's first step apart from the later steps' (``condition_noise``).
         signature: what the model is built for (kept in checkpoints; plain types).
     """
 
@@ -119,12 +122,17 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         crps_states: int = 8,
         crps_steps: int | None = None,
         condition_noise: float = 0.0,
+        data_noise: float = 0.0,
         signature: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= float(condition_noise) < float("inf"):
-            raise ValueError(f"DiffusionModule: condition_noise must be finite and >= 0, "
-                             f"got {condition_noise}")
+        for name, value in (("condition_noise", condition_noise), ("data_noise", data_noise)):
+            if not 0.0 <= float(value) < float("inf"):
+                raise ValueError(f"DiffusionModule: {name} must be finite and >= 0, got {value}")
+        if float(data_noise) > 0.0 and not model.conditioner.generated:
+            raise ValueError("DiffusionModule: data_noise is the noise of the rows the generated flag marks "
+                             "as data; set diffusion.conditioning.generated=true, or use condition_noise "
+                             "(every row) and diffusion.module.data_noise=0")
         if model.conditioner.generated and float(condition_noise) == 0.0:
             raise ValueError("DiffusionModule: the conditioner's generated flag (conditioning.generated) "
                              "is learnt from perturbed rows; set condition_noise > 0 "
@@ -178,7 +186,9 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         flag = (torch.rand(previous.shape[0], generator=generator, device=previous.device) < 0.5)
         flag = flag.to(previous.dtype)
         rows = flag.reshape(-1, *([1] * (previous.ndim - 1)))
-        return {**batch, "previous": previous + rows * level * scale * noise, "generated": flag}
+        data = float(self.hparams.get("data_noise", 0.0))
+        return {**batch, "previous": previous + (rows * level + (1 - rows) * data) * scale * noise,
+                "generated": flag}
 
     def on_train_start(self) -> None:
         self.start_step = int(self.global_step)

@@ -336,6 +336,9 @@ CASES: list[Case] = [
     Case("standardise-by-label-without-labels", "train-diffusion",
          ("force=true", "diffusion.standardise_by_label=true"),
          ("diffusion.standardise_by_label", "no label condition", "residual is true")),
+    Case("diffusion-data-noise-without-flag", "train-diffusion",
+         ("force=true", "diffusion.conditioning.generated=false", "diffusion.module.data_noise=0.5"),
+         ("diffusion.module.data_noise=0.5", "diffusion.conditioning.generated=true")),
     Case("latents-chunk-deleted", "generate", (), ("{file}",), setup=latents_chunk_deleted),
     Case("latents-zarr-json-corrupt", "augment", (), ("{file}",), setup=latents_zarr_json_corrupt),
     # -- damaged checkpoints ------------------------------------------------------------------

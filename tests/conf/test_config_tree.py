@@ -308,6 +308,17 @@ def test_the_progress_display_is_not_part_of_a_training_stage_identity():
         assert kept["trainer"]["callbacks"] == [{"_target_": early, "monitor": "val/loss"}]
 
 
+def test_data_noise_off_leaves_a_diffusion_identity_as_it_was():
+    """``diffusion.module.data_noise`` at its default 0 is left out of the stage's identity (runs
+    trained before the key are resumed, not refused); set, it is part of it."""
+    from simdiff.cli.diffusion import stage_config as dm_config
+
+    off = dm_config(_compose([]), {})
+    assert "data_noise" not in off["diffusion"]["module"]
+    on = dm_config(_compose(["diffusion.conditioning.generated=true", "diffusion.module.data_noise=0.5"]), {})
+    assert on["diffusion"]["module"]["data_noise"] == 0.5
+
+
 def test_the_readme_certify_command_sets_its_fractions_and_seeds():
     from simdiff.base.errors import DataError
     from simdiff.cli.certify import settings

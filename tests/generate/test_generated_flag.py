@@ -29,9 +29,9 @@ class FlagRecorder(nn.Module):
         return x * self.w
 
 
-def denoiser(previous: int = 2) -> ConditionalDenoiser:
-    cond = Conditioner(8, 2, previous=previous, generated=True)
-    assert cond.spatial_channels == 2 * previous + 1
+def denoiser(previous: int = 2, generated: bool = True) -> ConditionalDenoiser:
+    cond = Conditioner(8, 2, previous=previous, generated=generated)
+    assert cond.spatial_channels == 2 * previous + int(generated)
     return ConditionalDenoiser(FlagRecorder(channel=2 * previous), cond, residual=True,
                                residual_scale=torch.ones(2))
 
@@ -76,3 +76,21 @@ def test_training_flags_exactly_the_perturbed_rows() -> None:
     assert abs(float(std) - 0.5) < 0.02  # the perturbed rows carry the full noise level
     with pytest.raises(ValueError, match="condition_noise > 0"):
         DiffusionModule(denoiser(previous=1), torch.ones(4, 4), condition_noise=0.0)
+
+
+def test_data_noise_perturbs_the_rows_flagged_as_data_at_its_own_level() -> None:
+    """With data_noise, the rows flagged 0 move by data_noise and the flagged ones by condition_noise;
+    without the flag it is refused (nothing would tell the two kinds of rows apart)."""
+    module = DiffusionModule(denoiser(previous=1), torch.ones(4, 4), condition_noise=1.0, data_noise=0.25,
+                             warmup_steps=1)
+    prev = torch.zeros(2000, 1, 2, 4, 4)
+    out = module._perturb_previous({"previous": prev}, torch.Generator().manual_seed(0))
+    flag = out["generated"].bool()
+    assert 0.45 < float(flag.float().mean()) < 0.55
+    assert abs(float(out["previous"][flag].std()) - 1.0) < 0.02
+    assert abs(float(out["previous"][~flag].std()) - 0.25) < 0.005
+    with pytest.raises(ValueError, match="data_noise"):
+        DiffusionModule(denoiser(previous=1, generated=False), torch.ones(4, 4), condition_noise=0.5,
+                        data_noise=0.25)
+    with pytest.raises(ValueError, match="data_noise must be finite"):
+        DiffusionModule(denoiser(previous=1), torch.ones(4, 4), condition_noise=0.5, data_noise=-1.0)
