@@ -165,10 +165,11 @@ def _mornings(d_mem: np.ndarray, d_obs: np.ndarray, hour: np.ndarray, date: np.n
     days = []
     for day in sorted(set(date[ok].tolist())):
         on_day = ok & (date == day)
-        sel = [on_day & (hour == h) for h in in_window]
-        if in_window and all(s.any() for s in sel):
-            days.append({"date": day, "members": float(sum(d_mem[s].mean() for s in sel)),
-                         "truth": float(sum(d_obs[s].mean() for s in sel))})
+        by_m, steps = _by_hour(d_mem, hour, on_day)
+        if in_window and all(steps[h] for h in in_window):
+            by_t, _ = _by_hour(d_obs, hour, on_day)
+            days.append({"date": day, "members": _window_sum(by_m, in_window),
+                         "truth": _window_sum(by_t, in_window)})
     return days
 
 
