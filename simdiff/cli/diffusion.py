@@ -24,7 +24,6 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simdiff.base.errors import DataError
 from simdiff.base.provenance import config_yaml
 from simdiff.cli.app import stage_started
 from simdiff.cli.nodes import build, lightning_logs_once, preemption_signal
@@ -55,8 +54,9 @@ def stage_config(cfg: DictConfig, signature: dict[str, Any]) -> dict[str, Any]:
     display_free_identity(plain)
     if not plain["diffusion"].get("standardise_by_label"):  # off: a run made before the key keeps
         plain["diffusion"].pop("standardise_by_label", None)  # its identity (resumed, not refused)
-    if not plain["diffusion"].get("module", {}).get("data_noise"):  # likewise
-        plain["diffusion"].get("module", {}).pop("data_noise", None)
+    module = plain["diffusion"].get("module", {})
+    if not module.get("data_noise"):  # likewise
+        module.pop("data_noise", None)
     plain["seed"] = int(cfg.seed)
     plain["latent_signature"] = signature
     return yaml.safe_load(config_yaml(plain))
@@ -70,28 +70,6 @@ def identity(cfg: DictConfig) -> Identity:
     return Identity(config, {"latents": run.latents}, [run.final("diffusion")])
 
 
-def check_condition_noise(dm_cfg: dict[str, Any]) -> None:
-    """Refuse (DataError, before anything is written) noise levels on the conditioning states that
-    the module would refuse later: negative or infinite, the flag without noise, data_noise
-    without the flag."""
-    module, flag = dm_cfg.get("module") or {}, bool(dm_cfg["conditioning"].get("generated"))
-    for key in ("condition_noise", "data_noise"):
-        value = module.get(key, 0.0)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not 0.0 <= float(value) < float("inf"):
-            raise DataError(f"diffusion.module.{key}={value!r}: give a finite number >= 0 (in units of "
-                            "the one-step tendency's std; 0: off)")
-    if flag and not float(module.get("condition_noise", 0.0)):
-        raise DataError("diffusion.conditioning.generated=true with diffusion.module.condition_noise=0: "
-                        "the flag is learnt from the perturbed rows; set condition_noise > 0 or "
-                        "generated=false")
-    if float(module.get("data_noise", 0.0)) and not flag:
-        raise DataError(f"diffusion.module.data_noise={module['data_noise']} without "
-                        "diffusion.conditioning.generated=true: it is the noise of the rows the flag "
-                        "marks as data; set generated=true, or put the noise on every row with "
-                        "condition_noise and data_noise=0")
-
-
 def train_diffusion_stage(cfg: DictConfig) -> None:
     """``run_dir/latents.zarr`` -> ``run_dir/diffusion/`` (checkpoints, config, summary)."""
     import lightning as L
@@ -100,6 +78,7 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     from simdiff.data.loading.patch import check_patch
     from simdiff.lit.budget import TimeBudget
     from simdiff.lit.checkpoint import load_checkpoint
+    from simdiff.lit.diffusion import check_condition_noise
     from simdiff.lit.epoch_log import EpochLog
     from simdiff.lit.resume import KeepStopped, resume_checkpoints
     from simdiff.nets.autoencoder import total_factors
@@ -118,7 +97,9 @@ def train_diffusion_stage(cfg: DictConfig) -> None:
     daily, annual = cycle_harmonics(dm_cfg)
     if daily or annual:  # refused before anything is written
         check_tendency_cycle(store, daily, annual, bool(dm_cfg["residual"]))
-    check_condition_noise(dm_cfg)
+    module = dm_cfg.get("module") or {}  # noise levels refused before anything is written
+    check_condition_noise(module.get("condition_noise", 0.0), module.get("data_noise", 0.0),
+                          bool(dm_cfg["conditioning"].get("generated")))
     by_label = bool(dm_cfg.get("standardise_by_label"))
     if by_label:
         check_label_standardisation(store, dm_cfg)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ import lightning as L
 import torch
 import xarray as xr
 
+from simdiff.base.errors import DataError
 from simdiff.data.loading.patch import crop_shared
 from simdiff.diffusion.denoiser import ConditionalDenoiser
 from simdiff.diffusion.edm import EDMLoss
@@ -62,6 +64,27 @@ def parameter_checksum(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def check_condition_noise(condition_noise: Any, data_noise: Any, generated: bool) -> None:
+    """Refuse (DataError) noise levels on the conditioning states that training cannot use:
+    negative, infinite or not a number; the generated flag without noise to learn it from;
+    ``data_noise`` without the flag that tells its rows apart. The CLI calls it before anything
+    is written; :class:`DiffusionModule` on construction."""
+    for name, value in (("condition_noise", condition_noise), ("data_noise", data_noise)):
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not 0.0 <= float(value) < float("inf"):
+            raise DataError(f"diffusion.module.{name}={value!r}: {name} must be finite and >= 0 (in units "
+                            "of the one-step tendency's std; 0: off)")
+    if generated and float(condition_noise) == 0.0:
+        raise DataError("diffusion.conditioning.generated=true with diffusion.module.condition_noise=0: "
+                        "the flag is learnt from the perturbed rows; set condition_noise > 0 or "
+                        "generated=false")
+    if float(data_noise) > 0.0 and not generated:
+        raise DataError(f"diffusion.module.data_noise={data_noise} without "
+                        "diffusion.conditioning.generated=true: it is the noise of the rows the flag "
+                        "marks as data; set generated=true, or put the noise on every row with "
+                        "condition_noise and data_noise=0")
 
 
 class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
@@ -126,17 +149,7 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         signature: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("condition_noise", condition_noise), ("data_noise", data_noise)):
-            if not 0.0 <= float(value) < float("inf"):
-                raise ValueError(f"DiffusionModule: {name} must be finite and >= 0, got {value}")
-        if float(data_noise) > 0.0 and not model.conditioner.generated:
-            raise ValueError("DiffusionModule: data_noise is the noise of the rows the generated flag marks "
-                             "as data; set diffusion.conditioning.generated=true, or use condition_noise "
-                             "(every row) and diffusion.module.data_noise=0")
-        if model.conditioner.generated and float(condition_noise) == 0.0:
-            raise ValueError("DiffusionModule: the conditioner's generated flag (conditioning.generated) "
-                             "is learnt from perturbed rows; set condition_noise > 0 "
-                             "(diffusion.module.condition_noise) or conditioning.generated=false")
+        check_condition_noise(condition_noise, data_noise, model.conditioner.generated)
         self.save_hyperparameters(ignore=["model", "weights", "sampling", "optimizer"])
         self.optimizer_factory = (adamw(lr=2e-4, betas=(0.9, 0.99)) if optimizer is None
                           else check_factory(optimizer, "DiffusionModule"))
