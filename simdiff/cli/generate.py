@@ -66,7 +66,8 @@ def member_ids(value: Any, key: str = "generate.members") -> list[int]:
 
 
 def check_output_node(key: str, node: DictConfig) -> None:
-    """Refuse (DataError) a generating stage's ``format``/``out``/``batch_size`` it cannot write with."""
+    """Refuse (DataError) a generating stage's ``format``/``out``/``batch_size``/``member_group`` it
+    cannot write with."""
     fmt = node.get("format")
     if fmt not in SUFFIX:
         raise DataError(f"{key}.format={fmt!r}: use zarr or netcdf")
@@ -76,6 +77,10 @@ def check_output_node(key: str, node: DictConfig) -> None:
     batch = node.get("batch_size")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise DataError(f"{key}.batch_size={batch!r}: give a count >= 1")
+    group = node.get("member_group", 1)
+    if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+        raise DataError(f"{key}.member_group={group!r}: give a count >= 1 (draws computed together; "
+                        "1: one at a time)")
 
 
 def output_path(cfg: DictConfig, mode: Any) -> Path:

@@ -15,8 +15,9 @@ filter rejected) takes all its noise from the stream keyed ``(seed, SAMPLE_INIT,
 with a numpy generator seeded by the key ``(seed, SAMPLE_INIT, k, -(r + 1))`` (with
 ``draws_per_source = m > 1``, ids ``k`` with one ``k // m`` share a source, keyed by
 ``(seed, SAMPLE_INIT, k // m, -1)``, redraws included). So sample ``k`` is
-the same whatever the other ids, the batch, the rank, or a resume (with ``row_by_row``
-sampling, bit for bit).
+the same whatever the other ids, the batch, the rank, or a resume; bit for bit with batch-invariant
+sampling, which draws the first round in fixed groups of ids ``k // G`` (``augment.member_group``,
+:func:`simdiff.generate.rollout.draw_samples`) and the redraws row by row.
 
 The filter (:class:`BoundsFilter`) rejects a candidate when, at a valid cell, a value is
 non-finite (``nonfinite``), a variable declared non-negative is < 0 (``negative``), a value lies
@@ -58,7 +59,6 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import torch
 import xarray as xr
 import zarr
 
@@ -66,10 +66,8 @@ from simdiff.base.errors import DataError
 from simdiff.data.stores.stats import denormalise, to_physical
 from simdiff.data.stores.training import TrainingStore
 from simdiff.data.transforms import Bounded, Transform
-from simdiff.diffusion.denoiser import ConditionalDenoiser
-from simdiff.generate.noise import SAMPLE_INIT, member_generators, member_seed
+from simdiff.generate.noise import SAMPLE_INIT, member_seed
 from simdiff.generate.output import FOLDED, partial_path
-from simdiff.generate.rollout import LatentDecoder, SamplerSpec
 from simdiff.generate.template import WRITTEN
 
 #: Why a candidate is rejected, in the order of the ``reject_reason`` axis.
@@ -206,42 +204,6 @@ def choose_sources(pool: np.ndarray, ids: Sequence[int], round_: int, seed: int,
     keys = [(int(k), -(round_ + 1)) if per_source == 1 else (int(k) // per_source, -1) for k in ids]
     picks = [np.random.default_rng(member_seed(seed, SAMPLE_INIT, k, r)).integers(len(pool)) for k, r in keys]
     return np.asarray(pool, dtype=np.int64)[np.asarray(picks, dtype=np.int64)]
-
-
-@torch.no_grad()
-def draw_candidates(
-    model: ConditionalDenoiser,
-    decoder: LatentDecoder,
-    spec: SamplerSpec,
-    *,
-    latent_shape: tuple[int, ...],
-    window: torch.Tensor | None,
-    conditions: Mapping[str, torch.Tensor],
-    ids: Sequence[int],
-    round_: int,
-    seed: int,
-) -> np.ndarray:
-    """One candidate per id: noise from ``(seed, SAMPLE_INIT, id, round_ + 1)``.
-
-    Args:
-        latent_shape: (c, [d], h, w).
-        window: (B, W-1, c, [d], h, w) the previous latent states of each row (forecaster), or
-            None (unconditional model).
-        conditions: name -> (B, ...) the conditions of each row (may be empty).
-        ids: the B draw ids.
-        round_: 0 for a first draw, r for the r-th redraw.
-
-    Returns:
-        fields (B, C, [D], H, W) float32, normalised.
-    """
-    device = model.residual_scale.device
-    gens = member_generators(seed, [SAMPLE_INIT] * len(ids), list(ids), round_ + 1, device=device)
-    batch = {name: v.to(device) for name, v in conditions.items()}
-    if window is not None:
-        batch["previous"] = window.to(device)
-    x = model.sample(batch, (len(ids), *latent_shape), sampler=spec.sampler, sigmas=spec.sigmas,
-                     generator=gens, guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)
-    return decoder(x, spec.row_by_row, gens).float().cpu().numpy()
 
 
 def physical(fields: np.ndarray, store: TrainingStore, rows: np.ndarray | None = None) -> xr.Dataset:

@@ -31,6 +31,8 @@ from simdiff.nets.autoencoder import Autoencoder
 from simdiff.nets.window import unstack_window
 
 T = TypeVar("T")
+# the conditions of a batch of draws: name -> (B, ...), or a function of the draw ids giving them
+Conditions = Mapping[str, torch.Tensor] | Callable[[list[int]], Mapping[str, torch.Tensor]]
 
 
 @dataclass
@@ -96,9 +98,9 @@ class SamplerSpec:
     guarantee from fixed member groups instead: members ``kG .. kG + G - 1`` are always computed
     together as one batch of ``G`` rows, in that order, so a member's bits do not depend on
     which other members were asked for, and the net runs batched (about ``G`` times fewer
-    calls; asking for one member alone costs its whole group). So do the members of one
-    condition (:func:`draw_samples` with ``shared``: conditional draws); draws whose every row
-    has its own conditions (sample mode, augment) stay row by row.
+    calls; asking for one member alone costs its whole group). So do independent draws
+    (:func:`draw_samples` given their conditions as a function of the draw ids: sample mode,
+    conditional draws, augment's first round).
     """
 
     sampler: Callable[..., torch.Tensor]
@@ -221,37 +223,42 @@ def draw_samples(
     spec: SamplerSpec,
     *,
     latent_shape: tuple[int, ...],
-    conditions: Mapping[str, torch.Tensor],
+    conditions: Conditions,
     members: Sequence[int],
     seed: int,
     init: int = SAMPLE_INIT,
-    shared: bool = False,
+    counter: int = 1,
 ) -> np.ndarray:
-    """Unconditional (or label/covariate-conditioned) draws, one per member id.
+    """Independent draws, one per member id, each for its own conditions.
 
     Args:
         latent_shape: (c, [d], h, w).
-        conditions: name -> (B, ...) the conditions of each draw (may be empty).
-        members: the draws' ids (noise keys ``(seed, init, id, 1)``).
+        conditions: name -> (B, ...) the conditions of each draw (may be empty; a forecaster's
+            previous states are the condition ``previous``), or a function that gives them for
+            any list of draw ids. With a function and ``spec.grouped`` > 1, members are computed
+            in their fixed groups as forecasts are (:class:`SamplerSpec`): batched, and a
+            member's bits still do not depend on which other members were asked for (a group's
+            other ids are drawn too, and dropped).
+        members: the draws' ids (noise keys ``(seed, init, id, counter)``).
         init: the noise key's init: ``SAMPLE_INIT``, or the conditioning sample's index (so
             member ``m`` of each condition has its own stream).
-        shared: every row has the same conditions (members of one condition). Then, with
-            ``spec.grouped`` > 1, members are computed in their fixed groups as forecasts are
-            (:class:`SamplerSpec`): batched, and a member's bits still do not depend on which
-            other members were asked for.
+        counter: the noise key's last counter: 1, or ``r + 1`` for an augment redraw in round ``r``.
 
     Returns:
         fields (B, C, [D], H, W) float32 (normalised).
     """
-    size = spec.grouped
-    if shared and size > 1:
+    if callable(conditions):
+        size = spec.grouped
+        if size == 1:
+            return draw_samples(model, decoder, spec, latent_shape=latent_shape,
+                                conditions=conditions(list(members)), members=members, seed=seed, init=init,
+                                counter=counter)
         batched = replace(spec, row_by_row=False)
-        one = {name: v[:1].expand(size, *v.shape[1:]).contiguous() for name, v in conditions.items()}
         return np.stack(in_member_groups(members, size, lambda ids: list(draw_samples(
-            model, decoder, batched, latent_shape=latent_shape, conditions=one, members=ids, seed=seed,
-            init=init))))
+            model, decoder, batched, latent_shape=latent_shape, conditions=conditions(ids), members=ids,
+            seed=seed, init=init, counter=counter))))
     device = model.residual_scale.device
-    gens = member_generators(seed, [int(init)] * len(members), list(members), 1, device=device)
+    gens = member_generators(seed, [int(init)] * len(members), list(members), int(counter), device=device)
     batch = {name: v.to(device) for name, v in conditions.items()}
     x = model.sample(batch, (len(members), *latent_shape), sampler=spec.sampler, sigmas=spec.sigmas,
                      generator=gens, guidance=spec.guidance, guided=spec.guided, row_by_row=spec.row_by_row)

@@ -187,7 +187,7 @@ class Run:
         with ``labels`` (class names or integers, cycled over the draws), those labels."""
         gen = self._generation(n, seed, decoder_noise, decoder_noise_samples, batch_size, **sampling)
         if labels is not None:
-            gen.conditions["label"] = self._labels(labels, gen)
+            gen.conditions["label"] = self._labels(labels, gen, split)
         return self._labelled(_fill(Sample(split=split), gen, [(m, -1) for m in gen.members]), gen)
 
     def conditional(
@@ -218,7 +218,7 @@ class Run:
             ds.attrs["simdiff_decoder_residual_rms_over_std"] = json.dumps(rms)
         return ds
 
-    def _labels(self, labels: Sequence[Any], gen: Generation) -> np.ndarray:
+    def _labels(self, labels: Sequence[Any], gen: Generation, split: str) -> np.ndarray:
         """Per draw id, the requested label, laid out so that :class:`Sample` picks it for that id."""
         if "label" not in gen.conditions:
             raise DataError(
@@ -229,7 +229,7 @@ class Run:
         codes = [names.index(v) if isinstance(v, str) and v in names else v for v in labels]
         if not all(isinstance(c, (int, np.integer)) for c in codes):
             raise DataError(f"labels={list(labels)}: use integers or the store's label_names {names}")
-        pool = self.latents.indices("test")
+        pool = self.latents.indices(split)
         out = np.array(gen.conditions["label"], copy=True)
         if len(pool) < len(gen.members):
             raise DataError("sample(labels=...) needs at most as many draws as the split has samples")

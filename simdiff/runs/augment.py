@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,14 @@ from simdiff.generate.augment import (
     REASONS,
     augment_template,
     choose_sources,
-    draw_candidates,
     open_rows,
     physical,
     tally_rejections,
     write_rows,
 )
+from simdiff.generate.noise import SAMPLE_INIT
 from simdiff.generate.output import partial_path
-from simdiff.generate.rollout import SamplerSpec, member_batches
+from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches
 from simdiff.runs.models import Models
 from simdiff.runs.modes import CONDITIONS, single_states
 
@@ -138,9 +139,11 @@ class AugmentJob:
 
     def blocks(self, pending: Sequence[int]) -> list[tuple[str, list[int]]]:
         real = [("real", b) for b in member_batches([p for p in pending if p < self.n_real], self.batch_size)]
+        # synthetic rows in whole fixed groups of draw ids (the first round draws a group at once)
+        row_of = {int(self.ids[p - self.n_real]): p for p in pending if p >= self.n_real}
         return real + [
-            ("synthetic", b)
-            for b in member_batches([p for p in pending if p >= self.n_real], self.batch_size)
+            ("synthetic", [row_of[i] for i in b])
+            for b in member_batches(list(row_of), self.batch_size, self.spec.grouped)
         ]
 
     def size(self, block: tuple[str, list[int]]) -> int:
@@ -173,6 +176,19 @@ class AugmentJob:
             ", ".join(f"{k} {v}" for k, v in tally.items() if k != "total"),
         )
 
+    def _draw_conditions(self, ids: list[int], round_: int) -> dict[str, torch.Tensor]:
+        """What draw ``(id, round_)`` is conditioned on, for each id: its source's previous latent
+        states (a forecaster) and the conditions of the sample it stands for."""
+        previous = self.models.previous
+        sources = choose_sources(self.pool, ids, round_, self.seed, self.per_source)
+        out = {n: torch.from_numpy(v) for n, v in
+               (self._conditions_at(sources + 1 if previous else sources) if self.used else {}).items()}
+        if previous:
+            lat = self.latents.data
+            out["previous"] = torch.from_numpy(
+                np.stack([np.asarray(lat[s - previous + 1 : s + 1]) for s in sources]))
+        return out
+
     def _conditions_at(self, index: np.ndarray) -> dict[str, np.ndarray]:
         return {n: np.asarray(self.latents.array(n)[index]) for n in self.used}
 
@@ -204,22 +220,20 @@ class AugmentJob:
                 break
             ids = [self.ids[p - self.n_real] for p in pending]
             sources = choose_sources(self.pool, ids, r, self.seed, self.per_source)
-            window = None
-            if previous:
-                window = torch.from_numpy(
-                    np.stack([np.asarray(lat[s - previous + 1 : s + 1]) for s in sources])
-                )
             conds = self._conditions_at(sources + 1 if previous else sources) if self.used else {}
-            fields = draw_candidates(
+            draw_conditions = partial(self._draw_conditions, round_=r)
+            fields = draw_samples(
                 self.models.model,
                 self.models.decoder,
                 self.spec,
                 latent_shape=tuple(lat.shape[1:]),
-                window=window,
-                conditions={n: torch.from_numpy(v) for n, v in conds.items()},
-                ids=ids,
-                round_=r,
+                # the first round in fixed groups of ids (batched, bits independent of the other ids
+                # asked for); a redraw, of the few rejected, row by row (as the spec says)
+                conditions=draw_conditions if r == 0 else draw_conditions(ids),
+                members=ids,
                 seed=self.seed,
+                init=SAMPLE_INIT,
+                counter=r + 1,
             )
             phys = physical(fields, self.store, sources + 1 if previous else sources)
             bad = self.filt.reasons(phys, self.bounds, mask, transforms, sdim).values

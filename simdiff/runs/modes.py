@@ -35,7 +35,7 @@ from simdiff.data.stores.training import SPLITS, TrainingStore
 from simdiff.generate.noise import SAMPLE_INIT
 from simdiff.generate.output import missing, write_block
 from simdiff.generate.renormalise import factor_variables, renormalise
-from simdiff.generate.rollout import SamplerSpec, draw_samples, member_batches, rollout
+from simdiff.generate.rollout import Conditions, SamplerSpec, draw_samples, member_batches, rollout
 from simdiff.generate.template import conditional_template, forecast_template, sample_template
 from simdiff.runs.models import Models
 
@@ -66,13 +66,13 @@ class Generation:
         return self.store.dataset()
 
     def draw(
-        self, conditions: dict[str, torch.Tensor], members: list[int], rows: np.ndarray,
-        init: int = SAMPLE_INIT, shared: bool = False,
+        self, conditions: Conditions, members: list[int], rows: np.ndarray, init: int = SAMPLE_INIT,
     ) -> xr.Dataset:
         """Independent draws ``members`` for ``conditions`` (noise keyed by ``init``):
         ``(realization, [D], Y, X)`` per variable, physical; ``rows``: the store sample whose
-        conditions (and reference field, if the store has one) each member takes; ``shared``:
-        one condition for every member (:func:`draw_samples`: fixed member groups)."""
+        conditions (and reference field, if the store has one) each member takes. Conditions
+        given as a function of the draw ids are drawn in fixed member groups
+        (:func:`draw_samples`)."""
         fields = draw_samples(
             self.models.model,
             self.models.decoder,
@@ -82,7 +82,6 @@ class Generation:
             members=members,
             seed=self.seed,
             init=init,
-            shared=shared,
         )
         return self.physical(fields, members, ("realization", "channel", *self.store.layout.spatial_dims),
                              rows)
@@ -299,14 +298,22 @@ class Sample:
         return sample_template(gen.store, gen.members, chunks=gen.chunks)
 
     def blocks(self, gen: Generation, pending: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
-        return [(-1, b) for b in member_batches([m for m, _ in pending], gen.batch_size)]
+        return [(-1, b) for b in member_batches([m for m, _ in pending], gen.batch_size, gen.spec.grouped)]
 
     def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
-        """Draws ``members``: ``(realization, [D], Y, X)`` per variable (``init`` is unused, -1)."""
+        """Draws ``members``: ``(realization, [D], Y, X)`` per variable (``init`` is unused, -1).
+        Draw ``m`` takes the conditions of the split's sample ``m`` modulo its size, so a fixed
+        member group's conditions are known whichever members were asked for."""
         pool = gen.latents.indices(self.split)
-        rows = pool[np.asarray(members) % len(pool)] if len(pool) else np.zeros(0, np.int64)
-        conds = {n: torch.from_numpy(np.asarray(v[rows])) for n, v in gen.conditions.items()}
-        return gen.draw(conds, members, rows)
+
+        def rows_of(ids: Sequence[int]) -> np.ndarray:
+            return pool[np.asarray(ids, dtype=np.int64) % len(pool)] if len(pool) else np.zeros(0, np.int64)
+
+        def conditions(ids: list[int]) -> dict[str, torch.Tensor]:
+            rows = rows_of(ids)
+            return {n: torch.from_numpy(np.asarray(v[rows])) for n, v in gen.conditions.items()}
+
+        return gen.draw(conditions, members, rows_of(members))
 
     @staticmethod
     def write(target: Path, block: xr.Dataset, init: int) -> None:
@@ -375,9 +382,11 @@ class Conditional:
 
     def compute(self, gen: Generation, init: int, members: list[int]) -> xr.Dataset:
         """Members ``members`` for the conditions of sample ``init``: ``(realization, [D], Y, X)``."""
-        conds = {n: torch.from_numpy(np.repeat(np.asarray(v[init : init + 1]), len(members), axis=0))
-                 for n, v in gen.conditions.items()}
-        block = gen.draw(conds, members, np.full(len(members), init), init, shared=True)
+        def conditions(ids: list[int]) -> dict[str, torch.Tensor]:  # sample init's, for every member
+            return {n: torch.from_numpy(np.repeat(np.asarray(v[init : init + 1]), len(ids), axis=0))
+                    for n, v in gen.conditions.items()}
+
+        block = gen.draw(conditions, members, np.full(len(members), init), init)
         if not self.renormalise:
             return block
         ref = gen.source["reference"].isel({gen.store.layout.sample_dim: init})

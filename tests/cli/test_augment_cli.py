@@ -28,7 +28,8 @@ from simdiff.runs.augment import source_pool
 def augmented(tmp_path_factory) -> tuple[Path, tuple[str, ...], str]:
     tmp = tmp_path_factory.mktemp("aug")
     run_dir = tmp / "run"
-    common = (f"run_dir={run_dir}", "debug=tiny", f"cache_dir={tmp / 'cache'}")
+    # member groups of 2 (ids 0-1, 2-3, ...): small enough that a killed run stops between groups
+    common = (f"run_dir={run_dir}", "debug=tiny", f"cache_dir={tmp / 'cache'}", "augment.member_group=2")
     out = simdiff("run", *common)
     assert out.returncode == 0, out.stderr[-4000:]
     out = simdiff("augment", *common)
@@ -73,9 +74,11 @@ def test_augmented_store_has_the_schema_of_the_source(augmented):
 
 
 def test_sample_k_alone_is_bitwise_sample_k(augmented, tmp_path):
+    """Sample 4 asked for alone (batch_size 1: its group 4-5 is still drawn as one batch) has its
+    bits in the run of 6."""
     run_dir, common, _ = augmented
     one = tmp_path / "one.zarr"
-    out = simdiff("augment", *common, "augment.samples=[4]", f"augment.out={one}")
+    out = simdiff("augment", *common, "augment.samples=[4]", "augment.batch_size=1", f"augment.out={one}")
     assert out.returncode == 0, out.stderr[-3000:]
     alone, full = xr.open_zarr(one), xr.open_zarr(run_dir / "augmented.zarr")
     k = int(np.flatnonzero(full["sample_id"].values == 4)[0])
@@ -83,7 +86,7 @@ def test_sample_k_alone_is_bitwise_sample_k(augmented, tmp_path):
         np.testing.assert_array_equal(alone[name].values[0], full[name].values[k])
     assert int(alone["source_index"].values[0]) == int(full["source_index"].values[k])
     # the same command again is a no-op
-    again = simdiff("augment", *common, "augment.samples=[4]", f"augment.out={one}")
+    again = simdiff("augment", *common, "augment.samples=[4]", "augment.batch_size=1", f"augment.out={one}")
     assert again.returncode == 0 and "skipping" in again.stderr + again.stdout
 
 

@@ -198,6 +198,24 @@ def test_sample_mode_draws_are_scored_against_held_out_densities(molecule_run, t
     assert scores["samples"] == samples.sizes["realization"]
     assert np.isfinite(scores["variables"]["density"]["wasserstein1"])
     assert "Samples (generate/mode=sample)" in (copy / "report" / "index.html").read_text()
+    # draw 2 asked alone through the library is the CLI's, bit for bit: it takes the conditions of
+    # test sample 2 and is computed in its fixed member group (0..9) either way
+    run = open_run(copy)
+    kw = {"steps": 4, "guidance": 2.0, "decoder_noise": False}  # debug=tiny's levels, the preset's rest
+    one = run.sample([2], **kw)
+    np.testing.assert_array_equal(one["density"].sel(realization=2).values,
+                                  samples["density"].sel(realization=2).values)
+    # labels= gives each draw its label on the split it draws from (it was written on test's rows)
+    latents = LatentStore(copy / "latents.zarr")
+    first = int(latents.array("label")[latents.indices("train")[0]])
+    other = (first + 1) % len(latents.group["label"].attrs["label_names"])
+    plain = run.sample([0], split="train", **kw)["density"].values
+    def labelled(label: int) -> np.ndarray:
+        return run.sample([0], labels=[label], split="train", **kw)["density"].values
+
+    np.testing.assert_array_equal(labelled(first), plain)
+    # (the tiny model's label embedding has barely trained: the other label moves the draw a little)
+    assert not np.array_equal(labelled(other), plain)
 
 
 def test_renormalised_members_hold_the_promolecule_count_and_say_so(molecule_run, tmp_path):
