@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -176,21 +176,29 @@ class AugmentJob:
             ", ".join(f"{k} {v}" for k, v in tally.items() if k != "total"),
         )
 
-    def _draw_conditions(self, ids: list[int], round_: int) -> dict[str, torch.Tensor]:
-        """What draw ``(id, round_)`` is conditioned on, for each id: its source's previous latent
-        states (a forecaster) and the conditions of the sample it stands for."""
+    @cached_property
+    def _conditions(self) -> dict[str, np.ndarray]:
+        """The store's conditions the model uses, read once (every draw indexes them)."""
+        return {n: self.latents.array(n) for n in self.used}
+
+    def _conditions_at(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        return {n: np.asarray(v[index]) for n, v in self._conditions.items()}
+
+    def _model_inputs(self, sources: np.ndarray) -> dict[str, torch.Tensor]:
+        """What draws from ``sources`` are conditioned on: each source's previous latent states
+        (a forecaster) and the conditions of the sample the draw stands for."""
         previous = self.models.previous
-        sources = choose_sources(self.pool, ids, round_, self.seed, self.per_source)
-        out = {n: torch.from_numpy(v) for n, v in
-               (self._conditions_at(sources + 1 if previous else sources) if self.used else {}).items()}
+        rows = sources + 1 if previous else sources
+        out = {n: torch.from_numpy(v) for n, v in self._conditions_at(rows).items()}
         if previous:
             lat = self.latents.data
             out["previous"] = torch.from_numpy(
                 np.stack([np.asarray(lat[s - previous + 1 : s + 1]) for s in sources]))
         return out
 
-    def _conditions_at(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        return {n: np.asarray(self.latents.array(n)[index]) for n in self.used}
+    def _draw_conditions(self, ids: list[int], round_: int) -> dict[str, torch.Tensor]:
+        """:meth:`_model_inputs` of draws ``(id, round_)`` (their sources chosen by id)."""
+        return self._model_inputs(choose_sources(self.pool, ids, round_, self.seed, self.per_source))
 
     def _real_rows(self, rows: list[int]) -> dict[int, dict[str, Any]]:
         """Merged real samples: the training store's fields in physical units, with their conditions."""
@@ -221,15 +229,15 @@ class AugmentJob:
             ids = [self.ids[p - self.n_real] for p in pending]
             sources = choose_sources(self.pool, ids, r, self.seed, self.per_source)
             conds = self._conditions_at(sources + 1 if previous else sources) if self.used else {}
-            draw_conditions = partial(self._draw_conditions, round_=r)
+            # the first round in fixed groups of ids (batched, bits independent of the other ids asked
+            # for); a redraw, of the few rejected, row by row (as the spec says)
+            first = partial(self._draw_conditions, round_=r)
             fields = draw_samples(
                 self.models.model,
                 self.models.decoder,
                 self.spec,
                 latent_shape=tuple(lat.shape[1:]),
-                # the first round in fixed groups of ids (batched, bits independent of the other ids
-                # asked for); a redraw, of the few rejected, row by row (as the spec says)
-                conditions=draw_conditions if r == 0 else draw_conditions(ids),
+                conditions=first if r == 0 else self._model_inputs(sources),
                 members=ids,
                 seed=self.seed,
                 init=SAMPLE_INIT,
