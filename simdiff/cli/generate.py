@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,8 @@ def member_ids(value: Any, key: str = "generate.members") -> list[int]:
 
 
 def check_output_node(key: str, node: DictConfig) -> None:
-    """Refuse (DataError) a generating stage's ``format``/``out``/``batch_size``/``member_group`` it
-    cannot write with."""
+    """Refuse (DataError) a generating stage's ``format``/``out``/``batch_size``/``member_group``/
+    ``rollout_noise`` it cannot write with."""
     fmt = node.get("format")
     if fmt not in SUFFIX:
         raise DataError(f"{key}.format={fmt!r}: use zarr or netcdf")
@@ -81,6 +82,10 @@ def check_output_node(key: str, node: DictConfig) -> None:
     if not isinstance(group, int) or isinstance(group, bool) or group < 1:
         raise DataError(f"{key}.member_group={group!r}: give a count >= 1 (draws computed together; "
                         "1: one at a time)")
+    noise = node.get("rollout_noise", 0.0)
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not math.isfinite(noise) or noise < 0:
+        raise DataError(f"{key}.rollout_noise={noise!r}: give a number >= 0 (the inflation of a forecast's "
+                        "own states, in units of the one-step tendency's std; 0: off)")
 
 
 def output_path(cfg: DictConfig, mode: Any) -> Path:

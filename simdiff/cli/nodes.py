@@ -55,12 +55,13 @@ def ranks(node: DictConfig) -> Any:
 
 def sampler_spec(cfg: DictConfig, node: DictConfig) -> Any:
     """The :class:`~simdiff.generate.rollout.SamplerSpec` of a generating stage: the root
-    ``sampler`` node with the stage's guidance and batch invariance."""
+    ``sampler`` node with the stage's guidance, batch invariance and rollout noise."""
     from simdiff.generate.rollout import SamplerSpec
 
     sampling = build(cfg.sampler)
     return SamplerSpec(sampling.sampler, sampling.sigmas(), float(node.guidance), tuple(node.guided),
-                       bool(node.batch_invariant), int(node.get("member_group", 1)))
+                       bool(node.batch_invariant), int(node.get("member_group", 1)),
+                       float(node.get("rollout_noise", 0.0)))
 
 
 def preemption_signal(cfg: DictConfig) -> Any:

@@ -107,6 +107,11 @@ class ConditionalDenoiser(nn.Module):
     def _scale(self, like: torch.Tensor) -> torch.Tensor:
         return self.residual_scale.to(like.dtype).reshape(1, -1, *([1] * (like.ndim - 2)))
 
+    def previous_scale(self, previous: torch.Tensor) -> torch.Tensor:
+        """The unit of noise on previous states ``(B, P, C, ...)``, broadcastable to them: the
+        one-step tendency's per-channel std in residual mode, else 1 (the latents' std)."""
+        return self.residual_scale.to(previous.dtype).reshape(1, 1, -1, *([1] * (previous.ndim - 3)))
+
     def _base(self, like: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """What residual mode diffuses about: the newest previous state (+ the cycle's mean tendency)."""
         previous = batch.get("previous")

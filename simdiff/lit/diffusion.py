@@ -191,7 +191,7 @@ class DiffusionModule(SavedGenerator, EMAValidation, L.LightningModule):
         previous = batch.get("previous")
         if level == 0.0 or previous is None:
             return batch
-        scale = self.model.residual_scale.to(previous.dtype).reshape(1, 1, -1, *([1] * (previous.ndim - 3)))
+        scale = self.model.previous_scale(previous)
         noise = torch.randn(previous.shape, generator=generator, device=previous.device, dtype=previous.dtype)
         if not self.model.conditioner.generated:
             return {**batch, "previous": previous + level * scale * noise}

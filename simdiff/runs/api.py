@@ -94,15 +94,16 @@ class Run:
         guided: Sequence[str] = GUIDED,
         batch_invariant: bool = True,
         member_group: int = 10,
+        rollout_noise: float = 0.0,
     ) -> SamplerSpec:
         """How to sample: ``sampler`` (a function of :mod:`simdiff.diffusion.samplers`, default
         Heun without churn, as ``conf/sampler/heun.yaml``) over ``steps`` Karras noise levels;
-        ``batch_invariant``/``member_group``: as ``generate.*`` (:class:`SamplerSpec`)."""
+        ``batch_invariant``/``member_group``/``rollout_noise``: as ``generate.*`` (:class:`SamplerSpec`)."""
         fn = sampler if sampler is not None else functools.partial(sample_heun, s_churn=0.0)
         sampling = Sampling(fn, int(steps), float(sigma_min), float(sigma_max), float(rho))
         return SamplerSpec(
             sampling.sampler, sampling.sigmas(), float(guidance), tuple(guided), bool(batch_invariant),
-            int(member_group),
+            int(member_group), float(rollout_noise),
         )
 
     def _generation(

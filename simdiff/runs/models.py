@@ -171,6 +171,29 @@ def residual_scale(store: TrainingStore) -> torch.Tensor:
     return torch.tensor(np.sqrt(np.maximum(var, 1e-12)), dtype=torch.float32)
 
 
+def rollout_perturbations(store: TrainingStore, size: int = 512) -> torch.Tensor:
+    """The perturbations of ``generate.rollout_noise`` (:class:`simdiff.generate.rollout.SamplerSpec`):
+    up to ``size`` one-step train tendencies (:func:`train_tendencies`), evenly spaced over the
+    record's train pairs, each channel divided by their RMS: ``(N, C, ...)`` float32.
+
+    Raises:
+        DataError: the store has no train pair inside one block.
+    """
+    ok = train_pairs(store)
+    targets = np.flatnonzero(ok)
+    if not len(targets):
+        raise DataError(f"{store.path}: no consecutive train pairs inside one block, so there are no "
+                        "tendencies to inflate a rollout with; set generate.rollout_noise=0")
+    keep = np.unique(np.linspace(0, len(targets) - 1, min(int(size), len(targets))).round().astype(int))
+    chosen = np.zeros_like(ok)
+    chosen[targets[keep]] = True
+    pool = np.concatenate([y for _, y in train_tendencies(store, chosen)])
+    c = pool.shape[1]
+    rms = np.sqrt((np.moveaxis(pool, 1, 0).reshape(c, -1) ** 2).mean(axis=1))
+    pool /= np.maximum(rms, 1e-12).reshape(1, c, *([1] * (pool.ndim - 2)))
+    return torch.from_numpy(pool.astype(np.float32))
+
+
 def check_label_standardisation(store: TrainingStore, dm_cfg: dict[str, Any]) -> None:
     """Refuse ``diffusion.standardise_by_label`` where it cannot apply (DataError, before any write)."""
     why = []

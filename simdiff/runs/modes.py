@@ -18,7 +18,7 @@ new mode is one more class with the same methods.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from simdiff.generate.output import missing, write_block
 from simdiff.generate.renormalise import factor_variables, renormalise
 from simdiff.generate.rollout import Conditions, SamplerSpec, draw_samples, member_batches, rollout
 from simdiff.generate.template import conditional_template, forecast_template, sample_template
-from simdiff.runs.models import Models
+from simdiff.runs.models import Models, rollout_perturbations
 
 #: The store arrays a model may be conditioned on, per sample.
 CONDITIONS = ("time_features", "covariates", "label", "atoms")
@@ -55,6 +55,13 @@ class Generation:
     seed: int
     batch_size: int = 16
     chunks: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # inflation's training tendencies, for a model conditioned on previous states (a forecaster)
+        forecaster = bool(self.models.model.conditioner.previous)
+        if self.spec.rollout_noise > 0 and self.spec.perturbations is None and forecaster:
+            pool = rollout_perturbations(self.latents).to(self.models.model.residual_scale.device)
+            self.spec = replace(self.spec, perturbations=pool)
 
     @cached_property
     def conditions(self) -> dict[str, np.ndarray]:

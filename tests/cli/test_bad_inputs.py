@@ -254,6 +254,8 @@ CASES: list[Case] = [
     Case("augment-max-rounds-0", "augment", ("augment.max_rounds=0",), ("augment.max_rounds", "0")),
     Case("augment-member-group-0", "augment", ("augment.member_group=0",), ("augment.member_group", "0")),
     Case("generate-member-group-0", "generate", ("generate.member_group=0",), ("generate.member_group", "0")),
+    Case("generate-rollout-noise-negative", "generate", ("generate.rollout_noise=-0.5",),
+         ("generate.rollout_noise", "-0.5")),
     Case("augment-draws-per-source-0", "augment", ("augment.draws_per_source=0",),
          ("augment.draws_per_source", "0")),
     Case("certify-no-augmented-dataset", "certify", (), ("augmented.zarr", "simdiff augment")),

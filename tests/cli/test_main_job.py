@@ -118,6 +118,36 @@ def test_fixed_member_groups_reproduce_a_member_alone_bit_for_bit(main_job, tmp_
     np.testing.assert_allclose(grouped, row, rtol=1e-3, atol=1e-3 * float(np.nanstd(row)))
 
 
+def test_inflated_rollouts_keep_lead_one_and_a_member_alone_and_match_the_api(main_job, tmp_path):
+    """generate.rollout_noise=0.8: the first lead is the plain forecast's (a data state is not
+    inflated), the second is not; member 3 asked alone equals member 3 of the whole ensemble
+    (its pair's picks are keyed by id); the Python API's forecast with the same setting gives
+    the CLI's bits (the perturbations built from the run's latents the same way)."""
+    from simdiff import open_run
+    from simdiff.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
+
+    run_dir, common, _ = main_job
+    full_out, alone_out = tmp_path / "i.zarr", tmp_path / "i3.zarr"
+    out = simdiff("generate", *common, "generate.rollout_noise=0.8", "generate.members=4",
+                  "generate.batch_size=4", f"generate.out={full_out}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = simdiff("generate", *common, "generate.rollout_noise=0.8", "generate.members=[3]",
+                  "generate.batch_size=1", f"generate.out={alone_out}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain = xr.open_zarr(run_dir / "forecast.zarr")["q"].sel(realization=[0, 1, 2]).values  # 3 members
+    inflated = xr.open_zarr(full_out)["q"].values
+    assert np.array_equal(inflated[:3, :, 0], plain[:, :, 0], equal_nan=True)
+    assert not np.allclose(inflated[:3, :, 1], plain[:, :, 1], equal_nan=True)
+    alone = xr.open_zarr(alone_out)["q"].sel(realization=3).values
+    assert np.array_equal(alone, inflated[3], equal_nan=True)
+    cli = xr.open_zarr(full_out)
+    init = int(cli["init_index"].values[0])
+    fc = open_run(run_dir).forecast(init_index=init, members=[3], lead_steps=2, sampler=sample_dpmpp_2m,
+                                    steps=4, decoder_noise_samples=8, rollout_noise=0.8)
+    assert np.array_equal(fc["q"].values, cli["q"].sel(realization=[3]).isel(init_time=[0]).values,
+                          equal_nan=True)
+
+
 def test_decoder_noise_draws_around_the_same_latent_trajectory(main_job, tmp_path):
     """Members are draws of p(x | D(z)): with decoder_noise=false the latent trajectory is the
     same (the draw comes after the sampler), so a member minus its decoded mean is the fitted
