@@ -58,8 +58,7 @@ class Generation:
 
     def __post_init__(self) -> None:
         # inflation's training tendencies, for a model conditioned on previous states (a forecaster)
-        forecaster = bool(self.models.model.conditioner.previous)
-        if self.spec.rollout_noise > 0 and self.spec.perturbations is None and forecaster:
+        if self.spec.rollout_noise > 0 and self.spec.perturbations is None and self.models.previous:
             pool = rollout_perturbations(self.latents).to(self.models.model.residual_scale.device)
             self.spec = replace(self.spec, perturbations=pool)
 

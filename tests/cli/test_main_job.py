@@ -95,18 +95,24 @@ def test_a_member_alone_reproduces_the_full_run_bit_for_bit(main_job, tmp_path):
     assert np.array_equal(full, alone, equal_nan=True)
 
 
+def members_four_and_three_alone(common: tuple[str, ...], tmp_path: Path,
+                                 *overrides: str) -> tuple[Path, Path]:
+    """``simdiff generate`` with ``overrides``: members 0-3 in one batch of four, then member 3
+    alone with a batch size of one (which would split any group); the two output stores."""
+    full_out, alone_out = tmp_path / "full.zarr", tmp_path / "alone.zarr"
+    for members, batch, target in (("4", "4", full_out), ("[3]", "1", alone_out)):
+        out = simdiff("generate", *common, *overrides, f"generate.members={members}",
+                      f"generate.batch_size={batch}", f"generate.out={target}")
+        assert out.returncode == 0, out.stderr[-3000:]
+    return full_out, alone_out
+
+
 def test_fixed_member_groups_reproduce_a_member_alone_bit_for_bit(main_job, tmp_path):
     """generate.member_group=2: members run batched in fixed pairs (0, 1), (2, 3); member 3 asked
     for alone (with a batch size that would split its pair) gives the same bits as in the full
     ensemble, whose blocks hold two pairs."""
     run_dir, common, _ = main_job
-    full_out, alone_out = tmp_path / "g.zarr", tmp_path / "g3.zarr"
-    out = simdiff("generate", *common, "generate.member_group=2", "generate.members=4",
-                  "generate.batch_size=4", f"generate.out={full_out}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = simdiff("generate", *common, "generate.member_group=2", "generate.members=[3]",
-                  "generate.batch_size=1", f"generate.out={alone_out}")
-    assert out.returncode == 0, out.stderr[-3000:]
+    full_out, alone_out = members_four_and_three_alone(common, tmp_path, "generate.member_group=2")
     for name in ("q", "psi"):
         full = xr.open_zarr(full_out)[name].sel(realization=3).values
         alone = xr.open_zarr(alone_out)[name].sel(realization=3).values
@@ -127,13 +133,7 @@ def test_inflated_rollouts_keep_lead_one_and_a_member_alone_and_match_the_api(ma
     from simdiff.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
 
     run_dir, common, _ = main_job
-    full_out, alone_out = tmp_path / "i.zarr", tmp_path / "i3.zarr"
-    out = simdiff("generate", *common, "generate.rollout_noise=0.8", "generate.members=4",
-                  "generate.batch_size=4", f"generate.out={full_out}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = simdiff("generate", *common, "generate.rollout_noise=0.8", "generate.members=[3]",
-                  "generate.batch_size=1", f"generate.out={alone_out}")
-    assert out.returncode == 0, out.stderr[-3000:]
+    full_out, alone_out = members_four_and_three_alone(common, tmp_path, "generate.rollout_noise=0.8")
     plain = xr.open_zarr(run_dir / "forecast.zarr")["q"].sel(realization=[0, 1, 2]).values  # 3 members
     inflated = xr.open_zarr(full_out)["q"].values
     assert np.array_equal(inflated[:3, :, 0], plain[:, :, 0], equal_nan=True)
